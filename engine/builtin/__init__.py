@@ -1,0 +1,1 @@
+"""Built-in models, built offline from configs with fixed-seed random weights."""

@@ -1,0 +1,1 @@
+"""SQLite registry: teams and API keys now; sources, models, tasks and usage later."""

@@ -1,0 +1,38 @@
+"""Shared wire types: the tagged ``Task`` base and named constraint aliases.
+
+Every task struct subclasses :class:`Task`; msgspec reads ``taskType`` as the
+tag.  Constraint aliases live here so one range is written once and the
+``min``/``max`` of a range error can be read back from the type itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+TaskUUID = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN, description="a UUID chosen by the client")]
+SessionUUID = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
+Dimension = Annotated[int, msgspec.Meta(ge=64, le=2048, multiple_of=8)]
+Steps = Annotated[int, msgspec.Meta(ge=1, le=100)]
+CFGScale = Annotated[float, msgspec.Meta(ge=0, le=50)]
+NumberResults = Annotated[int, msgspec.Meta(ge=1, le=20)]
+Strength = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Seed = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+ClipSkip = Annotated[int, msgspec.Meta(ge=0, le=2)]
+OutputQuality = Annotated[int, msgspec.Meta(ge=20, le=99)]
+LoraWeight = Annotated[float, msgspec.Meta(ge=-4, le=4)]
+MaskMargin = Annotated[int, msgspec.Meta(ge=32, le=128)]
+Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=3000)]
+ModelAIR = Annotated[str, msgspec.Meta(min_length=1, max_length=400)]
+URLString = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class Task(msgspec.Struct, tag_field="taskType", kw_only=True, forbid_unknown_fields=True):
+    """Base of every client task; subclasses set ``tag`` to their taskType."""
+
+
+class LenientTask(msgspec.Struct, tag_field="taskType", kw_only=True):
+    """Base for session-level tasks whose extra fields are harmless and ignored."""

@@ -1,0 +1,220 @@
+"""Frame decoding and encoding.
+
+A client frame is a JSON array of task objects, each answered on its own: one
+bad task never spoils its neighbours.  :func:`decode_frame` therefore decodes
+the array first and each element second, and returns one
+:class:`DecodedTask` per element, holding either a typed task or the
+:class:`WireError` to send back.  A frame that is not a JSON array at all
+yields a single frame-level error.
+
+Server frames are ``{"data": [...]}`` or ``{"errors": [...]}``, never both,
+and each stays under :data:`MAX_OUT_FRAME_BYTES` (the 1.8 SDK's websockets
+client refuses frames over 1 MiB) unless a single item is itself larger.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import msgspec
+
+from protocol.common import UUID_PATTERN, LenientTask, Task
+from protocol.errors import ErrorCode, WireError, wire_error
+from protocol.inference import ImageInference, ImageUpload
+from protocol.session import Authentication, GetResponse, GetTaskDetails, Ping
+
+MAX_OUT_FRAME_BYTES = 1_000_000
+"""Budget for one server frame: under the 1 MiB (1,048,576 B) the 1.8 SDK accepts."""
+
+TASK_TYPES: dict[str, type[Task] | type[LenientTask]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (Authentication, Ping, ImageInference, ImageUpload, GetResponse, GetTaskDetails)
+}
+"""taskType → struct, for every task this protocol version decodes."""
+
+_UUID_RE = re.compile(UUID_PATTERN)
+_ERROR_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_FIELD_RE = re.compile(r"field `(?P<field>[^`]+)`")
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedTask:
+    """One element of a client frame, decoded.
+
+    Exactly one of ``task`` and ``error`` is set.  ``task_type`` and
+    ``task_uuid`` are whatever the element carried (when they were strings),
+    so that an error can be routed even when the task itself was invalid.
+    ``raw`` is the element as received, kept for getTaskDetails.
+    """
+
+    index: int
+    task: Task | LenientTask | None
+    error: WireError | None
+    task_type: str | None
+    task_uuid: str | None
+    raw: Any
+
+
+def _constraints(cls: type) -> dict[str, dict[str, Any]]:
+    """Read ``ge``/``le`` bounds off a struct's fields, keyed by wire name."""
+    found: dict[str, dict[str, Any]] = {}
+    info = msgspec.inspect.type_info(cls)
+    for field in getattr(info, "fields", ()):
+        types = [field.type]
+        while types:
+            t = types.pop()
+            if isinstance(t, msgspec.inspect.UnionType):
+                types.extend(t.types)
+            elif isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
+                bounds = {"min": t.ge, "max": t.le}
+                found[field.encode_name] = {k: v for k, v in bounds.items() if v is not None}
+                if not isinstance(field.default, msgspec.UnsetType | type(msgspec.NODEFAULT)) and field.default is not None:
+                    found[field.encode_name]["default"] = field.default
+    return found
+
+
+_BOUNDS: dict[str, dict[str, dict[str, Any]]] = {tag: _constraints(cls) for tag, cls in TASK_TYPES.items()}
+
+
+def validation_error(exc: msgspec.ValidationError, task_type: str) -> WireError:
+    """Turn msgspec's ``... - at `$.path``` message into a Runware-style error.
+
+    The path becomes ``parameter``; a missing or unknown field is named as the
+    parameter itself; a broken range carries its ``min``/``max``.
+    """
+    text = str(exc)
+    match = _ERROR_RE.match(text)
+    msg = match.group("msg") if match else text
+    path = (match.group("path") or "") if match else ""
+    path = path.lstrip(".")
+    field = _FIELD_RE.search(msg)
+    if msg.startswith("Object missing required field") and field:
+        parameter = f"{path}.{field.group('field')}" if path else field.group("field")
+        return wire_error(ErrorCode.MISSING_PARAMETER, f"Missing required parameter `{parameter}`", parameter=parameter)
+    if msg.startswith("Object contains unknown field") and field:
+        parameter = f"{path}.{field.group('field')}" if path else field.group("field")
+        return wire_error(
+            ErrorCode.UNKNOWN_PARAMETER,
+            f"Unknown parameter `{parameter}` for taskType {task_type}",
+            parameter=parameter,
+        )
+    if path == "taskUUID":
+        return wire_error(ErrorCode.INVALID_TASK_UUID, "taskUUID must be a UUID string", parameter="taskUUID")
+    bounds = _BOUNDS.get(task_type, {}).get(path, {})
+    label = path or "task"
+    return wire_error(ErrorCode.INVALID_PARAMETER, f"Invalid value for `{label}`: {msg}", parameter=label, **bounds)
+
+
+def _decode_element(index: int, element: Any) -> DecodedTask:
+    if not isinstance(element, dict):
+        err = wire_error(ErrorCode.INVALID_TASK, f"task {index} is not a JSON object", taskIndex=index)
+        return DecodedTask(index, None, err, None, None, element)
+    task_type = element.get("taskType")
+    task_uuid = element.get("taskUUID")
+    task_type = task_type if isinstance(task_type, str) else None
+    task_uuid = task_uuid if isinstance(task_uuid, str) else None
+
+    def fail(err: WireError) -> DecodedTask:
+        err = msgspec.structs.replace(err.for_task(task_type, task_uuid), taskIndex=index)
+        return DecodedTask(index, None, err, task_type, task_uuid, element)
+
+    if task_type is None:
+        return fail(wire_error(ErrorCode.MISSING_PARAMETER, "every task needs a string `taskType`", parameter="taskType"))
+    cls = TASK_TYPES.get(task_type)
+    if cls is None:
+        return fail(
+            wire_error(
+                ErrorCode.UNSUPPORTED_TASK_TYPE,
+                f"taskType `{task_type[:64]}` is not supported; supported: {', '.join(sorted(TASK_TYPES))}",
+                parameter="taskType",
+            )
+        )
+    try:
+        task = msgspec.convert(element, cls)
+    except msgspec.ValidationError as exc:
+        return fail(validation_error(exc, task_type))
+    check = getattr(task, "check", None)
+    if check is not None:
+        err = check()
+        if err is not None:
+            return fail(err)
+    return DecodedTask(index, task, None, task_type, task_uuid, element)
+
+
+def decode_frame(frame: bytes | str) -> list[DecodedTask] | WireError:
+    """Decode one client frame.
+
+    Returns a list with one :class:`DecodedTask` per element, in order, or a
+    single :class:`WireError` when the frame is not a non-empty JSON array.
+    """
+    try:
+        elements = _decoder.decode(frame)
+    except msgspec.DecodeError as exc:
+        return wire_error(ErrorCode.INVALID_FRAME, f"frame is not valid JSON: {str(exc)[:200]}")
+    if not isinstance(elements, list):
+        return wire_error(ErrorCode.INVALID_FRAME, "a frame must be a JSON array of task objects")
+    if not elements:
+        return wire_error(ErrorCode.INVALID_FRAME, "a frame must hold at least one task")
+    return [_decode_element(i, e) for i, e in enumerate(elements)]
+
+
+def task_heads(frame: bytes | str) -> list[tuple[str | None, str | None]]:
+    """Best-effort (taskType, taskUUID) pairs of a frame, for refusing it whole."""
+    try:
+        elements = _decoder.decode(frame)
+    except msgspec.DecodeError:
+        return []
+    if not isinstance(elements, list):
+        return []
+    heads = []
+    for e in elements:
+        if isinstance(e, dict):
+            t, u = e.get("taskType"), e.get("taskUUID")
+            heads.append((t if isinstance(t, str) else None, u if isinstance(u, str) else None))
+    return heads
+
+
+def is_uuid(value: str) -> bool:
+    return bool(_UUID_RE.match(value))
+
+
+def _pack(key: bytes, encoded: Iterable[bytes], limit: int) -> list[bytes]:
+    frames: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    overhead = len(key) + 6  # {"key":[ ... ]}
+    for item in encoded:
+        if chunk and size + len(item) + 1 + overhead > limit:
+            frames.append(b"{\"" + key + b"\":[" + b",".join(chunk) + b"]}")
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        frames.append(b"{\"" + key + b"\":[" + b",".join(chunk) + b"]}")
+    return frames
+
+
+def encode_data(items: Sequence[Any], limit: int = MAX_OUT_FRAME_BYTES) -> list[bytes]:
+    """Encode data items into as few ``{"data": [...]}`` frames as fit the limit.
+
+    An item larger than the limit on its own still goes out, alone in its frame.
+    """
+    return _pack(b"data", (_encoder.encode(i) for i in items), limit)
+
+
+def encode_errors(errors: Sequence[WireError], limit: int = MAX_OUT_FRAME_BYTES) -> list[bytes]:
+    """Encode errors into ``{"errors": [...]}`` frames (never mixed with data)."""
+    return _pack(b"errors", (_encoder.encode(e) for e in errors), limit)
+
+
+def encode_item(item: Any) -> bytes:
+    return _encoder.encode(item)
+
+
+def to_builtins(item: Any) -> Any:
+    """A struct as plain dicts/lists, as it appears on the wire."""
+    return msgspec.to_builtins(item)

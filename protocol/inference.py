@@ -1,0 +1,220 @@
+"""imageInference and imageUpload: requests, their checks and their result items.
+
+Fields wisp cannot honour yet are declared here so that a request using them
+is refused with ``unsupportedParameter`` naming the field, never silently
+ignored.  Two fields are accepted and ignored because they change nothing a
+client can observe on a self-hosted server: ``ttl`` (images are kept until the
+server's own retention removes them) and ``useCache``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from protocol.common import (
+    CFGScale,
+    ClipSkip,
+    Dimension,
+    LoraWeight,
+    MaskMargin,
+    ModelAIR,
+    NumberResults,
+    OutputQuality,
+    Prompt,
+    Seed,
+    Steps,
+    Strength,
+    Task,
+    TaskUUID,
+    URLString,
+)
+from protocol.errors import ErrorCode, WireError, wire_error
+
+OutputType = Literal["URL", "base64Data", "dataURI"]
+OutputFormat = Literal["PNG", "JPG", "WEBP"]
+DeliveryMethod = Literal["sync", "async"]
+
+# Fields of Runware's imageInference that wisp refuses for now (each would
+# change the picture; ignoring one would hand back a wrong result).
+UNSUPPORTED_INFERENCE_FIELDS: tuple[str, ...] = (
+    "controlNet",
+    "lycoris",
+    "embeddings",
+    "refiner",
+    "vae",
+    "instantID",
+    "outpaint",
+    "ipAdapters",
+    "referenceImages",
+    "acePlusPlus",
+    "puLID",
+    "photoMaker",
+    "acceleratorOptions",
+    "acceleration",
+    "advancedFeatures",
+    "providerSettings",
+    "inputs",
+    "ultralytics",
+    "settings",
+    "upscaleFactor",
+    "uploadEndpoint",
+    "promptWeighting",
+    "resolution",
+)
+
+
+class LoraRef(msgspec.Struct, forbid_unknown_fields=True):
+    model: ModelAIR
+    weight: LoraWeight = 1.0
+
+
+class Safety(msgspec.Struct, forbid_unknown_fields=True):
+    checkContent: bool = False
+    checkInputs: bool = False
+    mode: str | None = None
+    tolerance: bool | None = None
+
+
+class ImageInference(Task, tag="imageInference"):
+    """Text-to-image, image-to-image (``seedImage``) and inpainting (``maskImage``)."""
+
+    taskUUID: TaskUUID
+    model: ModelAIR
+    positivePrompt: Prompt
+    negativePrompt: str | None = None
+    width: Dimension = 512
+    height: Dimension = 512
+    steps: Steps | None = None
+    CFGScale: CFGScale | None = None
+    scheduler: str | None = None
+    seed: Seed | None = None
+    clipSkip: ClipSkip | None = None
+    numberResults: NumberResults = 1
+    outputType: OutputType | list[OutputType] = "URL"
+    outputFormat: OutputFormat = "PNG"
+    outputQuality: OutputQuality = 95
+    includeCost: bool = False
+    deliveryMethod: DeliveryMethod = "sync"
+    webhookURL: URLString | None = None
+    seedImage: str | None = None
+    maskImage: str | None = None
+    strength: Strength | None = None
+    maskMargin: MaskMargin | None = None
+    lora: list[LoraRef] = []
+    checkNSFW: bool = False
+    safety: Safety | None = None
+    ttl: int | None = None
+    useCache: bool | None = None
+    # Declared only to be refused clearly; see UNSUPPORTED_INFERENCE_FIELDS.
+    controlNet: Any = msgspec.UNSET
+    lycoris: Any = msgspec.UNSET
+    embeddings: Any = msgspec.UNSET
+    refiner: Any = msgspec.UNSET
+    vae: Any = msgspec.UNSET
+    instantID: Any = msgspec.UNSET
+    outpaint: Any = msgspec.UNSET
+    ipAdapters: Any = msgspec.UNSET
+    referenceImages: Any = msgspec.UNSET
+    acePlusPlus: Any = msgspec.UNSET
+    puLID: Any = msgspec.UNSET
+    photoMaker: Any = msgspec.UNSET
+    acceleratorOptions: Any = msgspec.UNSET
+    acceleration: Any = msgspec.UNSET
+    advancedFeatures: Any = msgspec.UNSET
+    providerSettings: Any = msgspec.UNSET
+    inputs: Any = msgspec.UNSET
+    ultralytics: Any = msgspec.UNSET
+    settings: Any = msgspec.UNSET
+    upscaleFactor: Any = msgspec.UNSET
+    uploadEndpoint: Any = msgspec.UNSET
+    promptWeighting: Any = msgspec.UNSET
+    resolution: Any = msgspec.UNSET
+
+    @property
+    def output_types(self) -> list[str]:
+        """The requested output types, in order, without duplicates."""
+        kinds = [self.outputType] if isinstance(self.outputType, str) else self.outputType
+        return list(dict.fromkeys(kinds))
+
+    def check(self) -> WireError | None:
+        """Cross-field rules msgspec's per-field constraints can't express."""
+        for name in UNSUPPORTED_INFERENCE_FIELDS:
+            value = getattr(self, name)
+            if value is msgspec.UNSET or value is None or value == [] or value == {}:
+                continue
+            return wire_error(
+                ErrorCode.UNSUPPORTED_PARAMETER,
+                f"wisp does not support `{name}` yet; remove it from the request",
+                parameter=name,
+            )
+        if self.checkNSFW or (self.safety is not None and (self.safety.checkContent or self.safety.checkInputs)):
+            return wire_error(
+                ErrorCode.UNSUPPORTED_PARAMETER,
+                "wisp has no content checker; NSFW checking cannot be honoured",
+                parameter="safety.checkContent" if self.safety is not None else "checkNSFW",
+            )
+        if isinstance(self.outputType, list) and not self.outputType:
+            return wire_error(
+                ErrorCode.INVALID_PARAMETER, "outputType must name at least one type", parameter="outputType"
+            )
+        if self.maskImage is not None and self.seedImage is None:
+            return wire_error(
+                ErrorCode.MISSING_PARAMETER, "maskImage needs a seedImage to inpaint", parameter="seedImage"
+            )
+        if self.maskMargin is not None and self.maskImage is None:
+            return wire_error(
+                ErrorCode.INVALID_PARAMETER, "maskMargin applies only with a maskImage", parameter="maskMargin"
+            )
+        if self.ttl is not None and self.ttl < 60:
+            return wire_error(
+                ErrorCode.INVALID_PARAMETER, "ttl must be at least 60 seconds", parameter="ttl", min=60
+            )
+        seen: set[str] = set()
+        for index, ref in enumerate(self.lora):
+            if ref.model in seen:
+                return wire_error(
+                    ErrorCode.INVALID_PARAMETER,
+                    f"LoRA {ref.model} is listed twice",
+                    parameter=f"lora[{index}].model",
+                )
+            seen.add(ref.model)
+        return None
+
+
+class ImageUpload(Task, tag="imageUpload"):
+    """Store an image (data URI, bare base64 or URL) for later use by imageUUID."""
+
+    taskUUID: TaskUUID
+    image: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class ImageResult(msgspec.Struct, omit_defaults=True):
+    """One generated image; exactly one of the three image fields per output type asked."""
+
+    taskType: str
+    taskUUID: str
+    imageUUID: str
+    seed: int
+    NSFWContent: bool
+    imageURL: str | msgspec.UnsetType = msgspec.UNSET
+    imageBase64Data: str | msgspec.UnsetType = msgspec.UNSET
+    imageDataURI: str | msgspec.UnsetType = msgspec.UNSET
+    cost: float | msgspec.UnsetType = msgspec.UNSET
+    status: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class ImageUploadResult(msgspec.Struct, omit_defaults=True):
+    taskType: str
+    taskUUID: str
+    imageUUID: str
+    imageURL: str
+    status: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class AsyncAck(msgspec.Struct):
+    """The item an async task gets at once; results come through getResponse."""
+
+    taskType: str
+    taskUUID: str

@@ -1,0 +1,61 @@
+"""Session-level tasks: authentication, ping and the two look-ups by taskUUID."""
+
+from __future__ import annotations
+
+import msgspec
+
+from protocol.common import LenientTask, SessionUUID, Task, TaskUUID
+
+
+class Authentication(LenientTask, tag="authentication"):
+    """First message of every socket; ``connectionSessionUUID`` resumes a session."""
+
+    apiKey: str | msgspec.UnsetType = msgspec.UNSET
+    connectionSessionUUID: SessionUUID | None = None
+
+
+class Ping(LenientTask, tag="ping"):
+    """Keep-alive; answered with ``pong`` ahead of any queued work."""
+
+    ping: bool = True
+    taskUUID: str | None = None
+
+
+class GetResponse(Task, tag="getResponse"):
+    """Poll the results of an earlier task (async delivery, or after a reconnect)."""
+
+    taskUUID: TaskUUID
+    numberResults: int | None = None
+
+
+class GetTaskDetails(Task, tag="getTaskDetails"):
+    """Ask for an earlier task's request and response."""
+
+    taskUUID: TaskUUID
+
+
+class AuthenticationResult(msgspec.Struct):
+    """The one data item without a taskUUID (the JS SDK matches on taskType)."""
+
+    connectionSessionUUID: str
+    taskType: str = "authentication"
+
+
+class Pong(msgspec.Struct):
+    taskType: str = "ping"
+    pong: bool = True
+
+
+class TaskDetailsResult(msgspec.Struct):
+    taskUUID: str
+    request: list[dict]
+    response: list[dict]
+    taskType: str = "getTaskDetails"
+
+
+class ProcessingItem(msgspec.Struct):
+    """What getResponse answers for a task that is still running."""
+
+    taskType: str
+    taskUUID: str
+    status: str = "processing"

@@ -1,0 +1,220 @@
+"""Assemble and run the server: engine, registry, gateway, one listening port.
+
+Shutdown goes in order (uvicorn's habit): stop accepting, close sockets with
+1001 (going away), let running jobs finish for a grace period, then cancel
+what is left; every cancelled task is recorded as failed, none vanishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import shutil
+import signal
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import h11
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from engine.core import Engine, EngineConfig
+from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
+from engine.net import NetPolicy
+from engine.registry.db import Database
+from engine.registry.keys import KeyStore
+from server.config import ServerConfig
+from server.connection import SocketConn, request_context
+from server.gateway import Gateway, RequestContext
+from server.http import HTTPProtocol, Response as HTTPResponse, json_response
+from server.listener import SniffingConnection
+from server.sessions import Session, SessionRegistry
+from server.tasks import TaskStore
+from server.webhooks import WebhookSender
+
+log = logging.getLogger("wisp.server")
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create the layout and clear ``tmp/`` (anything there is a crashed write)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / "tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(exist_ok=True)
+    (data_dir / "images").mkdir(exist_ok=True)
+
+
+class CollectingConn:
+    """The gateway's view of one ``POST /v1``: replies are gathered into the body."""
+
+    def __init__(self, session: Session, ctx: RequestContext) -> None:
+        self.session = session
+        self.ctx = ctx
+        self.frames: list[bytes] = []
+        session.attach(self)
+
+    async def send_frames(self, frames: list[bytes]) -> list[bytes]:
+        self.frames.extend(frames)
+        return []
+
+    async def reply(self, frames: list[bytes]) -> None:
+        self.frames.extend(frames)
+
+    def bind(self, session: Session) -> list[bytes]:
+        return []
+
+    def body(self) -> dict:
+        data: list = []
+        errors: list = []
+        for frame in self.frames:
+            obj = json.loads(frame)
+            data.extend(obj.get("data", []))
+            errors.extend(obj.get("errors", []))
+        body: dict = {}
+        if data or not errors:
+            body["data"] = data
+        if errors:
+            body["errors"] = errors
+        return body
+
+
+class WispServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        prepare_data_dir(config.data_dir)
+        self.db = Database(config.data_dir / "wisp.db")
+        self.keys = KeyStore(self.db)
+        policy = NetPolicy(allow_private=config.allow_private_urls)
+        self.engine = Engine(
+            EngineConfig(
+                data_dir=config.data_dir,
+                device=config.device,
+                torch_threads=config.torch_threads,
+                max_queue=config.max_queue,
+                net=policy,
+            )
+        )
+        self.tasks = TaskStore(config.task_retention_s)
+        self.sessions = SessionRegistry(config.resume_ttl_s)
+        self.webhooks = WebhookSender(policy, config.webhook_timeout_s, config.webhook_retries)
+        self.gateway = Gateway(config, self.engine, self.keys, self.tasks, self.sessions, self.webhooks)
+        self.ws_server: Server | None = None
+        self.port: int | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    # ---- routes -----------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if urlsplit(request.path).path.rstrip("/") != "/v1":
+            return connection.respond(404, "WebSocket endpoint is /v1\n")
+        return None
+
+    async def _ws_handler(self, ws: ServerConnection) -> None:
+        ctx = request_context(ws.request.headers.get("Host") if ws.request else None, self.config.host, self.port or 0, self.config.public_url)
+        await SocketConn(ws, self.gateway, ctx).serve()
+
+    async def _http_handler(self, request: h11.Request, body: bytes) -> HTTPResponse:
+        target = urlsplit(request.target.decode("latin-1"))
+        path = target.path
+        method = request.method.decode()
+        headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
+        if path == "/healthz" and method in ("GET", "HEAD"):
+            return json_response(200, {"status": "ok", "queue": len(self.engine.queue), "sessions": len(self.sessions)})
+        if path.startswith("/images/") and method in ("GET", "HEAD"):
+            file = self.engine.images.path_for_name(unquote(path[len("/images/"):]))
+            if file is None:
+                return json_response(404, {"errors": [{"code": "imageNotFound", "message": "no such image"}]})
+            data = await asyncio.to_thread(file.read_bytes)
+            return 200, [(b"content-type", self.engine.images.mime_for(file).encode()), (b"cache-control", b"private, max-age=86400")], data
+        if path.rstrip("/") == "/v1":
+            if method != "POST":
+                return json_response(405, {"errors": [{"code": "methodNotAllowed", "message": "POST a task array to /v1, or open a WebSocket"}]})
+            return await self._post_tasks(headers, body)
+        return json_response(404, {"errors": [{"code": "notFound", "message": f"no route {path[:100]}"}]})
+
+    async def _post_tasks(self, headers: dict[str, str], body: bytes) -> HTTPResponse:
+        auth = headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if not key:
+            return json_response(401, {"errors": [{"code": "missingApiKey", "message": "send Authorization: Bearer <apiKey>"}]})
+        team = await asyncio.to_thread(self.keys.team_of, key)
+        if team is None:
+            return json_response(401, {"errors": [{"code": "invalidApiKey", "message": "Invalid API key"}]})
+        ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url)
+        conn = CollectingConn(Session(team, resumable=False), ctx)
+        jobs = await self.gateway.handle_frame(conn, body)
+        if jobs:
+            await asyncio.wait(jobs)
+        return json_response(200, conn.body())
+
+    # ---- lifecycle --------------------------------------------------------
+
+    def ensure_first_key(self) -> str | None:
+        """On a first start with no keys, create one (printed once by the CLI)."""
+        if self.keys.count_live() == 0:
+            return self.keys.create()
+        return None
+
+    async def start(self) -> None:
+        self.engine.start()
+        http_factory = functools.partial(HTTPProtocol, self._http_handler, self.config.max_http_body_bytes)
+        self.ws_server = await serve(
+            self._ws_handler,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            create_connection=functools.partial(SniffingConnection, http_factory=http_factory),
+            max_size=self.config.hard_frame_bytes,
+            compression=None,
+            server_header="wisp",
+            ping_interval=20,
+            ping_timeout=20,
+        )
+        sockets = self.ws_server.sockets
+        self.port = sockets[0].getsockname()[1] if sockets else self.config.port
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+        if self.config.warm_builtin:
+            warm = asyncio.get_running_loop().create_task(self.engine.warm(BUILTIN_SD15_AIR))
+            warm.add_done_callback(lambda t: t.cancelled() or t.exception() is None or log.error("warm-up failed", exc_info=t.exception()))
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(10)
+            self.sessions.sweep()
+            self.tasks.prune()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        if self.ws_server is not None:
+            self.ws_server.close(close_connections=True)
+            await self.ws_server.wait_closed()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        jobs = set(self.gateway.jobs)
+        if jobs:
+            _, pending = await asyncio.wait(jobs, timeout=grace_s)
+            for job in pending:
+                job.cancel()
+        self.engine.stop()
+        await self.webhooks.aclose()
+
+
+async def run_forever(config: ServerConfig, announce: bool = True) -> None:
+    server = WispServer(config)
+    first_key = server.ensure_first_key()
+    await server.start()
+    if first_key and announce:
+        print(f"created API key for team 'default' (shown once): {first_key}", flush=True)
+    print(f"wisp listening on ws://{config.host}:{server.port}/v1", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # pragma: no cover
+            pass
+    await stop.wait()
+    print("wisp shutting down", flush=True)
+    await server.stop()

@@ -1,0 +1,109 @@
+"""The ``wisp`` command: ``serve`` and ``keys create|list|revoke``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from server.config import ServerConfig
+
+
+def _data_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    return ServerConfig.from_env().data_dir
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = ServerConfig.from_env()
+    if args.host:
+        config.host = args.host
+    if args.port is not None:
+        config.port = args.port
+    if args.data_dir:
+        config.data_dir = Path(args.data_dir)
+    if args.public_url:
+        config.public_url = args.public_url
+    if args.allow_private_urls:
+        config.allow_private_urls = True
+    logging.basicConfig(level=os.environ.get("WISP_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from server.app import run_forever
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(run_forever(config))
+    else:
+        uvloop.run(run_forever(config))
+    return 0
+
+
+def _keys(args: argparse.Namespace):
+    from engine.registry.db import Database
+    from engine.registry.keys import KeyStore
+
+    data_dir = _data_dir(args.data_dir)
+    return KeyStore(Database(data_dir / "wisp.db"))
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    key = _keys(args).create(args.team)
+    print(f"created API key for team {args.team!r}:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    for info in _keys(args).list():
+        state = "revoked" if info.revoked_at else "live"
+        print(f"{info.id}\t{info.team}\t{info.prefix}…\t{state}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    count = _keys(args).revoke(args.key)
+    if not count:
+        print("no live key matches", file=sys.stderr)
+        return 1
+    print(f"revoked {count} key(s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wisp", description="Runware-compatible diffusion task server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", default=None, help="address to bind (WISP_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (WISP_PORT, default 7788; 0 picks a free one)")
+    serve.add_argument("--data-dir", default=None, help="data directory (WISP_DATA_DIR)")
+    serve.add_argument("--public-url", default=None, help="base URL for imageURL (WISP_PUBLIC_URL)")
+    serve.add_argument("--allow-private-urls", action="store_true", help="let downloads and webhooks reach private/loopback hosts")
+    serve.set_defaults(func=cmd_serve)
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key; printed as the last line")
+    create.add_argument("--team", default="default")
+    create.add_argument("--data-dir", default=None)
+    create.set_defaults(func=cmd_keys_create)
+    listing = keys.add_parser("list", help="list keys (prefixes only)")
+    listing.add_argument("--data-dir", default=None)
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key by key, id or prefix")
+    revoke.add_argument("key")
+    revoke.add_argument("--data-dir", default=None)
+    revoke.set_defaults(func=cmd_keys_revoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Server settings: CLI flags override ``WISP_*`` environment variables override defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.core import default_torch_threads
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "wisp"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 7788
+    data_dir: Path = field(default_factory=default_data_dir)
+    public_url: str | None = None
+    """Base URL put in ``imageURL``; by default taken from the request's Host header."""
+    max_frame_bytes: int = 16 * 1024 * 1024
+    """Frames above this get a ``frameTooLarge`` error for each of their tasks; the socket stays open."""
+    hard_frame_bytes: int = 64 * 1024 * 1024
+    """Frames above this close the socket (code 1009): wisp will not even read them."""
+    max_tasks_per_frame: int = 64
+    max_in_flight_per_session: int = 32
+    max_queue: int = 256
+    idle_timeout_s: float = 120.0
+    resume_ttl_s: float = 120.0
+    task_retention_s: float = 3600.0
+    max_http_body_bytes: int = 16 * 1024 * 1024
+    allow_private_urls: bool = False
+    torch_threads: int = field(default_factory=default_torch_threads)
+    device: str = "cpu"
+    warm_builtin: bool = True
+    webhook_timeout_s: float = 10.0
+    webhook_retries: int = 3
+
+    @classmethod
+    def from_env(cls) -> "ServerConfig":
+        c = cls()
+        c.host = os.environ.get("WISP_HOST", c.host)
+        c.port = _env_int("WISP_PORT", c.port)
+        if os.environ.get("WISP_DATA_DIR"):
+            c.data_dir = Path(os.environ["WISP_DATA_DIR"])
+        c.public_url = os.environ.get("WISP_PUBLIC_URL") or None
+        c.max_frame_bytes = _env_int("WISP_MAX_FRAME_BYTES", c.max_frame_bytes)
+        c.max_tasks_per_frame = _env_int("WISP_MAX_TASKS_PER_FRAME", c.max_tasks_per_frame)
+        c.max_in_flight_per_session = _env_int("WISP_MAX_IN_FLIGHT", c.max_in_flight_per_session)
+        c.max_queue = _env_int("WISP_MAX_QUEUE", c.max_queue)
+        c.idle_timeout_s = _env_float("WISP_IDLE_TIMEOUT", c.idle_timeout_s)
+        c.resume_ttl_s = _env_float("WISP_RESUME_TTL", c.resume_ttl_s)
+        c.task_retention_s = _env_float("WISP_TASK_RETENTION", c.task_retention_s)
+        c.allow_private_urls = _env_bool("WISP_ALLOW_PRIVATE_URLS", c.allow_private_urls)
+        c.torch_threads = _env_int("WISP_TORCH_THREADS", c.torch_threads)
+        c.device = os.environ.get("WISP_DEVICE", c.device)
+        c.warm_builtin = _env_bool("WISP_WARM_BUILTIN", c.warm_builtin)
+        return c

@@ -1,0 +1,294 @@
+"""Dispatch: decoded tasks in, replies and engine calls out.
+
+The gateway is transport-free: a WebSocket connection and an HTTP ``POST /v1``
+both hand it a frame and a :class:`Conn` (where immediate replies go, which
+session is bound).  Results of long tasks go to the *session*, so they survive
+a dropped socket (resume buffer) and are recorded in the team's task store
+(getResponse, getTaskDetails, conflictTaskUUID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from engine.core import Engine, GeneratedImage
+from engine.errors import EngineError, QueueFull
+from engine.registry.keys import KeyStore
+from protocol.errors import ErrorCode, WireError, wire_error
+from protocol.frames import DecodedTask, decode_frame, encode_data, encode_errors, task_heads
+from protocol.inference import AsyncAck, ImageInference, ImageResult, ImageUpload, ImageUploadResult
+from protocol.session import (
+    Authentication,
+    AuthenticationResult,
+    GetResponse,
+    GetTaskDetails,
+    Ping,
+    Pong,
+    ProcessingItem,
+    TaskDetailsResult,
+)
+from server.config import ServerConfig
+from server.errors import to_wire_error
+from server.sessions import Session, SessionRegistry
+from server.tasks import TaskRecord, TaskStore
+from server.webhooks import WebhookSender
+
+log = logging.getLogger("wisp.server")
+
+_PONG_FRAME = encode_data([Pong()])[0]
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a connection knows about how the client reached us."""
+
+    base_url: str
+    own_hosts: frozenset[str]
+
+
+class Conn(Protocol):
+    """A transport's side of the conversation (socket or HTTP request)."""
+
+    session: Session | None
+    ctx: RequestContext
+
+    async def reply(self, frames: list[bytes]) -> None: ...
+
+    def bind(self, session: Session) -> list[bytes]: ...
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: Engine,
+        keys: KeyStore,
+        tasks: TaskStore,
+        sessions: SessionRegistry,
+        webhooks: WebhookSender,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.keys = keys
+        self.tasks = tasks
+        self.sessions = sessions
+        self.webhooks = webhooks
+        self.jobs: set[asyncio.Task[None]] = set()
+        self.counters = {"frames": 0, "tasks": 0, "errors": 0}
+
+    # ---- frames -----------------------------------------------------------
+
+    async def handle_frame(self, conn: Conn, frame: bytes | str) -> list[asyncio.Task[None]]:
+        """Answer every task of one frame; returns the jobs it started."""
+        self.counters["frames"] += 1
+        if len(frame) > self.config.max_frame_bytes:
+            await self._refuse_frame(
+                conn, frame, ErrorCode.FRAME_TOO_LARGE, f"frame of {len(frame)} bytes is over the {self.config.max_frame_bytes}-byte limit"
+            )
+            return []
+        decoded = decode_frame(frame)
+        if isinstance(decoded, WireError):
+            self.counters["errors"] += 1
+            await conn.reply(encode_errors([decoded]))
+            return []
+        if len(decoded) > self.config.max_tasks_per_frame:
+            await self._refuse_frame(
+                conn, frame, ErrorCode.TOO_MANY_TASKS, f"a frame may hold at most {self.config.max_tasks_per_frame} tasks"
+            )
+            return []
+        data: list[Any] = []
+        errors: list[WireError] = []
+        started: list[asyncio.Task[None]] = []
+        for item in decoded:
+            self.counters["tasks"] += 1
+            if item.error is not None:
+                errors.append(item.error)
+                continue
+            task = item.task
+            if isinstance(task, Ping):
+                data.append(Pong())
+            elif isinstance(task, Authentication):
+                reply = await self._authenticate(conn, task)
+                (errors if isinstance(reply, WireError) else data).append(reply)
+            elif conn.session is None:
+                errors.append(
+                    wire_error(
+                        ErrorCode.NOT_AUTHENTICATED,
+                        "authenticate first: send an authentication task with your apiKey",
+                        task_type=item.task_type,
+                        task_uuid=item.task_uuid,
+                    )
+                )
+            else:
+                reply = self._dispatch(conn, conn.session, item, started)
+                if isinstance(reply, WireError):
+                    errors.append(reply)
+                elif isinstance(reply, list):
+                    data.extend(reply)
+                elif reply is not None:
+                    data.append(reply)
+        self.counters["errors"] += len(errors)
+        frames: list[bytes] = []
+        if data:
+            frames = [_PONG_FRAME] if len(data) == 1 and isinstance(data[0], Pong) else encode_data(data)
+        if errors:
+            frames.extend(encode_errors(errors))
+        if frames:
+            await conn.reply(frames)
+        return started
+
+    async def _refuse_frame(self, conn: Conn, frame: bytes | str, code: str, message: str) -> None:
+        heads = task_heads(frame) if len(frame) <= self.config.hard_frame_bytes else []
+        errors = [wire_error(code, message, task_type=t, task_uuid=u) for t, u in heads] or [wire_error(code, message)]
+        self.counters["errors"] += len(errors)
+        await conn.reply(encode_errors(errors))
+
+    # ---- session tasks ----------------------------------------------------
+
+    async def _authenticate(self, conn: Conn, task: Authentication) -> Any:
+        if not isinstance(task.apiKey, str) or not task.apiKey:
+            return wire_error(ErrorCode.MISSING_API_KEY, "apiKey is missing", task_type="authentication")
+        team = await asyncio.to_thread(self.keys.team_of, task.apiKey)
+        if team is None:
+            return wire_error(ErrorCode.INVALID_API_KEY, "Invalid API key", task_type="authentication")
+        session = None
+        if task.connectionSessionUUID:
+            session = self.sessions.resume(task.connectionSessionUUID, team)
+        if session is None:
+            session = self.sessions.create(team)
+        pending = conn.bind(session)
+        if pending:
+            # Flush what was kept while no socket was attached, after the auth reply.
+            asyncio.get_running_loop().call_soon(self._spawn, session.emit(pending))
+        return AuthenticationResult(connectionSessionUUID=session.uuid)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        job = asyncio.ensure_future(coro)
+        self.jobs.add(job)
+        job.add_done_callback(self._job_done)
+        return job
+
+    def _job_done(self, job: asyncio.Task[None]) -> None:
+        self.jobs.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            log.error("background job failed", exc_info=job.exception())
+
+    def _dispatch(self, conn: Conn, session: Session, item: DecodedTask, started: list[asyncio.Task[None]]) -> Any:
+        task = item.task
+        if isinstance(task, GetResponse):
+            return self._get_response(session, task)
+        if isinstance(task, GetTaskDetails):
+            return self._get_task_details(session, task)
+        assert isinstance(task, (ImageInference, ImageUpload))
+        task_type, task_uuid = item.task_type or "", item.task_uuid or ""
+        if isinstance(task, ImageInference):
+            try:
+                self.engine.check(task, session.team)
+            except EngineError as exc:
+                return to_wire_error(exc, task_type, task_uuid)
+        if session.in_flight >= self.config.max_in_flight_per_session:
+            return wire_error(
+                ErrorCode.TOO_MANY_TASKS_IN_FLIGHT,
+                f"this session already has {session.in_flight} tasks running; retry when one finishes",
+                task_type=task_type,
+                task_uuid=task_uuid,
+            )
+        record = self.tasks.claim(session.team, task_uuid, task_type, item.raw, session.uuid)
+        if record is None:
+            return wire_error(
+                ErrorCode.CONFLICT_TASK_UUID,
+                "a task with this taskUUID already exists; poll it with getResponse",
+                task_type=task_type,
+                task_uuid=task_uuid,
+                parameter="taskUUID",
+            )
+        session.in_flight += 1
+        started.append(self._spawn(self._run(session, record, task, conn.ctx)))
+        if isinstance(task, ImageInference) and task.deliveryMethod == "async":
+            return AsyncAck(taskType=task_type, taskUUID=task_uuid)
+        return None
+
+    async def _run(self, session: Session, record: TaskRecord, task: ImageInference | ImageUpload, ctx: RequestContext) -> None:
+        is_async = isinstance(task, ImageInference) and task.deliveryMethod == "async"
+        webhook = task.webhookURL if isinstance(task, ImageInference) else None
+        try:
+            if isinstance(task, ImageInference):
+                images = await self.engine.generate(task, team=session.team, owner=session.uuid, own_hosts=ctx.own_hosts)
+                items: list[Any] = [self._image_item(task, image, ctx) for image in images]
+            else:
+                image_uuid, name = await self.engine.upload_image(task.image, ctx.own_hosts)
+                items = [ImageUploadResult(taskType="imageUpload", taskUUID=task.taskUUID, imageUUID=image_uuid, imageURL=f"{ctx.base_url}/images/{name}")]
+        except asyncio.CancelledError:
+            record.fail(wire_error(ErrorCode.INTERNAL_ERROR, "the server stopped before this task finished", task_type=record.task_type, task_uuid=record.task_uuid))
+            raise
+        except BaseException as exc:
+            error = to_wire_error(exc, record.task_type, record.task_uuid)
+            if isinstance(exc, QueueFull):
+                self.tasks.release(record)
+            else:
+                record.fail(error)
+            self.counters["errors"] += 1
+            await session.emit(encode_errors([error]))
+            if webhook:
+                self.webhooks.post(webhook, encode_errors([error])[0])
+            return
+        finally:
+            session.in_flight -= 1
+        record.succeed(items)
+        if not is_async:
+            await session.emit(encode_data(items))
+        if webhook:
+            for result in items:
+                self.webhooks.post(webhook, encode_data([result])[0])
+
+    def _image_item(self, task: ImageInference, image: GeneratedImage, ctx: RequestContext) -> ImageResult:
+        fields: dict[str, Any] = {}
+        encoded: str | None = None
+        for kind in task.output_types:
+            if kind == "URL":
+                fields["imageURL"] = f"{ctx.base_url}/images/{image.file_name}"
+                continue
+            encoded = encoded or base64.b64encode(image.data).decode("ascii")
+            if kind == "base64Data":
+                fields["imageBase64Data"] = encoded
+            else:
+                fields["imageDataURI"] = f"data:{image.mime};base64,{encoded}"
+        if task.includeCost:
+            fields["cost"] = image.cost
+        return ImageResult(taskType="imageInference", taskUUID=task.taskUUID, imageUUID=image.image_uuid, seed=image.seed, NSFWContent=False, **fields)
+
+    # ---- look-ups ---------------------------------------------------------
+
+    def _missing(self, task_type: str, task_uuid: str) -> WireError:
+        return wire_error(
+            ErrorCode.TASK_NOT_FOUND,
+            "no task with this taskUUID is known for your team (it may have expired)",
+            task_type=task_type,
+            task_uuid=task_uuid,
+            parameter="taskUUID",
+        )
+
+    def _get_response(self, session: Session, task: GetResponse) -> Any:
+        record = self.tasks.get(session.team, task.taskUUID)
+        if record is None:
+            return self._missing("getResponse", task.taskUUID)
+        if record.errors:
+            return record.errors[0]
+        if record.finished_at is None:
+            return [ProcessingItem(taskType=record.task_type, taskUUID=record.task_uuid)]
+        return [msgspec.structs.replace(item, status="success") for item in record.items]
+
+    def _get_task_details(self, session: Session, task: GetTaskDetails) -> Any:
+        record = self.tasks.get(session.team, task.taskUUID)
+        if record is None:
+            return self._missing("getTaskDetails", task.taskUUID)
+        response = [msgspec.to_builtins(i) for i in (record.errors or record.items)]
+        if record.finished_at is None:
+            response = [msgspec.to_builtins(ProcessingItem(taskType=record.task_type, taskUUID=record.task_uuid))]
+        return TaskDetailsResult(taskUUID=record.task_uuid, request=[record.request], response=response)

@@ -1,0 +1,97 @@
+"""Every task the server accepted, by team and taskUUID.
+
+This is what makes ``conflictTaskUUID``, ``getResponse`` and
+``getTaskDetails`` work across all sessions of one team (the 0.5 and JS SDKs
+reconnect as a new session and poll by the original taskUUID) and never
+across teams: a foreign taskUUID looks exactly like a missing one.  Records
+are kept ``retention_s`` after they finish (README: one hour by default).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.errors import WireError
+
+_MAX_KEPT_STRING = 4096
+
+
+def _trim(value: Any) -> Any:
+    """The request as received, with huge strings (base64 images) elided."""
+    if isinstance(value, str) and len(value) > _MAX_KEPT_STRING:
+        return f"<{len(value)} characters omitted>"
+    if isinstance(value, dict):
+        return {k: _trim(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_trim(v) for v in value]
+    return value
+
+
+@dataclass
+class TaskRecord:
+    team: str
+    task_uuid: str
+    task_type: str
+    request: Any
+    session_uuid: str
+    created_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+    items: list[Any] = field(default_factory=list)
+    errors: list[WireError] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if self.errors:
+            return "error"
+        return "processing" if self.finished_at is None else "success"
+
+    def succeed(self, items: list[Any]) -> None:
+        self.items = items
+        self.finished_at = time.monotonic()
+
+    def fail(self, error: WireError) -> None:
+        self.errors = [error]
+        self.finished_at = time.monotonic()
+
+
+class TaskStore:
+    def __init__(self, retention_s: float) -> None:
+        self.retention_s = retention_s
+        self._records: dict[tuple[str, str], TaskRecord] = {}
+
+    def claim(self, team: str, task_uuid: str, task_type: str, request: Any, session_uuid: str) -> TaskRecord | None:
+        """Register a new task; None if the team already has one with that taskUUID."""
+        key = (team, task_uuid.lower())
+        existing = self._records.get(key)
+        if existing is not None and not self._expired(existing, time.monotonic()):
+            return None
+        record = TaskRecord(team, task_uuid, task_type, _trim(request), session_uuid)
+        self._records[key] = record
+        return record
+
+    def release(self, record: TaskRecord) -> None:
+        """Forget a task refused before it started, so its taskUUID can be sent again."""
+        key = (record.team, record.task_uuid.lower())
+        if self._records.get(key) is record:
+            del self._records[key]
+
+    def get(self, team: str, task_uuid: str) -> TaskRecord | None:
+        record = self._records.get((team, task_uuid.lower()))
+        if record is None or self._expired(record, time.monotonic()):
+            return None
+        return record
+
+    def _expired(self, record: TaskRecord, now: float) -> bool:
+        return record.finished_at is not None and now - record.finished_at > self.retention_s
+
+    def prune(self) -> int:
+        now = time.monotonic()
+        dead = [k for k, r in self._records.items() if self._expired(r, now)]
+        for k in dead:
+            del self._records[k]
+        return len(dead)
+
+    def __len__(self) -> int:
+        return len(self._records)

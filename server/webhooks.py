@@ -1,0 +1,62 @@
+"""Webhook delivery: POST each result to the task's ``webhookURL``.
+
+The body is ``{"data": [item]}`` for a result and ``{"errors": [error]}`` for a
+failure, the same objects the socket carries.  Each POST is retried with
+backoff (``webhook_retries`` times) on a network error or a 5xx answer.
+Targets pass the same URL guard as downloads.  Deliveries are tracked tasks:
+a failure is logged, never lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+
+from engine.net import NetPolicy, check_url
+
+log = logging.getLogger("wisp.webhooks")
+
+
+class WebhookSender:
+    def __init__(self, policy: NetPolicy, timeout_s: float, retries: int) -> None:
+        self.policy = policy
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._client: httpx.AsyncClient | None = None
+
+    def post(self, url: str, body: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._deliver(url, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, url: str, body: bytes) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
+        delay = 0.5
+        for attempt in range(self.retries + 1):
+            try:
+                await check_url(url, self.policy, "webhookURL")
+                response = await self._client.post(url, content=body, headers={"content-type": "application/json"})
+                if response.status_code < 500:
+                    if response.status_code >= 400:
+                        log.warning("webhook %s answered %s; not retried", url, response.status_code)
+                    return
+                reason: Any = f"HTTP {response.status_code}"
+            except Exception as exc:  # network errors and refused targets alike
+                reason = exc
+            if attempt < self.retries:
+                await asyncio.sleep(delay)
+                delay *= 2
+        log.warning("webhook %s failed after %d attempts: %s", url, self.retries + 1, reason)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        if self._client is not None:
+            await self._client.aclose()

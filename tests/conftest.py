@@ -1,0 +1,99 @@
+"""Shared fixtures: a real ``wisp serve`` subprocess on a free port.
+
+The server runs with its own temporary data directory, private URLs allowed
+(tests serve files from loopback), and one API key created through the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+# The 0.5 SDK waits this long for each getResponse answer that is still
+# "processing"; shorten it so polling tests don't idle (read at import time).
+os.environ.setdefault("RUNWARE_VIDEO_INITIAL_TIMEOUT", "2000")
+
+ROOT = Path(__file__).resolve().parents[1]
+WISP = [sys.executable, "-m", "server.cli"]
+
+
+@dataclass
+class RunningServer:
+    proc: subprocess.Popen
+    port: int
+    data_dir: Path
+    key: str
+    log_path: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def create_key(self, team: str = "default") -> str:
+        return create_key(self.data_dir, team)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def create_key(data_dir: Path, team: str = "default") -> str:
+    out = subprocess.run(
+        WISP + ["keys", "create", "--team", team, "--data-dir", str(data_dir)],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> RunningServer:
+    """Start ``wisp serve --port 0`` and wait for its ``listening on`` line."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = create_key(data_dir)
+    log_path = data_dir.parent / f"{data_dir.name}-server.log"
+    log_file = open(log_path, "w")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WISP_TORCH_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen(
+        WISP + ["serve", "--port", "0", "--data-dir", str(data_dir), "--allow-private-urls", *extra],
+        stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(r"wisp listening on ws://[^:]+:(\d+)/v1", log_path.read_text(errors="replace"))
+        if match:
+            return RunningServer(proc, int(match.group(1)), data_dir, key, log_path)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"wisp serve did not start:\n{log_path.read_text(errors='replace')}")
+
+
+def stop_server(server: RunningServer) -> None:
+    if server.proc.poll() is None:
+        server.proc.terminate()
+        try:
+            server.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def wisp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the whole session (tests use their own taskUUIDs)."""
+    server = start_server(tmp_path_factory.mktemp("wisp") / "data")
+    try:
+        yield server
+    finally:
+        stop_server(server)
