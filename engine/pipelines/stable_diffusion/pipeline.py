@@ -46,6 +46,18 @@ class GenerationSpec:
         return "txt2img"
 
 
+def _alias_text_model(text_encoder: Any) -> None:
+    """Let diffusers' clip_skip path find ``text_model.final_layer_norm`` under transformers 5.
+
+    transformers 5 flattened ``CLIPTextModel`` (no ``text_model`` child);
+    diffusers 0.42 still reaches through it when ``clip_skip`` is set.  The
+    alias is a plain attribute, not a registered submodule, so the module tree
+    and state dict are unchanged.
+    """
+    if not hasattr(text_encoder, "text_model") and hasattr(text_encoder, "final_layer_norm"):
+        object.__setattr__(text_encoder, "text_model", text_encoder)
+
+
 class StableDiffusionModel:
     """A loaded SD-1.x model and its derived task pipelines."""
 
@@ -68,6 +80,7 @@ class StableDiffusionModel:
         )
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
+        _alias_text_model(pipe.text_encoder)
         return cls(pipe, device)
 
     def _variant(self, mode: str) -> Any:

@@ -1,0 +1,139 @@
+"""The gateway driven without any socket: frames in, replies and session frames out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from engine.core import Engine, EngineConfig
+from engine.net import NetPolicy
+from engine.registry.db import Database
+from engine.registry.keys import KeyStore
+from server.config import ServerConfig
+from server.gateway import Gateway, RequestContext
+from server.sessions import Session, SessionRegistry
+from server.tasks import TaskStore
+from server.webhooks import WebhookSender
+
+
+class FakeConn:
+    """Collects what the gateway sends; acts as the session's sink while bound."""
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
+        self.ctx = RequestContext(base_url="http://wisp.test", own_hosts=frozenset({"wisp.test"}))
+        self.frames: list[dict] = []
+
+    async def reply(self, frames: list[bytes]) -> None:
+        self.frames.extend(json.loads(f) for f in frames)
+
+    async def send_frames(self, frames: list[bytes]) -> list[bytes]:
+        await self.reply(frames)
+        return []
+
+    def bind(self, session: Session) -> list[bytes]:
+        self.session = session
+        return session.attach(self)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path):
+    config = ServerConfig(data_dir=tmp_path, max_in_flight_per_session=2, warm_builtin=False)
+    keys = KeyStore(Database(tmp_path / "wisp.db"))
+    engine = Engine(EngineConfig(data_dir=tmp_path, torch_threads=1))
+    engine.start()
+    gw = Gateway(config, engine, keys, TaskStore(60), SessionRegistry(120), WebhookSender(NetPolicy(), 1, 0))
+    yield gw, keys.create("alpha"), keys.create("beta")
+    engine.stop()
+
+
+def infer(task_uuid: str, **extra) -> dict:
+    return {"taskType": "imageInference", "taskUUID": task_uuid, "model": "wisp:tiny-sd15@1", "positivePrompt": "p",
+            "width": 64, "height": 64, "steps": 2, "seed": 1, **extra}
+
+
+async def send(gw: Gateway, conn: FakeConn, *tasks: dict) -> list[asyncio.Task]:
+    return await gw.handle_frame(conn, json.dumps(list(tasks)).encode())
+
+
+async def test_auth_ping_and_refusal_before_auth(gateway):
+    gw, key, _ = gateway
+    conn = FakeConn()
+    u = str(uuid.uuid4())
+    await send(gw, conn, infer(u))
+    assert conn.frames[-1]["errors"][0]["code"] == "notAuthenticated"
+    assert conn.frames[-1]["errors"][0]["taskUUID"] == u
+    await send(gw, conn, {"taskType": "authentication", "apiKey": key}, {"taskType": "ping", "ping": True})
+    data = conn.frames[-1]["data"]
+    assert data[0]["taskType"] == "authentication" and "taskUUID" not in data[0]
+    assert data[1] == {"taskType": "ping", "pong": True}
+
+
+async def test_results_buffer_while_detached_and_flush_on_resume(gateway):
+    gw, key, _ = gateway
+    first = FakeConn()
+    await send(gw, first, {"taskType": "authentication", "apiKey": key})
+    session = first.session
+    u = str(uuid.uuid4())
+    jobs = await send(gw, first, infer(u))
+    session.detach(first)  # the socket went away mid-task
+    await asyncio.wait(jobs)
+    assert len(session.buffer) == 1
+    second = FakeConn()
+    await send(gw, second, {"taskType": "authentication", "apiKey": key, "connectionSessionUUID": session.uuid})
+    await asyncio.sleep(0.05)
+    assert second.frames[0]["data"][0]["connectionSessionUUID"] == session.uuid
+    assert second.frames[1]["data"][0]["taskUUID"] == u
+    assert not session.buffer
+
+
+async def test_other_team_cannot_resume_or_poll(gateway):
+    gw, key, other_key = gateway
+    mine, theirs = FakeConn(), FakeConn()
+    await send(gw, mine, {"taskType": "authentication", "apiKey": key})
+    u = str(uuid.uuid4())
+    await asyncio.wait(await send(gw, mine, infer(u)))
+    await send(gw, theirs, {"taskType": "authentication", "apiKey": other_key, "connectionSessionUUID": mine.session.uuid})
+    assert theirs.session is not mine.session
+    await send(gw, theirs, {"taskType": "getResponse", "taskUUID": u})
+    assert theirs.frames[-1]["errors"][0]["code"] == "taskNotFound"
+    jobs = await send(gw, theirs, infer(u))  # same taskUUID, other team: no conflict
+    await asyncio.wait(jobs)
+    assert theirs.frames[-1]["data"][0]["taskUUID"] == u
+
+
+async def test_in_flight_limit_and_conflict(gateway):
+    gw, key, _ = gateway
+    conn = FakeConn()
+    await send(gw, conn, {"taskType": "authentication", "apiKey": key})
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    jobs = await send(gw, conn, infer(a), infer(a), infer(b), infer(c))
+    errors = conn.frames[-1]["errors"]
+    assert [e["code"] for e in errors] == ["conflictTaskUUID", "tooManyTasksInFlight"]
+    assert [e["taskUUID"] for e in errors] == [a, c]
+    await asyncio.wait(jobs)
+    # a refused-for-load taskUUID is not burnt: it can be sent again
+    await asyncio.wait(await send(gw, conn, infer(c)))
+    assert conn.frames[-1]["data"][0]["taskUUID"] == c
+
+
+async def test_internal_errors_do_not_leak_text(gateway, monkeypatch):
+    gw, key, _ = gateway
+    conn = FakeConn()
+    await send(gw, conn, {"taskType": "authentication", "apiKey": key})
+
+    async def explode(*args, **kwargs):
+        raise RuntimeError("secret /etc/path detail")
+
+    monkeypatch.setattr(gw.engine, "generate", explode)
+    u = str(uuid.uuid4())
+    await asyncio.wait(await send(gw, conn, infer(u)))
+    error = conn.frames[-1]["errors"][0]
+    assert error["code"] == "internalError" and error["taskUUID"] == u
+    assert "secret" not in json.dumps(conn.frames)
+    await send(gw, conn, {"taskType": "getResponse", "taskUUID": u})
+    assert conn.frames[-1]["errors"][0]["code"] == "internalError"
