@@ -105,6 +105,7 @@ class Gateway:
         data: list[Any] = []
         errors: list[WireError] = []
         started: list[asyncio.Task[None]] = []
+        resumed: list[tuple[Session, list[bytes]]] = []
         for item in decoded:
             self.counters["tasks"] += 1
             if item.error is not None:
@@ -114,7 +115,7 @@ class Gateway:
             if isinstance(task, Ping):
                 data.append(Pong())
             elif isinstance(task, Authentication):
-                reply = await self._authenticate(conn, task)
+                reply = await self._authenticate(conn, task, resumed)
                 (errors if isinstance(reply, WireError) else data).append(reply)
             elif conn.session is None:
                 errors.append(
@@ -141,6 +142,9 @@ class Gateway:
             frames.extend(encode_errors(errors))
         if frames:
             await conn.reply(frames)
+        for session, pending in resumed:
+            # What was kept while no socket was attached goes out after the auth reply.
+            await session.emit(pending)
         return started
 
     async def _refuse_frame(self, conn: Conn, frame: bytes | str, code: str, message: str) -> None:
@@ -151,7 +155,7 @@ class Gateway:
 
     # ---- session tasks ----------------------------------------------------
 
-    async def _authenticate(self, conn: Conn, task: Authentication) -> Any:
+    async def _authenticate(self, conn: Conn, task: Authentication, resumed: list[tuple[Session, list[bytes]]]) -> Any:
         if not isinstance(task.apiKey, str) or not task.apiKey:
             return wire_error(ErrorCode.MISSING_API_KEY, "apiKey is missing", task_type="authentication")
         team = await asyncio.to_thread(self.keys.team_of, task.apiKey)
@@ -164,8 +168,7 @@ class Gateway:
             session = self.sessions.create(team)
         pending = conn.bind(session)
         if pending:
-            # Flush what was kept while no socket was attached, after the auth reply.
-            asyncio.get_running_loop().call_soon(self._spawn, session.emit(pending))
+            resumed.append((session, pending))
         return AuthenticationResult(connectionSessionUUID=session.uuid)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
