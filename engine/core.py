@@ -121,8 +121,8 @@ class Engine:
     async def prepare(self, task: ImageInference, team: str, own_hosts: frozenset[str] = frozenset()) -> tuple[ModelEntry, GenerationSpec]:
         """Check a request against the library and resolve its inputs (no device work)."""
         entry, scheduler = self.check(task, team)
-        init = await self._image(task.seedImage, "seedImage", own_hosts) if task.seedImage else None
-        mask = await self._image(task.maskImage, "maskImage", own_hosts) if task.maskImage else None
+        init = await self._image(task.seedImage, "seedImage", own_hosts) if task.seedImage is not None else None
+        mask = await self._image(task.maskImage, "maskImage", own_hosts) if task.maskImage is not None else None
         if task.seed is not None:
             seeds = tuple((task.seed + i) % 2**63 for i in range(task.numberResults))
         else:

@@ -14,6 +14,7 @@ client refuses frames over 1 MiB) unless a single item is itself larger.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -145,16 +146,33 @@ def _decode_element(index: int, element: Any) -> DecodedTask:
     return DecodedTask(index, task, None, task_type, task_uuid, element)
 
 
+def _parse(frame: bytes | str) -> Any:
+    """JSON → Python objects, or a frame-level :class:`WireError`.
+
+    msgspec is the fast path.  It refuses some valid JSON (numbers beyond
+    float range such as ``1e400``, lone surrogate escapes); the standard
+    library parser then gets a second look so each task can still be
+    answered under its own taskUUID.  Invalid UTF-8 is a malformed frame.
+    """
+    try:
+        return _decoder.decode(frame)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        first = exc
+    try:
+        return json.loads(frame)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return wire_error(ErrorCode.INVALID_FRAME, f"frame is not valid JSON: {str(first)[:200]}")
+
+
 def decode_frame(frame: bytes | str) -> list[DecodedTask] | WireError:
     """Decode one client frame.
 
     Returns a list with one :class:`DecodedTask` per element, in order, or a
     single :class:`WireError` when the frame is not a non-empty JSON array.
     """
-    try:
-        elements = _decoder.decode(frame)
-    except msgspec.DecodeError as exc:
-        return wire_error(ErrorCode.INVALID_FRAME, f"frame is not valid JSON: {str(exc)[:200]}")
+    elements = _parse(frame)
+    if isinstance(elements, WireError):
+        return elements
     if not isinstance(elements, list):
         return wire_error(ErrorCode.INVALID_FRAME, "a frame must be a JSON array of task objects")
     if not elements:
@@ -164,10 +182,7 @@ def decode_frame(frame: bytes | str) -> list[DecodedTask] | WireError:
 
 def task_heads(frame: bytes | str) -> list[tuple[str | None, str | None]]:
     """Best-effort (taskType, taskUUID) pairs of a frame, for refusing it whole."""
-    try:
-        elements = _decoder.decode(frame)
-    except msgspec.DecodeError:
-        return []
+    elements = _parse(frame)
     if not isinstance(elements, list):
         return []
     heads = []

@@ -35,6 +35,7 @@ from protocol.errors import ErrorCode, WireError, wire_error
 OutputType = Literal["URL", "base64Data", "dataURI"]
 OutputFormat = Literal["PNG", "JPG", "WEBP"]
 DeliveryMethod = Literal["sync", "async"]
+ImageRef = Annotated[str, msgspec.Meta(min_length=1, description="imageUUID, URL, data URI or base64")]
 
 # Fields of Runware's imageInference that wisp refuses for now (each would
 # change the picture; ignoring one would hand back a wrong result).
@@ -98,8 +99,8 @@ class ImageInference(Task, tag="imageInference"):
     includeCost: bool = False
     deliveryMethod: DeliveryMethod = "sync"
     webhookURL: URLString | None = None
-    seedImage: str | None = None
-    maskImage: str | None = None
+    seedImage: ImageRef | None = None
+    maskImage: ImageRef | None = None
     strength: Strength | None = None
     maskMargin: MaskMargin | None = None
     lora: list[LoraRef] = []

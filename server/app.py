@@ -205,9 +205,6 @@ async def run_forever(config: ServerConfig, announce: bool = True) -> None:
     server = WispServer(config)
     first_key = server.ensure_first_key()
     await server.start()
-    if first_key and announce:
-        print(f"created API key for team 'default' (shown once): {first_key}", flush=True)
-    print(f"wisp listening on ws://{config.host}:{server.port}/v1", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -215,6 +212,9 @@ async def run_forever(config: ServerConfig, announce: bool = True) -> None:
             loop.add_signal_handler(sig, stop.set)
         except NotImplementedError:  # pragma: no cover
             pass
+    if first_key and announce:
+        print(f"created API key for team 'default' (shown once): {first_key}", flush=True)
+    print(f"wisp listening on ws://{config.host}:{server.port}/v1", flush=True)
     await stop.wait()
     print("wisp shutting down", flush=True)
     await server.stop()

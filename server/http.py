@@ -91,7 +91,12 @@ class HTTPProtocol(asyncio.Protocol):
         except Exception:
             log.exception("HTTP handler failed")
             response = json_response(500, {"errors": [{"code": "internalError", "message": "internal error"}]})
-        self._write(*response)
+        status, headers, payload = response
+        if request is not None and request.method == b"HEAD":
+            # Same headers as GET (content-length included), no body.
+            headers = headers + [(b"content-length", str(len(payload)).encode())]
+            payload = b""
+        self._write(status, headers, payload)
         self._busy = False
         if self.transport is not None and self.conn.our_state is h11.MUST_CLOSE:
             self.transport.close()
@@ -104,7 +109,9 @@ class HTTPProtocol(asyncio.Protocol):
         if self.transport is None:
             return
         try:
-            headers = headers + [(b"content-length", str(len(body)).encode()), (b"server", b"wisp")]
+            if not any(name == b"content-length" for name, _ in headers):
+                headers = headers + [(b"content-length", str(len(body)).encode())]
+            headers = headers + [(b"server", b"wisp")]
             out = self.conn.send(h11.Response(status_code=status, headers=headers))
             out += self.conn.send(h11.Data(data=body)) if body else b""
             out += self.conn.send(h11.EndOfMessage())

@@ -202,3 +202,21 @@ def test_structs_round_trip():
     task = one(inference(seed=5, lora=[{"model": "a:b@1", "weight": 0.5}])).task
     again = msgspec.convert(msgspec.to_builtins(task), ImageInference)
     assert again == task
+
+
+def test_valid_json_msgspec_refuses_still_routes_per_task():
+    frame = ('[{"taskType":"imageInference","taskUUID":"%s","model":"m","positivePrompt":"p","CFGScale":1e400},'
+             '{"taskType":"ping","ping":true}]' % UUID).encode()
+    decoded = decode_frame(frame)
+    assert isinstance(decoded, list)
+    assert decoded[0].error.taskUUID == UUID and decoded[0].error.parameter == "CFGScale"
+    assert isinstance(decoded[1].task, Ping)
+
+
+def test_invalid_utf8_inside_a_string_is_a_bad_frame():
+    result = decode_frame(b'[{"taskType": "ping", "ping": true, "note": "\xff"}]')
+    assert isinstance(result, WireError) and result.code == ErrorCode.INVALID_FRAME
+
+
+def test_empty_image_reference_is_refused():
+    assert one(inference(seedImage="")).error.parameter == "seedImage"
