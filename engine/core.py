@@ -17,12 +17,17 @@ from typing import Any
 
 from protocol.inference import ImageInference
 
-from engine.errors import ModelNotFound
+from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
 from engine.images.codec import FORMATS, decode_image, encode_image
 from engine.images.sources import load_image_bytes
 from engine.images.store import ImageStore
-from engine.models import ModelEntry, ModelLibrary
+from engine.models import BUILTIN_MODELS, LoraEntry, ModelEntry, ModelLibrary, family
 from engine.net import NetPolicy
+from engine.registry.db import Database
+from engine.registry.models import ModelRegistry, ModelRow
+from engine.upload.ingest import Emit, IngestConfig, ModelIngest
+from engine.upload.store import ModelStore
+from protocol.models import ModelInfo, ModelSearch, ModelSearchResult, ModelUpload
 from engine.pipelines.stable_diffusion import GenerationSpec
 from engine.pricing import image_cost
 from engine.schedulers import canonical_scheduler
@@ -49,6 +54,8 @@ class EngineConfig:
     torch_threads: int = field(default_factory=default_torch_threads)
     max_queue: int = 256
     net: NetPolicy = NetPolicy()
+    max_model_bytes: int = 20 * 1024**3
+    storage_dtype: str = "F16"
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,25 @@ class GeneratedImage:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, db: Database | None = None) -> None:
         self.config = config
         data_dir = Path(config.data_dir)
+        self.db = db or Database(data_dir / "wisp.db")
+        self.registry = ModelRegistry(self.db)
+        self.model_store = ModelStore(data_dir / "store")
         self.images = ImageStore(data_dir / "images", data_dir / "tmp")
-        self.library = ModelLibrary(data_dir, config.device)
+        self.library = ModelLibrary(data_dir, config.device, self.registry, self.model_store)
+        self.ingest = ModelIngest(
+            self.registry,
+            self.model_store,
+            IngestConfig(
+                tmp_dir=data_dir / "tmp",
+                max_model_bytes=config.max_model_bytes,
+                storage_dtype=config.storage_dtype,
+                policy=config.net,
+            ),
+            prove_checkpoint=self._prove_checkpoint,
+        )
         self.queue = FairQueue(config.max_queue)
         self._worker = Worker(self.queue, "wisp-device-0", on_start=self._init_thread)
         self._started = False
@@ -115,8 +136,17 @@ class Engine:
         """
         entry = self.library.resolve(task.model, team)
         for index, ref in enumerate(task.lora):
-            raise ModelNotFound(f"no LoRA {ref.model[:200]!r} is available", parameter=f"lora[{index}].model")
+            self.library.resolve_lora(ref.model, team, entry, f"lora[{index}].model")
         return entry, canonical_scheduler(task.scheduler or entry.defaults.scheduler)
+
+    def _loras(self, task: ImageInference, team: str, entry: ModelEntry) -> tuple[Any, ...]:
+        uses = []
+        for index, ref in enumerate(task.lora):
+            from engine.lora import LoraUse
+
+            lora: LoraEntry = self.library.resolve_lora(ref.model, team, entry, f"lora[{index}].model")
+            uses.append(LoraUse(key=lora.sha256, path=lora.path, weight=lora.default_weight if ref.weight is None else ref.weight))
+        return tuple(uses)
 
     async def prepare(self, task: ImageInference, team: str, own_hosts: frozenset[str] = frozenset()) -> tuple[ModelEntry, GenerationSpec]:
         """Check a request against the library and resolve its inputs (no device work)."""
@@ -141,6 +171,7 @@ class Engine:
             mask_image=mask,
             strength=task.strength if task.strength is not None else entry.defaults.strength,
             mask_margin=task.maskMargin,
+            loras=self._loras(task, team, entry),
         )
         return entry, spec
 
@@ -175,3 +206,74 @@ class Engine:
             return self.images.put(encode_image(image, "PNG", 95), "png")
 
         return await asyncio.to_thread(store)
+
+    # ---- the model library -------------------------------------------------
+
+    async def _prove_checkpoint(self, path: Path, architecture: str) -> None:
+        await submit(self.queue, "__ingest__", lambda: self.library.prove_checkpoint(path, architecture))
+
+    async def upload_model(self, task: ModelUpload, team: str, emit: Emit, local_source: Path | None = None) -> ModelRow:
+        """Run a modelUpload through its five phases (see :mod:`engine.upload.ingest`).
+
+        ``local_source``: the file behind a ``/v1/files`` URL of this server,
+        read from disk instead of downloaded.
+        """
+        return await self.ingest.run(task, team, emit, local_source=local_source)
+
+    async def search_models(self, task: ModelSearch, team: str) -> ModelSearchResult:
+        """modelSearch: the built-in models (public) and every model ``team`` may see."""
+        rows = await asyncio.to_thread(
+            self.registry.search,
+            team,
+            text=task.search,
+            category=task.category,
+            type_=task.type,
+            architectures=(task.architecture,) if task.architecture else None,
+            conditioning=task.conditioning,
+            visibility=task.visibility,
+            tags=task.tags,
+            limit=10**9,
+            offset=0,
+        )
+        found = [_builtin_info(e) for e in BUILTIN_MODELS.values() if _builtin_matches(e, task)]
+        found += [_row_info(r) for r in rows[1]]
+        return ModelSearchResult(
+            taskType="modelSearch",
+            taskUUID=task.taskUUID,
+            totalResults=len(found),
+            results=found[task.offset : task.offset + task.limit],
+        )
+
+
+def _builtin_matches(entry: ModelEntry, task: ModelSearch) -> bool:
+    if task.visibility == "private" or task.tags or task.conditioning:
+        return False
+    if task.category not in (None, entry.category) or task.type not in (None, "base"):
+        return False
+    if task.architecture not in (None, entry.architecture):
+        return False
+    if task.search and task.search.lower() not in f"{entry.air} {entry.name} builtin".lower():
+        return False
+    return True
+
+
+def _builtin_info(entry: ModelEntry) -> ModelInfo:
+    return ModelInfo(
+        air=entry.air, name=entry.name, version="1", category=entry.category, architecture=entry.architecture,
+        tags=["builtin"], heroImage="", private=False, comment="built offline with random weights: draws noise",
+        type="base", defaultSteps=entry.defaults.steps, defaultCFG=entry.defaults.cfg_scale,
+        defaultScheduler=entry.defaults.scheduler, defaultStrength=entry.defaults.strength,
+    )
+
+
+def _row_info(row: ModelRow) -> ModelInfo:
+    meta = row.meta
+    return ModelInfo(
+        air=row.air, name=row.name, version=row.version, category=row.category, architecture=row.architecture,
+        tags=row.tags, heroImage=meta.get("heroImageURL") or "", private=row.private, comment=meta.get("comment") or "",
+        type=row.type, conditioning=row.conditioning, shortDescription=meta.get("shortDescription"),
+        positiveTriggerWords=meta.get("positiveTriggerWords"), negativeTriggerWords=meta.get("negativeTriggerWords"),
+        defaultScheduler=meta.get("defaultScheduler"), defaultSteps=meta.get("defaultSteps"),
+        defaultCFG=meta.get("defaultCFG"), defaultStrength=meta.get("defaultStrength"),
+        defaultWeight=meta.get("defaultWeight"), sizeBytes=row.size_bytes,
+    )

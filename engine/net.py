@@ -27,25 +27,49 @@ class NetPolicy:
     max_redirects: int = 5
 
 
-async def check_url(url: str, policy: NetPolicy, parameter: str) -> None:
+def _split(url: str, parameter: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise URLNotAllowed(f"{parameter}: only http(s) URLs with a host are accepted", parameter=parameter)
-    if policy.allow_private:
-        return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
-        )
-    except OSError:
-        raise DownloadFailed(f"{parameter}: host {parts.hostname} does not resolve", parameter=parameter) from None
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise URLNotAllowed(f"{parameter}: the URL's port is not valid", parameter=parameter) from None
+    return parts.hostname, port
+
+
+def _check_addresses(hostname: str, infos: list, parameter: str) -> None:
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%")[0])
         if not address.is_global:
             raise URLNotAllowed(
-                f"{parameter}: {parts.hostname} resolves to a private or local address, which this server refuses",
+                f"{parameter}: {hostname} resolves to a private or local address, which this server refuses",
                 parameter=parameter,
             )
+
+
+async def check_url(url: str, policy: NetPolicy, parameter: str) -> None:
+    """Refuse non-http(s) URLs and, unless allowed, hosts with non-public addresses."""
+    hostname, port = _split(url, parameter)
+    if policy.allow_private:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise DownloadFailed(f"{parameter}: host {hostname} does not resolve", parameter=parameter) from None
+    _check_addresses(hostname, infos, parameter)
+
+
+def check_url_sync(url: str, policy: NetPolicy, parameter: str) -> None:
+    """:func:`check_url` for worker threads."""
+    hostname, port = _split(url, parameter)
+    if policy.allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise DownloadFailed(f"{parameter}: host {hostname} does not resolve", parameter=parameter) from None
+    _check_addresses(hostname, infos, parameter)
 
 
 async def fetch_bytes(url: str, policy: NetPolicy, max_bytes: int, parameter: str) -> bytes:

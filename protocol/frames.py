@@ -24,6 +24,7 @@ import msgspec
 from protocol.common import UUID_PATTERN, LenientTask, Task
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.inference import ImageInference, ImageUpload
+from protocol.models import ModelSearch, ModelUpload
 from protocol.session import Authentication, GetResponse, GetTaskDetails, Ping
 
 MAX_OUT_FRAME_BYTES = 1_000_000
@@ -31,7 +32,7 @@ MAX_OUT_FRAME_BYTES = 1_000_000
 
 TASK_TYPES: dict[str, type[Task] | type[LenientTask]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (Authentication, Ping, ImageInference, ImageUpload, GetResponse, GetTaskDetails)
+    for cls in (Authentication, Ping, ImageInference, ImageUpload, GetResponse, GetTaskDetails, ModelUpload, ModelSearch)
 }
 """taskType → struct, for every task this protocol version decodes."""
 

@@ -68,7 +68,8 @@ UNSUPPORTED_INFERENCE_FIELDS: tuple[str, ...] = (
 
 class LoraRef(msgspec.Struct, forbid_unknown_fields=True):
     model: ModelAIR
-    weight: LoraWeight = 1.0
+    weight: LoraWeight | None = None
+    """None: the LoRA's ``defaultWeight`` (1.0 unless its upload said otherwise)."""
 
 
 class Safety(msgspec.Struct, forbid_unknown_fields=True):

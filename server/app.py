@@ -28,7 +28,8 @@ from engine.registry.keys import KeyStore
 from server.config import ServerConfig
 from server.connection import SocketConn, request_context
 from server.gateway import Gateway, RequestContext
-from server.http import HTTPProtocol, Response as HTTPResponse, json_response
+from server.files import FILES_PATH, FileDrop, FileSink
+from server.http import BodySink, HTTPProtocol, Response as HTTPResponse, json_response
 from server.listener import SniffingConnection
 from server.sessions import Session, SessionRegistry
 from server.tasks import TaskStore
@@ -95,12 +96,15 @@ class WispServer:
                 torch_threads=config.torch_threads,
                 max_queue=config.max_queue,
                 net=policy,
-            )
+                max_model_bytes=config.max_model_bytes,
+            ),
+            db=self.db,
         )
         self.tasks = TaskStore(config.task_retention_s)
         self.sessions = SessionRegistry(config.resume_ttl_s)
         self.webhooks = WebhookSender(policy, config.webhook_timeout_s, config.webhook_retries)
-        self.gateway = Gateway(config, self.engine, self.keys, self.tasks, self.sessions, self.webhooks)
+        self.files = FileDrop(config.data_dir / "uploads")
+        self.gateway = Gateway(config, self.engine, self.keys, self.tasks, self.sessions, self.webhooks, self.files)
         self.ws_server: Server | None = None
         self.port: int | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -116,11 +120,35 @@ class WispServer:
         ctx = request_context(ws.request.headers.get("Host") if ws.request else None, self.config.host, self.port or 0, self.config.public_url)
         await SocketConn(ws, self.gateway, ctx).serve()
 
-    async def _http_handler(self, request: h11.Request, body: bytes) -> HTTPResponse:
+    def _bearer_team(self, headers: dict[str, str]) -> str | None:
+        auth = headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        return self.keys.team_of(key) if key else None
+
+    def _body_sink(self, request: h11.Request) -> BodySink | None:
+        """Stream ``PUT/POST /v1/files`` bodies to disk; everything else is buffered (and capped)."""
+        path = urlsplit(request.target.decode("latin-1")).path
+        if request.method not in (b"PUT", b"POST") or path.rstrip("/") != FILES_PATH.rstrip("/"):
+            return None
+        headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
+        team = self._bearer_team(headers)
+        if team is None:
+            return None
+        return self.files.sink(team, self.config.max_model_bytes)
+
+    async def _http_handler(self, request: h11.Request, body: bytes, sink: BodySink | None = None) -> HTTPResponse:
         target = urlsplit(request.target.decode("latin-1"))
         path = target.path
         method = request.method.decode()
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
+        if path.rstrip("/") == FILES_PATH.rstrip("/") and method in ("PUT", "POST"):
+            if not isinstance(sink, FileSink):
+                status = 401
+                code = "invalidApiKey" if "authorization" in headers else "missingApiKey"
+                return json_response(status, {"errors": [{"code": code, "message": "send Authorization: Bearer <apiKey>"}]})
+            token = await asyncio.to_thread(sink.finish)
+            ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url)
+            return json_response(201, {"url": f"{ctx.base_url}{FILES_PATH}{token}", "size": sink.size, "expiresIn": int(self.files.ttl_s)})
         if path == "/healthz" and method in ("GET", "HEAD"):
             return json_response(200, {"status": "ok", "queue": len(self.engine.queue), "sessions": len(self.sessions)})
         if path.startswith("/images/") and method in ("GET", "HEAD"):
@@ -137,10 +165,9 @@ class WispServer:
 
     async def _post_tasks(self, headers: dict[str, str], body: bytes) -> HTTPResponse:
         auth = headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        if not key:
+        if not auth[7:].strip() or not auth.lower().startswith("bearer "):
             return json_response(401, {"errors": [{"code": "missingApiKey", "message": "send Authorization: Bearer <apiKey>"}]})
-        team = await asyncio.to_thread(self.keys.team_of, key)
+        team = await asyncio.to_thread(self._bearer_team, headers)
         if team is None:
             return json_response(401, {"errors": [{"code": "invalidApiKey", "message": "Invalid API key"}]})
         ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url)
@@ -160,7 +187,7 @@ class WispServer:
 
     async def start(self) -> None:
         self.engine.start()
-        http_factory = functools.partial(HTTPProtocol, self._http_handler, self.config.max_http_body_bytes)
+        http_factory = functools.partial(HTTPProtocol, self._http_handler, self.config.max_http_body_bytes, self._body_sink)
         self.ws_server = await serve(
             self._ws_handler,
             self.config.host,
@@ -178,13 +205,15 @@ class WispServer:
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
         if self.config.warm_builtin:
             warm = asyncio.get_running_loop().create_task(self.engine.warm(BUILTIN_SD15_AIR))
-            warm.add_done_callback(lambda t: t.cancelled() or t.exception() is None or log.error("warm-up failed", exc_info=t.exception()))
+            warm.add_done_callback(_log_warm_failure)
 
     async def _housekeep(self) -> None:
         while True:
             await asyncio.sleep(10)
             self.sessions.sweep()
             self.tasks.prune()
+            self.files.sweep()
+            await asyncio.to_thread(self.engine.registry.record_daily_usage)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         if self.ws_server is not None:
@@ -199,6 +228,13 @@ class WispServer:
                 job.cancel()
         self.engine.stop()
         await self.webhooks.aclose()
+
+
+def _log_warm_failure(task: asyncio.Task) -> None:
+    from engine.errors import EngineStopped
+
+    if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), EngineStopped):
+        log.error("warm-up failed", exc_info=task.exception())
 
 
 async def run_forever(config: ServerConfig, announce: bool = True) -> None:

@@ -75,6 +75,43 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace):
+    from engine.registry.db import Database
+    from engine.registry.models import ModelRegistry
+
+    return ModelRegistry(Database(_data_dir(args.data_dir) / "wisp.db"))
+
+
+def cmd_sources_create(args: argparse.Namespace) -> int:
+    import re
+    import sqlite3
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", args.name):
+        print("a source name is lowercase letters, digits, '-' and '_' (at most 64)", file=sys.stderr)
+        return 2
+    try:
+        _registry(args).create_source(args.name, args.team)
+    except sqlite3.IntegrityError:
+        print(f"source {args.name!r} already exists", file=sys.stderr)
+        return 1
+    print(f"source {args.name!r} belongs to team {args.team!r}")
+    return 0
+
+
+def cmd_sources_list(args: argparse.Namespace) -> int:
+    for name, team in _registry(args).list_sources():
+        print(f"{name}\t{team}")
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    lines = _registry(args).usage()
+    print(f"{'team':<20} {'stored bytes':>14} {'GB (rounded up)':>16} {'$/day':>8} {'GB-days':>8} {'$ to date':>10}")
+    for line in lines:
+        print(f"{line.team:<20} {line.bytes_now:>14} {line.gb_now:>16} {line.daily_cost_usd:>8.4f} {line.gb_days:>8} {line.cost_to_date_usd:>10.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wisp", description="Runware-compatible diffusion task server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key")
     revoke.add_argument("--data-dir", default=None)
     revoke.set_defaults(func=cmd_keys_revoke)
+    sources = sub.add_parser("sources", help="manage AIR sources (the `source` of source:id@version)").add_subparsers(
+        dest="sources_command", required=True
+    )
+    screate = sources.add_parser("create", help="create a source owned by a team")
+    screate.add_argument("name")
+    screate.add_argument("--team", default="default")
+    screate.add_argument("--data-dir", default=None)
+    screate.set_defaults(func=cmd_sources_create)
+    slist = sources.add_parser("list", help="list sources and their teams")
+    slist.add_argument("--data-dir", default=None)
+    slist.set_defaults(func=cmd_sources_list)
+    usage = sub.add_parser("usage", help="model storage per team: bytes, GB-days, cost by the seed's formula")
+    usage.add_argument("--data-dir", default=None)
+    usage.set_defaults(func=cmd_usage)
+    from server.upload_cli import add_parser as add_upload
+
+    add_upload(sub)
     return parser
 
 

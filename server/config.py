@@ -47,6 +47,8 @@ class ServerConfig:
     resume_ttl_s: float = 120.0
     task_retention_s: float = 3600.0
     max_http_body_bytes: int = 16 * 1024 * 1024
+    max_model_bytes: int = 20 * 1024**3
+    """Largest model file a modelUpload may download (or PUT to /v1/files)."""
     allow_private_urls: bool = False
     torch_threads: int = field(default_factory=default_torch_threads)
     device: str = "cpu"
@@ -69,6 +71,7 @@ class ServerConfig:
         c.idle_timeout_s = _env_float("WISP_IDLE_TIMEOUT", c.idle_timeout_s)
         c.resume_ttl_s = _env_float("WISP_RESUME_TTL", c.resume_ttl_s)
         c.task_retention_s = _env_float("WISP_TASK_RETENTION", c.task_retention_s)
+        c.max_model_bytes = _env_int("WISP_MAX_MODEL_BYTES", c.max_model_bytes)
         c.allow_private_urls = _env_bool("WISP_ALLOW_PRIVATE_URLS", c.allow_private_urls)
         c.torch_threads = _env_int("WISP_TORCH_THREADS", c.torch_threads)
         c.device = os.environ.get("WISP_DEVICE", c.device)

@@ -13,7 +13,9 @@ import asyncio
 import base64
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -23,6 +25,7 @@ from engine.registry.keys import KeyStore
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.frames import DecodedTask, decode_frame, encode_data, encode_errors, task_heads
 from protocol.inference import AsyncAck, ImageInference, ImageResult, ImageUpload, ImageUploadResult
+from protocol.models import ModelSearch, ModelUpload, ModelUploadStatus
 from protocol.session import (
     Authentication,
     AuthenticationResult,
@@ -35,11 +38,16 @@ from protocol.session import (
 )
 from server.config import ServerConfig
 from server.errors import to_wire_error
+from server.files import FILES_PATH, FileDrop
 from server.sessions import Session, SessionRegistry
 from server.tasks import TaskRecord, TaskStore
 from server.webhooks import WebhookSender
 
 log = logging.getLogger("wisp.server")
+
+
+class UploadSourceGone(EngineError):
+    code = ErrorCode.DOWNLOAD_FAILED
 
 _PONG_FRAME = encode_data([Pong()])[0]
 
@@ -72,7 +80,9 @@ class Gateway:
         tasks: TaskStore,
         sessions: SessionRegistry,
         webhooks: WebhookSender,
+        files: "FileDrop | None" = None,
     ) -> None:
+        self.files = files
         self.config = config
         self.engine = engine
         self.keys = keys
@@ -188,7 +198,7 @@ class Gateway:
             return self._get_response(session, task)
         if isinstance(task, GetTaskDetails):
             return self._get_task_details(session, task)
-        assert isinstance(task, (ImageInference, ImageUpload))
+        assert isinstance(task, (ImageInference, ImageUpload, ModelUpload, ModelSearch))
         task_type, task_uuid = item.task_type or "", item.task_uuid or ""
         if isinstance(task, ImageInference):
             try:
@@ -213,20 +223,43 @@ class Gateway:
             )
         session.in_flight += 1
         started.append(self._spawn(self._run(session, record, task, conn.ctx)))
-        if isinstance(task, ImageInference) and task.deliveryMethod == "async":
+        if getattr(task, "deliveryMethod", "sync") == "async":
             return AsyncAck(taskType=task_type, taskUUID=task_uuid)
         return None
 
-    async def _run(self, session: Session, record: TaskRecord, task: ImageInference | ImageUpload, ctx: RequestContext) -> None:
-        is_async = isinstance(task, ImageInference) and task.deliveryMethod == "async"
-        webhook = task.webhookURL if isinstance(task, ImageInference) else None
+    async def _run(
+        self, session: Session, record: TaskRecord, task: ImageInference | ImageUpload | ModelUpload | ModelSearch, ctx: RequestContext
+    ) -> None:
+        is_async = getattr(task, "deliveryMethod", "sync") == "async"
+        webhook: str | None = getattr(task, "webhookURL", None)
+        streamed: list[Any] = []
+
+        async def publish(item: Any) -> None:
+            """Deliver one item of a long task the moment it exists (upload phases)."""
+            streamed.append(item)
+            record.items = list(streamed)
+            if not is_async:
+                await session.emit(encode_data([item]))
+            if webhook:
+                self.webhooks.post(webhook, encode_data([item])[0])
+
         try:
             if isinstance(task, ImageInference):
                 images = await self.engine.generate(task, team=session.team, owner=session.uuid, own_hosts=ctx.own_hosts)
                 items: list[Any] = [self._image_item(task, image, ctx) for image in images]
-            else:
+            elif isinstance(task, ImageUpload):
                 image_uuid, name = await self.engine.upload_image(task.image, ctx.own_hosts)
                 items = [ImageUploadResult(taskType="imageUpload", taskUUID=task.taskUUID, imageUUID=image_uuid, imageURL=f"{ctx.base_url}/images/{name}")]
+            elif isinstance(task, ModelUpload):
+                upload = task
+
+                async def phase(status: str, message: str) -> None:
+                    await publish(ModelUploadStatus(taskType="modelUpload", taskUUID=upload.taskUUID, status=status, message=message, air=upload.air))
+
+                await self.engine.upload_model(task, session.team, phase, local_source=self._dropped_file(task.downloadURL, session.team, ctx))
+                items = []
+            else:
+                items = [await self.engine.search_models(task, session.team)]
         except asyncio.CancelledError:
             record.fail(wire_error(ErrorCode.INTERNAL_ERROR, "the server stopped before this task finished", task_type=record.task_type, task_uuid=record.task_uuid))
             raise
@@ -243,12 +276,22 @@ class Gateway:
             return
         finally:
             session.in_flight -= 1
-        record.succeed(items)
-        if not is_async:
+        record.succeed(streamed + items)
+        if items and not is_async:
             await session.emit(encode_data(items))
         if webhook:
             for result in items:
                 self.webhooks.post(webhook, encode_data([result])[0])
+
+    def _dropped_file(self, url: str, team: str, ctx: RequestContext) -> Path | None:
+        """A ``/v1/files/<token>`` URL of this server, as the local file it names (or None)."""
+        parts = urlsplit(url)
+        if self.files is None or parts.netloc not in ctx.own_hosts or not parts.path.startswith(FILES_PATH):
+            return None
+        path = self.files.lookup(parts.path[len(FILES_PATH):], team)
+        if path is None:
+            raise UploadSourceGone("this file URL has expired or belongs to another team; PUT the file again", parameter="downloadURL")
+        return path
 
     def _image_item(self, task: ImageInference, image: GeneratedImage, ctx: RequestContext) -> ImageResult:
         fields: dict[str, Any] = {}
@@ -284,8 +327,11 @@ class Gateway:
         if record.errors:
             return record.errors[0]
         if record.finished_at is None:
-            return [ProcessingItem(taskType=record.task_type, taskUUID=record.task_uuid)]
-        return [msgspec.structs.replace(item, status="success") for item in record.items]
+            return list(record.items) + [ProcessingItem(taskType=record.task_type, taskUUID=record.task_uuid)]
+        return [
+            msgspec.structs.replace(item, status="success") if getattr(item, "status", None) is msgspec.UNSET else item
+            for item in record.items
+        ]
 
     def _get_task_details(self, session: Session, task: GetTaskDetails) -> Any:
         record = self.tasks.get(session.team, task.taskUUID)

@@ -10,14 +10,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import h11
 
 log = logging.getLogger("wisp.http")
 
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]
-Handler = Callable[[h11.Request, bytes], Awaitable[Response]]
+
+
+class BodySink(Protocol):
+    """Where a streamed request body goes (large uploads never sit in memory)."""
+
+    def write(self, data: bytes) -> bool:
+        """Take a chunk; False means the body is over its limit."""
+
+    def abort(self) -> None: ...
+
+
+Handler = Callable[[h11.Request, bytes, "BodySink | None"], Awaitable[Response]]
+SinkFactory = Callable[[h11.Request], "BodySink | None"]
 
 
 def json_response(status: int, body: Any) -> Response:
@@ -27,9 +39,11 @@ def json_response(status: int, body: Any) -> Response:
 class HTTPProtocol(asyncio.Protocol):
     """asyncio protocol serving one HTTP/1.1 connection with a single handler."""
 
-    def __init__(self, handler: Handler, max_body: int) -> None:
+    def __init__(self, handler: Handler, max_body: int, sink_factory: SinkFactory | None = None) -> None:
         self.handler = handler
         self.max_body = max_body
+        self.sink_factory = sink_factory
+        self._sink: BodySink | None = None
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         self.transport: asyncio.Transport | None = None
         self._body = bytearray()
@@ -51,6 +65,9 @@ class HTTPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._sink is not None:
+            self._sink.abort()
+            self._sink = None
 
     def _pump(self) -> None:
         while not self._busy and self.transport is not None:
@@ -66,28 +83,34 @@ class HTTPProtocol(asyncio.Protocol):
                 return
             if isinstance(event, h11.Request):
                 self._request, self._body, self._too_big = event, bytearray(), False
+                self._sink = self.sink_factory(event) if self.sink_factory is not None else None
             elif isinstance(event, h11.Data):
-                if len(self._body) + len(event.data) > self.max_body:
+                if self._sink is not None:
+                    if not self._too_big and not self._sink.write(event.data):
+                        self._too_big = True
+                        self._sink.abort()
+                elif len(self._body) + len(event.data) > self.max_body:
                     self._too_big = True
                 else:
                     self._body += event.data
             elif isinstance(event, h11.EndOfMessage):
-                request, body = self._request, bytes(self._body)
+                request, body, sink = self._request, bytes(self._body), self._sink
+                self._sink = None
                 self._busy = True
-                asyncio.get_running_loop().create_task(self._respond(request, body))
+                asyncio.get_running_loop().create_task(self._respond(request, body, sink))
                 return
             elif isinstance(event, h11.ConnectionClosed):
                 if self.transport is not None:
                     self.transport.close()
                 return
 
-    async def _respond(self, request: h11.Request | None, body: bytes) -> None:
+    async def _respond(self, request: h11.Request | None, body: bytes, sink: BodySink | None) -> None:
         try:
             if self._too_big:
-                response = json_response(413, {"errors": [{"code": "payloadTooLarge", "message": f"request body over {self.max_body} bytes"}]})
+                response = json_response(413, {"errors": [{"code": "payloadTooLarge", "message": "request body over the size limit"}]})
             else:
                 assert request is not None
-                response = await self.handler(request, body)
+                response = await self.handler(request, body, sink)
         except Exception:
             log.exception("HTTP handler failed")
             response = json_response(500, {"errors": [{"code": "internalError", "message": "internal error"}]})

@@ -56,7 +56,9 @@ def create_key(data_dir: Path, team: str = "default") -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> RunningServer:
+def start_server(
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120.0, allow_private: bool = True
+) -> RunningServer:
     """Start ``wisp serve --port 0`` and wait for its ``listening on`` line."""
     data_dir.mkdir(parents=True, exist_ok=True)
     key = create_key(data_dir)
@@ -64,7 +66,7 @@ def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None,
     log_file = open(log_path, "w")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WISP_TORCH_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(
-        WISP + ["serve", "--port", "0", "--data-dir", str(data_dir), "--allow-private-urls", *extra],
+        WISP + ["serve", "--port", "0", "--data-dir", str(data_dir), *(["--allow-private-urls"] if allow_private else []), *extra],
         stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env,
     )
     deadline = time.monotonic() + timeout
@@ -97,3 +99,49 @@ def wisp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
         yield server
     finally:
         stop_server(server)
+
+
+def wisp_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(WISP + list(args), capture_output=True, text=True, cwd=ROOT)
+
+
+class FileServer:
+    """A loopback HTTP server over a folder, counting GETs per path (for 'no download' checks)."""
+
+    def __init__(self, root: Path) -> None:
+        import functools
+        import http.server
+        import threading
+
+        self.root = root
+        self.hits: dict[str, int] = {}
+        hits = self.hits
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                hits[self.path] = hits.get(self.path, 0) + 1
+                super().do_GET()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: Path | str) -> str:
+        rel = Path(path).resolve().relative_to(self.root.resolve()) if Path(path).is_absolute() else Path(path)
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{rel.as_posix()}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
+    server = FileServer(tmp_path_factory.mktemp("served"))
+    try:
+        yield server
+    finally:
+        server.close()

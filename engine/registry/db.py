@@ -27,6 +27,44 @@ MIGRATIONS: list[str] = [
         revoked_at REAL
     );
     """,
+    """
+    CREATE TABLE sources (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        team_id INTEGER NOT NULL REFERENCES teams(id),
+        created_at REAL NOT NULL DEFAULT (((julianday('now') - 2440587.5) * 86400.0))
+    );
+    CREATE TABLE models (
+        id INTEGER PRIMARY KEY,
+        air TEXT NOT NULL UNIQUE,
+        source TEXT NOT NULL,
+        model_key TEXT NOT NULL,
+        air_version TEXT NOT NULL,
+        team_id INTEGER NOT NULL REFERENCES teams(id),
+        category TEXT NOT NULL,
+        type TEXT,
+        architecture TEXT NOT NULL,
+        conditioning TEXT,
+        format TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        unique_identifier TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        private INTEGER NOT NULL,
+        meta TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX models_team ON models(team_id);
+    CREATE INDEX models_sha ON models(sha256);
+    CREATE TABLE storage_usage (
+        team_id INTEGER NOT NULL REFERENCES teams(id),
+        day TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (team_id, day)
+    );
+    """,
 ]
 
 

@@ -160,3 +160,31 @@ async def test_pings_stay_prompt_during_inference(wisp_server):
             await asyncio.sleep(0.05)
         # Generous bound: the point is that pongs do not wait for the image (seconds).
         assert worst < 1.0
+
+
+async def test_sdk_model_upload_and_search(rw, wisp_server, file_server, tmp_path):
+    from runware.types import IModelSearch, IUploadModelLora
+
+    from tests.conftest import wisp_cli
+    from tests.fixtures.bad_files import write_sd1_kohya_lora
+
+    source = "sdk" + uuid.uuid4().hex[:8]
+    assert wisp_cli("sources", "create", source, "--data-dir", str(wisp_server.data_dir)).returncode == 0
+    folder = file_server.root / uuid.uuid4().hex
+    folder.mkdir()
+    lora = write_sd1_kohya_lora(folder)
+    phases = await rw.modelUpload(
+        IUploadModelLora(
+            air=f"{source}:7@1", architecture="sd1x", name="sdk lora", downloadURL=file_server.url(lora),
+            uniqueIdentifier="sdk-1", version="1.0", format="safetensors", private=True,
+            tags=["sdk"], positiveTriggerWords="sdkword", defaultWeight=0.5,
+        )
+    )
+    assert [p["status"] for p in phases] == ["validated", "downloaded", "optimized", "stored", "ready"]
+    assert all(p["air"] == f"{source}:7@1" for p in phases)
+    found = await rw.modelSearch(IModelSearch(search="sdkword"))
+    assert found.totalResults == 1
+    model = found.results[0]
+    assert model.air == f"{source}:7@1" and model.private is True and model.tags == ["sdk"] and model.category == "lora"
+    builtin = await rw.modelSearch(IModelSearch(category="checkpoint", visibility="public"))
+    assert any(m.air == MODEL for m in builtin.results)

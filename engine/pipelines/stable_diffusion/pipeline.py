@@ -4,18 +4,21 @@ One base :class:`~diffusers.StableDiffusionPipeline` is loaded per model; the
 img2img and inpaint variants are derived with ``from_pipe`` and share its
 components, so the weights exist once.  ``run`` is called from a worker
 thread, never the event loop; a per-model lock keeps the scheduler swap and
-the call together.
+the call together, and the LoRA set of the request (see :mod:`engine.lora`):
+adapters live on the shared UNet/text encoder, so every variant sees them.
 """
 
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from PIL import Image
 
+from engine.lora import LoraAdapters, LoraUse
 from engine.schedulers import make_scheduler
 
 
@@ -36,6 +39,8 @@ class GenerationSpec:
     mask_image: Image.Image | None = None
     strength: float = 0.8
     mask_margin: int | None = None
+    # In request order: a LoRA that fails is reported as ``lora[<index>].model``.
+    loras: tuple[LoraUse, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -58,6 +63,25 @@ def _alias_text_model(text_encoder: Any) -> None:
         object.__setattr__(text_encoder, "text_model", text_encoder)
 
 
+@contextmanager
+def hidden_text_model_alias(text_encoder: Any) -> Iterator[None]:
+    """Remove the :func:`_alias_text_model` alias for the duration of a LoRA load.
+
+    diffusers strips the ``text_model.`` prefix of text-encoder LoRA keys only
+    when the encoder has no ``text_model`` attribute; with the alias present
+    it keeps the prefix, matches no layer and fails with an ``IndexError``
+    halfway through (after the UNet part was loaded).
+    """
+    aliased = text_encoder is not None and text_encoder.__dict__.get("text_model") is text_encoder
+    if aliased:
+        del text_encoder.__dict__["text_model"]
+    try:
+        yield
+    finally:
+        if aliased:
+            object.__setattr__(text_encoder, "text_model", text_encoder)
+
+
 class StableDiffusionModel:
     """A loaded SD-1.x model and its derived task pipelines."""
 
@@ -68,20 +92,27 @@ class StableDiffusionModel:
         self._variants: dict[str, Any] = {"txt2img": base}
         self._scheduler_config = base.scheduler.config
         self._default_scheduler = base.scheduler
+        self.loras = LoraAdapters(base, lambda: hidden_text_model_alias(base.text_encoder))
 
     # 1. load
     @classmethod
+    def from_pipeline(cls, pipe: Any, device: str) -> "StableDiffusionModel":
+        """Wrap a freshly loaded base pipeline (from a folder or a single file)."""
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
+        _alias_text_model(pipe.text_encoder)
+        return cls(pipe, device)
+
+    @classmethod
     def load(cls, folder: Path, device: str = "cpu", dtype: Any = None) -> "StableDiffusionModel":
+        """Load a diffusers-format folder (the built-in models)."""
         import torch
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(
             str(folder), local_files_only=True, dtype=dtype or torch.float32, safety_checker=None, requires_safety_checker=False
         )
-        pipe.set_progress_bar_config(disable=True)
-        pipe.to(device)
-        _alias_text_model(pipe.text_encoder)
-        return cls(pipe, device)
+        return cls.from_pipeline(pipe, device)
 
     def _variant(self, mode: str) -> Any:
         pipe = self._variants.get(mode)
@@ -124,12 +155,23 @@ class StableDiffusionModel:
 
     # 3. run → 4. result
     def run(self, spec: GenerationSpec) -> list[Image.Image]:
-        """Generate one image per seed, in seed order."""
+        """Generate one image per seed, in seed order, with exactly ``spec.loras`` applied.
+
+        LoRAs are loaded and switched outside inference mode: adapter
+        parameters created inside it would be inference tensors, and PEFT's
+        ``set_adapter`` later fails setting ``requires_grad`` on them.
+        """
         import torch
 
-        with self.lock, torch.inference_mode():
-            pipe = self._variant(spec.mode)
-            scheduler = make_scheduler(spec.scheduler, self._scheduler_config)
-            pipe.scheduler = scheduler if scheduler is not None else self._default_scheduler
-            output = pipe(**self._call_kwargs(spec))
+        with self.lock:
+            self.loras.activate(spec.loras, [f"lora[{i}].model" for i in range(len(spec.loras))])
+            with torch.inference_mode():
+                return self._generate(spec)
+
+    def _generate(self, spec: GenerationSpec) -> list[Image.Image]:
+        """The diffusers call itself (caller holds the lock)."""
+        pipe = self._variant(spec.mode)
+        scheduler = make_scheduler(spec.scheduler, self._scheduler_config)
+        pipe.scheduler = scheduler if scheduler is not None else self._default_scheduler
+        output = pipe(**self._call_kwargs(spec))
         return list(output.images)

@@ -1,0 +1,378 @@
+"""imageInference end to end through wisp vs the same diffusers call in-process.
+
+Why: wisp's promise is that serving a model costs next to nothing on top of
+running it.  This measures one 64×64, 4-step, single-image request through a
+``wisp serve`` subprocess over a WebSocket (decode, validate, queue, worker
+thread, generate, PNG encode, store, reply with a URL) against the minimum a
+script would do for the same result in-process: call the diffusers pipeline,
+PNG-encode the image and write the file.  Goal: wisp/direct ≤ 1.05× per
+request.
+
+How, so that the comparison is fair:
+
+* one model folder: the bench builds the built-in ``wisp:tiny-sd15@1`` once in
+  a temporary data dir, wisp serves from that dir, the direct path loads the
+  same folder with the arguments wisp uses;
+* the same torch thread count on both sides (``--threads``, default 1 — wisp's
+  own default on a 2-core box; passed to wisp as ``WISP_TORCH_THREADS``);
+* the same work: same prompt, seeds, steps, guidance, scheduler (the model's
+  default), ``torch.inference_mode``, PNG settings, and a temp-file-then-rename
+  write, as wisp's image store does; the bench checks the PNG bytes are equal;
+* both warmed up, measured in alternating blocks (ABBA order) so that drift
+  and other processes on the machine hit both sides alike; before each pair
+  of blocks it waits, within a budget, for the machine to be quiet;
+* wisp is timed at the client (send → result frame read), so its number
+  includes the WebSocket round trip and JSON on both ends.
+
+Run: ``.venv/bin/python bench/inference.py [--json] [--requests N] [--threads T]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+if __package__ in (None, ""):
+    # Run as a script: sys.path[0] is bench/, where bench/protocol.py would
+    # shadow wisp's ``protocol`` package.  Put the repository root there instead.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+# Keep Hugging Face progress bars and advisories out of the benchmark output
+# (read by transformers/diffusers at import time; no effect on the timed work).
+for _name, _value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error")):
+    os.environ.setdefault(_name, _value)
+
+from bench._common import (
+    CONTENDED_CORES,
+    ForeignLoad,
+    QuietGate,
+    create_wisp_key,
+    dump_json,
+    environment,
+    fmt_ratio,
+    log,
+    quiet_ratio,
+    ratio,
+    render_table,
+    summarize_ns,
+    threads_cpu_s,
+    wisp_server,
+)
+
+MODEL = "wisp:tiny-sd15@1"
+PROMPT = "a cat"
+WIDTH = HEIGHT = 64
+STEPS = 4
+CFG_SCALE = 7.0  # the built-in model's default, which wisp applies when CFGScale is absent
+
+
+@dataclass(frozen=True)
+class Settings:
+    requests: int = 200
+    warmup: int = 3
+    block: int = 5
+    threads: int = 1
+    seed: int = 1
+    quiet_budget: float = 40.0
+
+
+@dataclass
+class Side:
+    """Samples of one side (wisp or direct), in nanoseconds, plus per-block means."""
+
+    name: str
+    samples_ns: list[int] = field(default_factory=list)
+    block_mean_ms: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+    """CPU time the side's process used while serving its requests (all threads)."""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ms": summarize_ns(self.samples_ns, unit=1e6),
+            "cpu_ms_per_request": 1e3 * self.cpu_s / len(self.samples_ns),
+            "block_mean_ms": self.block_mean_ms,
+        }
+
+
+# ---- the direct path ------------------------------------------------------------
+
+
+class Direct:
+    """The in-process baseline: the diffusers pipeline as wisp loads and calls it."""
+
+    def __init__(self, folder: Path, out_dir: Path, tmp_dir: Path, threads: int) -> None:
+        import diffusers
+        import torch
+
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+            str(folder), local_files_only=True, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+        )
+        self.pipe.set_progress_bar_config(disable=True)
+        self.out_dir, self.tmp_dir = out_dir, tmp_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def generate(self, seed: int) -> bytes:
+        """Generate one image, PNG-encode it and write it to disk; returns the PNG bytes."""
+        torch = self.torch
+        with torch.inference_mode():
+            image = self.pipe(
+                prompt=PROMPT,
+                num_inference_steps=STEPS,
+                guidance_scale=CFG_SCALE,
+                num_images_per_prompt=1,
+                generator=[torch.Generator(device="cpu").manual_seed(seed)],
+                output_type="pil",
+                width=WIDTH,
+                height=HEIGHT,
+            ).images[0]
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", optimize=False, compress_level=6)  # Pillow's default level, as wisp
+        data = buf.getvalue()
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="img-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp_name, self.out_dir / f"{uuid.uuid4()}.png")
+        return data
+
+
+# ---- the wisp path -----------------------------------------------------------------
+
+
+class WispClient:
+    """One authenticated WebSocket to wisp, sending one imageInference at a time."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def open(cls, url: str, api_key: str) -> "WispClient":
+        from websockets.asyncio.client import connect
+
+        ws = await connect(url, compression=None, ping_interval=None, max_size=64 * 1024 * 1024)
+        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": api_key}]))
+        reply = json.loads(await ws.recv())
+        if "data" not in reply:
+            raise RuntimeError(f"authentication failed: {reply}")
+        return cls(ws)
+
+    async def generate(self, seed: int) -> dict[str, Any]:
+        """One request, answered with its result item (raises on an error frame)."""
+        task_uuid = str(uuid.uuid4())
+        task = {
+            "taskType": "imageInference",
+            "taskUUID": task_uuid,
+            "model": MODEL,
+            "positivePrompt": PROMPT,
+            "width": WIDTH,
+            "height": HEIGHT,
+            "steps": STEPS,
+            "seed": seed,
+            "numberResults": 1,
+            "outputType": "URL",
+        }
+        await self.ws.send(json.dumps([task]))
+        while True:
+            reply = json.loads(await self.ws.recv())
+            if "errors" in reply:
+                raise RuntimeError(f"wisp answered an error: {reply['errors']}")
+            for item in reply.get("data", []):
+                if item.get("taskUUID") == task_uuid and item.get("taskType") == "imageInference":
+                    return item
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """``fn()``'s wall time in nanoseconds, and its result."""
+    t0 = time.perf_counter_ns()
+    result = fn()
+    return time.perf_counter_ns() - t0, result
+
+
+async def measure(s: Settings, direct: Direct, client: WispClient, gate: QuietGate, own_pids: list[int]) -> dict[str, Any]:
+    """Warm both sides, then alternate blocks; returns samples, loads and output checks.
+
+    ``own_pids`` is (this process, the wisp server).  Besides wall time, each
+    block records the CPU time of the process doing the work (wisp's server,
+    or this process for the direct path): if wisp's CPU per request matches
+    the direct path's, a wall-time gap is waiting or scheduling, not work.
+    """
+    cpu_pid = {"direct": own_pids[0], "wisp": own_pids[1]}
+    for i in range(s.warmup):
+        await client.generate(s.seed + 10_000 + i)
+        direct.generate(s.seed + 10_000 + i)
+
+    sides = {"wisp": Side("wisp"), "direct": Side("direct")}
+    direct_png: dict[int, bytes] = {}
+    wisp_files: dict[int, str] = {}
+    block_load: list[float] = []
+
+    async def wisp_block(seeds: range) -> None:
+        for seed in seeds:
+            t0 = time.perf_counter_ns()
+            item = await client.generate(seed)
+            sides["wisp"].samples_ns.append(time.perf_counter_ns() - t0)
+            if item.get("seed") != seed or not item.get("imageURL"):
+                raise RuntimeError(f"unexpected result item: {item}")
+            wisp_files[seed] = item["imageURL"].rsplit("/", 1)[-1]
+
+    def direct_block(seeds: range) -> None:
+        for seed in seeds:
+            elapsed, data = timed(lambda: direct.generate(seed))
+            sides["direct"].samples_ns.append(elapsed)
+            direct_png[seed] = data
+
+    blocks = [range(start, min(start + s.block, s.requests)) for start in range(0, s.requests, s.block)]
+    for index, block in enumerate(blocks):
+        seeds = range(s.seed + block.start, s.seed + block.stop)
+        await gate.wait_async()
+        load = ForeignLoad(own_pids).start()
+        order = ("wisp", "direct") if index % 2 == 0 else ("direct", "wisp")  # ABBA
+        for name in order:
+            before = len(sides[name].samples_ns)
+            cpu0 = threads_cpu_s(cpu_pid[name])
+            if name == "wisp":
+                await wisp_block(seeds)
+            else:
+                direct_block(seeds)
+            sides[name].cpu_s += threads_cpu_s(cpu_pid[name]) - cpu0
+            new = sides[name].samples_ns[before:]
+            sides[name].block_mean_ms.append(sum(new) / len(new) / 1e6)
+        block_load.append(load.cores())
+        log(
+            f"block {index + 1}/{len(blocks)} (others used {block_load[-1]:.2f} cores): "
+            f"wisp {sides['wisp'].block_mean_ms[-1]:.1f} ms, direct {sides['direct'].block_mean_ms[-1]:.1f} ms"
+        )
+    return {"sides": sides, "direct_png": direct_png, "wisp_files": wisp_files, "block_load": block_load}
+
+
+def report(s: Settings, sides: dict[str, Side], block_load: list[float], identical: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The text report, the per-side summaries and the verdicts (for ``--json``)."""
+    w, d = sides["wisp"].summary(), sides["direct"].summary()
+    rows: list[list[Any]] = []
+    for key, label in (("mean", "mean (ms)"), ("p50", "p50 (ms)"), ("p99", "p99 (ms)"), ("min", "min (ms)")):
+        rows.append([label, w["ms"][key], d["ms"][key], fmt_ratio(ratio(w["ms"][key], d["ms"][key]))])
+    wc, dc = w["cpu_ms_per_request"], d["cpu_ms_per_request"]
+    rows.append(["CPU per request (ms)", wc, dc, fmt_ratio(ratio(wc, dc))])
+    mean_ratio = ratio(w["ms"]["mean"], d["ms"]["mean"])
+    quiet, n_quiet = quiet_ratio(sides["wisp"].block_mean_ms, sides["direct"].block_mean_ms, block_load)
+    block_ratios = [ratio(a, b) for a, b in zip(sides["wisp"].block_mean_ms, sides["direct"].block_mean_ms)]
+    verdicts = {
+        "ratio_mean": mean_ratio,
+        "ratio_p50": ratio(w["ms"]["p50"], d["ms"]["p50"]),
+        "overhead_mean_ms": w["ms"]["mean"] - d["ms"]["mean"],
+        "overhead_p50_ms": w["ms"]["p50"] - d["ms"]["p50"],
+        "cpu_ratio": ratio(wc, dc),
+        "block_ratios": {"median": statistics.median(block_ratios), "min": min(block_ratios), "max": max(block_ratios)},
+        "quiet_blocks": n_quiet,
+        "quiet_block_ratio": quiet,
+        "foreign_load_cores": {"mean": statistics.fmean(block_load), "max": max(block_load), "per_block": block_load},
+        "identical_png": f"{identical}/{s.requests}",
+        "goal": "≤ 1.05× (mean per request, wisp/direct)",
+        "goal_met": mean_ratio <= 1.05,
+    }
+    br, load = verdicts["block_ratios"], verdicts["foreign_load_cores"]
+    text = "\n".join(
+        [
+            render_table(["per request", "wisp", "direct", "wisp/direct"], rows),
+            "",
+            f"wisp overhead: {verdicts['overhead_mean_ms']:+.2f} ms mean, {verdicts['overhead_p50_ms']:+.2f} ms p50; "
+            f"per-block ratio median {br['median']:.3f} [{br['min']:.2f}–{br['max']:.2f}] over {len(block_ratios)} blocks of {s.block}.",
+            f"uncontended blocks only ({n_quiet} of {len(block_load)}): wisp/direct {fmt_ratio(quiet)}.",
+            f"work: {MODEL}, {WIDTH}×{HEIGHT}, {STEPS} steps, CFG {CFG_SCALE}, 1 image, seeds {s.seed}..{s.seed + s.requests - 1}, "
+            f"PNG + file write; torch threads {s.threads} on both sides; {s.requests} requests each after {s.warmup} warm-up.",
+            f"wisp: subprocess, timed at the client (websockets asyncio client, JSON, send → result frame), CPU = the server "
+            f"process's; direct: diffusers StableDiffusionPipeline call in this process. Identical PNG bytes: {verdicts['identical_png']}.",
+            f"other processes on this machine used {load['mean']:.2f} cores on average (max {load['max']:.2f} in one block); "
+            f"{sum(x > CONTENDED_CORES for x in block_load)} of {len(block_load)} blocks contended (> {CONTENDED_CORES} cores)"
+            + (" — numbers are noisy" if load["max"] > CONTENDED_CORES else "") + ".",
+            f"goal: {verdicts['goal']}: {mean_ratio:.3f}× → {'MET' if verdicts['goal_met'] else 'NOT MET'}.",
+        ]
+    )
+    return text, {"wisp": w, "direct": d}, verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="imageInference: wisp over a WebSocket vs an in-process diffusers call.")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    d = Settings()
+    parser.add_argument("--requests", type=int, default=d.requests, help="measured requests per side")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="warm-up requests per side")
+    parser.add_argument("--block", type=int, default=d.block, help="requests per alternating block")
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads, in-process and WISP_TORCH_THREADS")
+    parser.add_argument("--seed", type=int, default=d.seed, help="first seed (request i uses seed+i on both sides)")
+    parser.add_argument(
+        "--quiet-budget", type=float, default=d.quiet_budget,
+        help="seconds per run to wait, before blocks, for other processes to go idle (0: never wait)",
+    )
+    args = parser.parse_args(argv)
+    s = Settings(args.requests, args.warmup, args.block, args.threads, args.seed, args.quiet_budget)
+    if s.requests < 1 or s.block < 1:
+        parser.error("--requests and --block must be at least 1")
+
+    import uvloop
+
+    with tempfile.TemporaryDirectory(prefix="wisp-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
+        log("building the built-in model once (shared by wisp and the direct path)")
+        from engine.builtin.tiny_sd15 import ensure_tiny_sd15
+
+        folder = ensure_tiny_sd15(data_dir)
+        key = create_wisp_key(data_dir)
+        wisp = wisp_server(data_dir, env={"WISP_TORCH_THREADS": str(s.threads)})
+        try:
+            wisp.start()
+            log(f"wisp on {wisp.url}; loading the direct pipeline")
+            direct = Direct(folder, Path(tmp) / "direct" / "images", Path(tmp) / "direct" / "tmp", s.threads)
+            waited = wisp.wait_idle()
+            log(f"wisp idle after {waited:.1f} s (model warmed); measuring")
+            own_pids = [os.getpid(), wisp.pid]
+            gate = QuietGate(own_pids, budget_s=s.quiet_budget)
+
+            async def run() -> dict[str, Any]:
+                client = await WispClient.open(wisp.url, key)
+                try:
+                    return await measure(s, direct, client, gate, own_pids)
+                finally:
+                    await client.close()
+
+            out = uvloop.run(run())
+            identical = sum(
+                (data_dir / "images" / out["wisp_files"][seed]).read_bytes() == png for seed, png in out["direct_png"].items()
+            )
+        finally:
+            wisp.stop()
+
+    import diffusers
+    import torch
+
+    text, results, verdicts = report(s, out["sides"], out["block_load"], identical)
+    if args.json:
+        env = environment({"torch": torch.__version__, "diffusers": diffusers.__version__})
+        dump_json({"benchmark": "inference", "environment": env, "settings": asdict(s), "results": results, "verdicts": verdicts})
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model uploads: fetch, validate, sniff, optimize, store and register model files."""

@@ -1,0 +1,123 @@
+"""Streaming download of a model file to ``tmp/``, hashing as it goes.
+
+Runs in a worker thread (never on the event loop): the body is written in
+1 MiB chunks and fed to SHA-256 on the way, so memory stays flat whatever the
+file size.  Every hop (first URL and each redirect) passes the URL guard; the
+size cap applies to both the declared length and the bytes actually read.
+Network errors and 5xx answers are retried ``retries`` times with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urljoin
+
+import httpx
+
+from engine.errors import DownloadFailed
+from engine.net import NetPolicy, check_url_sync
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    path: Path
+    sha256: str
+    size: int
+
+
+class _Retryable(Exception):
+    pass
+
+
+def download(
+    url: str,
+    dest: Path,
+    policy: NetPolicy,
+    *,
+    max_bytes: int,
+    retries: int = 2,
+    parameter: str = "downloadURL",
+    progress: Callable[[int, int | None], None] | None = None,
+) -> Downloaded:
+    """Fetch ``url`` into ``dest``; returns its SHA-256 and size, or raises DownloadFailed/URLNotAllowed."""
+    delay = 0.5
+    for attempt in range(retries + 1):
+        try:
+            return _once(url, dest, policy, max_bytes, parameter, progress)
+        except _Retryable as exc:
+            dest.unlink(missing_ok=True)
+            if attempt == retries:
+                raise DownloadFailed(f"{parameter}: {exc} (after {retries + 1} attempts)", parameter=parameter) from None
+            time.sleep(delay)
+            delay *= 2
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _once(
+    url: str, dest: Path, policy: NetPolicy, max_bytes: int, parameter: str,
+    progress: Callable[[int, int | None], None] | None,
+) -> Downloaded:
+    timeout = httpx.Timeout(policy.timeout_s, connect=min(policy.timeout_s, 10.0))
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        for _ in range(policy.max_redirects + 1):
+            check_url_sync(url, policy, parameter)
+            try:
+                with client.stream("GET", url) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        url = urljoin(url, response.headers["location"])
+                        continue
+                    if response.status_code >= 500:
+                        raise _Retryable(f"server answered HTTP {response.status_code}")
+                    if response.status_code != 200:
+                        raise DownloadFailed(f"{parameter}: GET answered HTTP {response.status_code}", parameter=parameter)
+                    declared = response.headers.get("content-length")
+                    total = int(declared) if declared and declared.isdigit() else None
+                    if total is not None and total > max_bytes:
+                        raise DownloadFailed(
+                            f"{parameter}: file of {total} bytes is over the {max_bytes}-byte limit", parameter=parameter
+                        )
+                    digest = hashlib.sha256()
+                    size = 0
+                    with open(dest, "wb") as out:
+                        for chunk in response.iter_bytes(CHUNK):
+                            size += len(chunk)
+                            if size > max_bytes:
+                                raise DownloadFailed(f"{parameter}: body is over the {max_bytes}-byte limit", parameter=parameter)
+                            digest.update(chunk)
+                            out.write(chunk)
+                            if progress is not None:
+                                progress(size, total)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    if total is not None and size != total:
+                        raise _Retryable(f"got {size} of {total} bytes")
+                    return Downloaded(dest, digest.hexdigest(), size)
+            except httpx.HTTPError as exc:
+                raise _Retryable(f"download failed ({type(exc).__name__})") from None
+        raise DownloadFailed(f"{parameter}: too many redirects", parameter=parameter)
+
+
+def copy_and_hash(src: Path, dest: Path, max_bytes: int) -> Downloaded:
+    """The local twin of :func:`download`: copy a file we already hold, hashing it."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        while chunk := f.read(CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise DownloadFailed(f"file is over the {max_bytes}-byte limit", parameter="downloadURL")
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return Downloaded(dest, digest.hexdigest(), size)

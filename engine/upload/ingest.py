@@ -1,0 +1,200 @@
+"""modelUpload, phase by phase: validated → downloaded → optimized → stored → ready.
+
+Each phase is announced through ``emit`` only once it has really happened.
+Any failure raises an :class:`~engine.errors.EngineError` (the server turns it
+into an error carrying the taskUUID); temp files are removed and nothing is
+registered, because the registry row is written last, after the file is in
+the content-addressed store.  Blocking work (download, hashing, header
+checks, conversion) runs in threads; the checkpoint load test runs on the
+device worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from engine.errors import EngineError
+from engine.net import NetPolicy, check_url
+from engine.registry.models import ModelRegistry, ModelRow
+from engine.schedulers import canonical_scheduler
+from engine.upload.fetch import copy_and_hash, download
+from engine.upload.optimize import convert, needs_conversion
+from engine.lora import LoraLoadError, lora_format
+from engine.upload.safetensors_check import InvalidModelFile, read_safetensors_info
+from engine.upload.sniff import check_declared, sniff_model
+from engine.upload.store import ModelStore
+from protocol.errors import ErrorCode
+from protocol.models import ModelUpload, split_air
+
+PHASE_MESSAGES = {
+    "validated": "Model parameters and configuration validated.",
+    "downloaded": "Model downloaded from provider.",
+    "optimized": "Model optimized for deployment.",
+    "stored": "Model uploaded to secure storage.",
+    "ready": "Model successfully deployed and ready for use.",
+}
+REUSED_MESSAGES = {
+    "downloaded": "Same uniqueIdentifier: the stored file is reused, no download.",
+    "optimized": "Stored file already optimized.",
+    "stored": "Stored file unchanged.",
+    "ready": "Model metadata updated and ready for use.",
+}
+
+SD1_FAMILY = ("sd1x", "sdhyper", "sd1xlcm")
+LOADABLE_CHECKPOINTS = SD1_FAMILY
+"""Checkpoint architectures this build can prove loadable (SDXL comes with the engine-depth work)."""
+
+Emit = Callable[[str, str], Awaitable[None]]
+
+
+class UploadRefused(EngineError):
+    code = ErrorCode.INVALID_PARAMETER
+
+
+class SourceNotAllowed(EngineError):
+    code = "sourceNotAllowed"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    tmp_dir: Path
+    max_model_bytes: int = 20 * 1024**3
+    storage_dtype: str = "F16"
+    policy: NetPolicy = NetPolicy()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _meta(req: ModelUpload) -> dict[str, Any]:
+    def words(value: str | list[str] | None) -> str | None:
+        return ", ".join(value) if isinstance(value, list) else value
+
+    meta = {
+        "defaultScheduler": canonical_scheduler(req.defaultScheduler) if req.defaultScheduler else None,
+        "defaultSteps": req.defaultSteps,
+        "defaultCFG": req.cfg,
+        "defaultStrength": req.defaultStrength,
+        "defaultWeight": req.defaultWeight,
+        "heroImageURL": req.heroImageURL,
+        "tags": req.tags or [],
+        "positiveTriggerWords": words(req.positiveTriggerWords),
+        "negativeTriggerWords": words(req.negativeTriggerWords),
+        "shortDescription": req.shortDescription,
+        "comment": req.comment,
+    }
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+class ModelIngest:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: ModelStore,
+        config: IngestConfig,
+        prove_checkpoint: Callable[[Path, str], Awaitable[None]],
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.config = config
+        self.prove_checkpoint = prove_checkpoint
+        config.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    async def run(self, req: ModelUpload, team: str, emit: Emit, local_source: Path | None = None) -> ModelRow:
+        existing = await self._validate(req, team, check_remote=local_source is None)
+        await emit("validated", PHASE_MESSAGES["validated"])
+        reuse = existing is not None and existing.unique_identifier == req.uniqueIdentifier and self.store.exists(existing.sha256)
+        if reuse:
+            assert existing is not None
+            for phase in ("downloaded", "optimized", "stored"):
+                await emit(phase, REUSED_MESSAGES[phase])
+            sha, size = existing.sha256, existing.size_bytes
+        else:
+            sha, size = await self._fetch_and_store(req, emit, local_source)
+        row = ModelRow(
+            air=req.air, team=team, category=req.category, architecture=req.architecture, format=req.format,
+            name=req.name, version=req.version, unique_identifier=req.uniqueIdentifier, sha256=sha, size_bytes=size,
+            private=req.is_private, type=req.type, conditioning=req.conditioning, meta=_meta(req),
+        )
+        await asyncio.to_thread(self.registry.upsert, row)
+        await emit("ready", REUSED_MESSAGES["ready"] if reuse else PHASE_MESSAGES["ready"])
+        return row
+
+    async def _validate(self, req: ModelUpload, team: str, check_remote: bool = True) -> ModelRow | None:
+        source, _, _ = split_air(req.air)
+        owner = await asyncio.to_thread(self.registry.source_team, source)
+        if owner != team:
+            raise SourceNotAllowed(
+                f"source {source!r} is not one of your team's sources (an admin creates it with `wisp sources create`)",
+                parameter="air",
+            )
+        existing = await asyncio.to_thread(self.registry.get, req.air)
+        if existing is not None:
+            if existing.category != req.category:
+                raise UploadRefused(f"{req.air} is a {existing.category}; the category cannot change", parameter="category")
+            if existing.type != req.type:
+                raise UploadRefused(f"{req.air} has type {existing.type}; the type cannot change in an update", parameter="type")
+        if req.category == "checkpoint" and req.architecture not in LOADABLE_CHECKPOINTS:
+            raise UploadRefused(
+                f"checkpoints of architecture {req.architecture} cannot be loaded by this build yet (supported: {', '.join(LOADABLE_CHECKPOINTS)})",
+                parameter="architecture",
+            )
+        if req.defaultScheduler:
+            canonical_scheduler(req.defaultScheduler)
+        if check_remote:
+            await check_url(req.downloadURL, self.config.policy, "downloadURL")
+        return existing
+
+    async def _fetch_and_store(self, req: ModelUpload, emit: Emit, local_source: Path | None) -> tuple[str, int]:
+        work = Path(tempfile.mkdtemp(prefix="upload-", dir=self.config.tmp_dir))
+        try:
+            if local_source is not None:
+                fetched = await asyncio.to_thread(copy_and_hash, local_source, work / "download.safetensors", self.config.max_model_bytes)
+            else:
+                fetched = await asyncio.to_thread(
+                    download, req.downloadURL, work / "download.safetensors", self.config.policy,
+                    max_bytes=self.config.max_model_bytes, retries=2 if req.retry is None else req.retry,
+                )
+            await emit("downloaded", PHASE_MESSAGES["downloaded"])
+            final, sha = await asyncio.to_thread(self._optimize, req, fetched.path, fetched.sha256, work)
+            if req.category == "checkpoint":
+                await self.prove_checkpoint(final, req.architecture)
+            await emit("optimized", PHASE_MESSAGES["optimized"])
+            size = final.stat().st_size
+            await asyncio.to_thread(self.store.put, final, sha)
+            await emit("stored", PHASE_MESSAGES["stored"])
+            return sha, size
+        finally:
+            await asyncio.to_thread(_remove_tree, work)
+
+    def _optimize(self, req: ModelUpload, path: Path, sha: str, work: Path) -> tuple[Path, str]:
+        """Worker thread: validate the header, sniff, check the declaration, convert."""
+        info = read_safetensors_info(path)
+        check_declared(sniff_model(info), req.category, req.architecture)
+        if req.category == "lora":
+            try:
+                lora_format(info.tensors)  # refuses DoRA, LoHa/LoKr and other kinds diffusers would misapply
+            except LoraLoadError as exc:
+                raise InvalidModelFile(exc.message, parameter="downloadURL") from None
+        if not needs_conversion(info, self.config.storage_dtype):
+            return path, sha
+        converted = work / "converted.safetensors"
+        convert(info, converted, self.config.storage_dtype)
+        read_safetensors_info(converted)  # what we wrote must pass our own checks
+        return converted, _sha256_file(converted)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,40 @@
+"""The content-addressed model store: ``store/ab/cd/<sha256>.safetensors``.
+
+Files are immutable once written: a file is fsynced in ``tmp/`` and renamed
+into place, so a crash leaves either nothing or the whole file.  Two AIRs
+with the same bytes share one file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sha256: str) -> Path:
+        if not _SHA_RE.match(sha256):
+            raise ValueError("not a sha256 hex digest")
+        return self.root / sha256[:2] / sha256[2:4] / f"{sha256}.safetensors"
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def put(self, tmp_file: Path, sha256: str) -> Path:
+        """Move a finished temp file into place (or drop it if the bytes are already stored)."""
+        target = self.path_for(sha256)
+        if target.is_file():
+            tmp_file.unlink(missing_ok=True)
+            return target
+        with open(tmp_file, "rb") as f:
+            os.fsync(f.fileno())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_file, target)
+        return target
