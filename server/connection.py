@@ -36,6 +36,7 @@ class SocketConn:
         self.ctx = ctx
         self.session: Session | None = None
         self.closed = False
+        self.last_seen = 0.0
 
     async def send_frames(self, frames: list[bytes]) -> list[bytes]:
         for index, frame in enumerate(frames):
@@ -57,20 +58,39 @@ class SocketConn:
         self.session = session
         return session.attach(self)
 
+    async def _close_when_idle(self, idle: float) -> None:
+        """Close the socket once no frame has arrived for ``idle`` seconds.
+
+        One timer per socket that wakes only when the deadline may have
+        passed; re-arming a timeout on every frame cost as much as handling
+        a ping (measured in bench/protocol.py).
+        """
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            remaining = self.last_seen + idle - loop.time()
+            if remaining <= 0:
+                await self.ws.close(1000, "idle timeout")
+                return
+            await asyncio.sleep(remaining)
+
     async def serve(self) -> None:
-        idle = self.gateway.config.idle_timeout_s
+        loop = asyncio.get_running_loop()
+        self.last_seen = loop.time()
+        watchdog = loop.create_task(self._close_when_idle(self.gateway.config.idle_timeout_s))
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(idle):
-                        message = await self.ws.recv(decode=False)
-                except TimeoutError:
-                    await self.ws.close(1000, "idle timeout")
-                    return
+            async for message in _frames(self.ws):
+                self.last_seen = loop.time()
                 await self.gateway.handle_frame(self, message)
         except ConnectionClosed:
             pass
         finally:
             self.closed = True
+            watchdog.cancel()
             if self.session is not None:
                 self.session.detach(self)
+
+
+async def _frames(ws: ServerConnection):  # type: ignore[no-untyped-def]
+    """Whole messages as bytes (text frames too: msgspec decodes UTF-8 bytes directly)."""
+    while True:
+        yield await ws.recv(decode=False)

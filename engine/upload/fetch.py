@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,45 @@ class Downloaded:
 
 class _Retryable(Exception):
     pass
+
+
+class PipelinedHash:
+    """SHA-256 on a second thread, so hashing overlaps receiving and writing.
+
+    hashlib releases the GIL on large buffers; a bounded queue (8 chunks)
+    keeps memory flat.  Use as a context manager; ``hexdigest`` waits for the
+    queue to drain.
+    """
+
+    def __init__(self, depth: int = 8) -> None:
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="wisp-sha256", daemon=True)
+        self._thread.start()
+        self._done = False
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        self._finish()
+        return self._digest.hexdigest()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._queue.put(None)
+            self._thread.join()
+
+    def __enter__(self) -> "PipelinedHash":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._finish()
 
 
 def download(
@@ -86,9 +127,8 @@ def _once(
                         raise DownloadFailed(
                             f"{parameter}: file of {total} bytes is over the {max_bytes}-byte limit", parameter=parameter
                         )
-                    digest = hashlib.sha256()
                     size = 0
-                    with open(dest, "wb") as out:
+                    with open(dest, "wb") as out, PipelinedHash() as digest:
                         for chunk in response.iter_bytes(CHUNK):
                             size += len(chunk)
                             if size > max_bytes:
@@ -99,9 +139,10 @@ def _once(
                                 progress(size, total)
                         out.flush()
                         os.fsync(out.fileno())
+                        sha = digest.hexdigest()
                     if total is not None and size != total:
                         raise _Retryable(f"got {size} of {total} bytes")
-                    return Downloaded(dest, digest.hexdigest(), size)
+                    return Downloaded(dest, sha, size)
             except httpx.HTTPError as exc:
                 raise _Retryable(f"download failed ({type(exc).__name__})") from None
         raise DownloadFailed(f"{parameter}: too many redirects", parameter=parameter)
@@ -109,9 +150,8 @@ def _once(
 
 def copy_and_hash(src: Path, dest: Path, max_bytes: int) -> Downloaded:
     """The local twin of :func:`download`: copy a file we already hold, hashing it."""
-    digest = hashlib.sha256()
     size = 0
-    with open(src, "rb") as f, open(dest, "wb") as out:
+    with open(src, "rb") as f, open(dest, "wb") as out, PipelinedHash() as digest:
         while chunk := f.read(CHUNK):
             size += len(chunk)
             if size > max_bytes:
@@ -120,4 +160,5 @@ def copy_and_hash(src: Path, dest: Path, max_bytes: int) -> Downloaded:
             out.write(chunk)
         out.flush()
         os.fsync(out.fileno())
-    return Downloaded(dest, digest.hexdigest(), size)
+        sha = digest.hexdigest()
+    return Downloaded(dest, sha, size)

@@ -55,6 +55,7 @@ class Socket:
     async def infer(self, **fields: Any) -> tuple[list[dict], list[dict]]:
         task = {"taskType": "imageInference", "model": "wisp:tiny-sd15@1", "positivePrompt": "a quiet harbour",
                 "width": 64, "height": 64, "steps": 2, "seed": 11, "outputType": "base64Data", **fields}
+        task = {k: v for k, v in task.items() if v is not None}
         return await self.run(task)
 
     async def search(self, **fields: Any) -> dict:
@@ -278,3 +279,62 @@ def test_wisp_upload_cli_and_usage(wisp_server, corpus):
     failed = wisp_cli("upload", str(path), "--air", "nosuchsource:1@1", "--category", "lora", "--server", wisp_server.ws_url,
                       "--api-key", wisp_server.key, "--quiet")
     assert failed.returncode == 1 and "sourceNotAllowed" in failed.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real files in the built-in model's shapes: two LoRAs and a perturbed single-file checkpoint."""
+    from engine.builtin.tiny_sd15 import ensure_tiny_sd15
+    from tests.fixtures.checkpoints import write_sd15_single_file
+    from tests.fixtures.loras import write_lora
+
+    root = tmp_path_factory.mktemp("tiny-files")
+    folder = ensure_tiny_sd15(root / "data")
+    return {
+        "kohya": write_lora(folder, root / "kohya.safetensors", fmt="kohya", seed=1),
+        "diffusers": write_lora(folder, root / "diffusers.safetensors", fmt="diffusers", seed=2),
+        "checkpoint": write_sd15_single_file(folder, root / "ckpt.safetensors", noise_seed=3),
+    }
+
+
+async def test_uploaded_loras_change_the_image_and_weight_zero_is_exact(sock, wisp_server, file_server, tiny_files):
+    source = new_source(wisp_server)
+    kohya, diffusers = f"{source}:k@1", f"{source}:d@1"
+    for air, key in ((kohya, "kohya"), (diffusers, "diffusers")):
+        items, errors = await sock.upload(air=air, category="lora", downloadURL=serve(file_server, tiny_files[key]), defaultWeight=0.8)
+        assert not errors, errors
+    base, _ = await sock.infer()
+    with_k, errors = await sock.infer(lora=[{"model": kohya, "weight": 1.0}])
+    assert not errors, errors
+    zero, _ = await sock.infer(lora=[{"model": kohya, "weight": 0}])
+    both, _ = await sock.infer(lora=[{"model": kohya, "weight": 1.0}, {"model": diffusers, "weight": 0.5}])
+    default_weight, _ = await sock.infer(lora=[{"model": kohya}])
+    explicit_default, _ = await sock.infer(lora=[{"model": kohya, "weight": 0.8}])
+    after, _ = await sock.infer()
+    image = lambda items: items[0]["imageBase64Data"]  # noqa: E731
+    assert image(with_k) != image(base)
+    assert image(zero) == image(base)
+    assert image(both) not in (image(base), image(with_k))
+    assert image(default_weight) == image(explicit_default) != image(with_k)
+    assert image(after) == image(base)  # nothing left applied
+
+
+async def test_uploaded_checkpoint_is_usable_with_its_defaults(sock, wisp_server, file_server, tiny_files):
+    source = new_source(wisp_server)
+    air = f"{source}:ckpt@1"
+    items, errors = await sock.upload(air=air, category="checkpoint", type="base", downloadURL=serve(file_server, tiny_files["checkpoint"]),
+                                      defaultSteps=3, defaultCFG=4.5, defaultScheduler="Euler a")
+    assert not errors, errors
+    assert [i["status"] for i in items] == PHASES
+    stored = stored_files(wisp_server)
+    assert any(p.stat().st_size < tiny_files["checkpoint"].stat().st_size for p in stored)  # F32 stored as F16
+    mine, errors = await sock.infer(model=air, steps=None, includeCost=True)
+    assert not errors, errors
+    builtin, _ = await sock.infer(includeCost=True)
+    assert mine[0]["imageBase64Data"] != builtin[0]["imageBase64Data"]
+    assert mine[0]["cost"] == round(0.0001 * (64 * 64 / 1048576) * 3, 6)  # defaultSteps=3 applied
+    explicit, _ = await sock.infer(model=air, steps=3, CFGScale=4.5, scheduler="Euler a")
+    again, _ = await sock.infer(model=air, steps=None)
+    assert again[0]["imageBase64Data"] == explicit[0]["imageBase64Data"]
+    lora_on_it, errors = await sock.infer(model=air, lora=[{"model": air}])
+    assert errors[0]["code"] == "invalidParameter" and errors[0]["parameter"] == "lora[0].model"
