@@ -157,6 +157,8 @@ def _parse(frame: bytes | str) -> Any:
     """
     try:
         return _decoder.decode(frame)
+    except RecursionError:
+        return wire_error(ErrorCode.INVALID_FRAME, "frame is nested too deeply")
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         first = exc
     try:

@@ -41,9 +41,12 @@ class AuthenticationResult(msgspec.Struct):
     taskType: str = "authentication"
 
 
-class Pong(msgspec.Struct):
-    taskType: str = "ping"
-    pong: bool = True
+class Pong(msgspec.Struct, omit_defaults=True):
+    """``{"taskType":"ping","pong":true}``, with the ping's taskUUID when it had one."""
+
+    taskType: str
+    pong: bool
+    taskUUID: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class TaskDetailsResult(msgspec.Struct):

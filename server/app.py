@@ -48,6 +48,24 @@ def prepare_data_dir(data_dir: Path) -> None:
     (data_dir / "images").mkdir(exist_ok=True)
 
 
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon", ".json": "application/json"}
+
+
+def _static_response(name: str) -> HTTPResponse:
+    """A file of the playground (``server/static``); names with any path trick are 404."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return json_response(404, {"errors": [{"code": "notFound", "message": "no such file"}]})
+    path = STATIC_DIR / name
+    kind = STATIC_TYPES.get(path.suffix)
+    if kind is None or not path.is_file():
+        return json_response(404, {"errors": [{"code": "notFound", "message": "no such file"}]})
+    headers = [(b"content-type", kind.encode()), (b"cache-control", b"no-cache"),
+               (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob: http: https:; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'")]
+    return 200, headers, path.read_bytes()
+
+
 class CollectingConn:
     """The gateway's view of one ``POST /v1``: replies are gathered into the body."""
 
@@ -149,6 +167,8 @@ class WispServer:
             token = await asyncio.to_thread(sink.finish)
             ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url)
             return json_response(201, {"url": f"{ctx.base_url}{FILES_PATH}{token}", "size": sink.size, "expiresIn": int(self.files.ttl_s)})
+        if method in ("GET", "HEAD") and (path in ("/", "/playground") or path.startswith("/static/")):
+            return await asyncio.to_thread(_static_response, "index.html" if path in ("/", "/playground") else path[len("/static/"):])
         if path == "/healthz" and method in ("GET", "HEAD"):
             return json_response(200, {"status": "ok", "queue": len(self.engine.queue), "sessions": len(self.sessions)})
         if path.startswith("/images/") and method in ("GET", "HEAD"):

@@ -49,7 +49,7 @@ log = logging.getLogger("wisp.server")
 class UploadSourceGone(EngineError):
     code = ErrorCode.DOWNLOAD_FAILED
 
-_PONG_FRAME = encode_data([Pong()])[0]
+_PONG_FRAME = encode_data([Pong(taskType="ping", pong=True)])[0]
 _PING_BYTES = b'[{"taskType":"ping","ping":true}]'
 _PING_MAX = 48
 
@@ -130,7 +130,7 @@ class Gateway:
                 continue
             task = item.task
             if isinstance(task, Ping):
-                data.append(Pong())
+                data.append(Pong(taskType="ping", pong=True, taskUUID=task.taskUUID or msgspec.UNSET))
             elif isinstance(task, Authentication):
                 reply = await self._authenticate(conn, task, resumed)
                 (errors if isinstance(reply, WireError) else data).append(reply)
@@ -154,7 +154,7 @@ class Gateway:
         self.counters["errors"] += len(errors)
         frames: list[bytes] = []
         if data:
-            frames = [_PONG_FRAME] if len(data) == 1 and isinstance(data[0], Pong) else encode_data(data)
+            frames = encode_data(data)
         if errors:
             frames.extend(encode_errors(errors))
         if frames:

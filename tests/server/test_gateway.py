@@ -137,3 +137,24 @@ async def test_internal_errors_do_not_leak_text(gateway, monkeypatch):
     assert "secret" not in json.dumps(conn.frames)
     await send(gw, conn, {"taskType": "getResponse", "taskUUID": u})
     assert conn.frames[-1]["errors"][0]["code"] == "internalError"
+
+
+async def test_queue_full_is_retryable_with_the_same_task_uuid(tmp_path):
+    config = ServerConfig(data_dir=tmp_path, max_in_flight_per_session=10, warm_builtin=False)
+    keys = KeyStore(Database(tmp_path / "wisp.db"))
+    engine = Engine(EngineConfig(data_dir=tmp_path, torch_threads=1, max_queue=1))
+    engine.start()
+    try:
+        gw = Gateway(config, engine, keys, TaskStore(60), SessionRegistry(120), WebhookSender(NetPolicy(), 1, 0))
+        conn = FakeConn()
+        await send(gw, conn, {"taskType": "authentication", "apiKey": keys.create("alpha")})
+        uuids = [str(uuid.uuid4()) for _ in range(4)]
+        await asyncio.wait(await send(gw, conn, *(infer(u) for u in uuids)))
+        refused = [e["taskUUID"] for f in conn.frames for e in f.get("errors", []) if e["code"] == "queueFull"]
+        served = [i["taskUUID"] for f in conn.frames for i in f.get("data", []) if "imageUUID" in i]
+        assert refused and served and set(refused) | set(served) == set(uuids)
+        again = refused[0]
+        await asyncio.wait(await send(gw, conn, infer(again)))
+        assert conn.frames[-1]["data"][0]["taskUUID"] == again
+    finally:
+        engine.stop()
