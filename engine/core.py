@@ -210,7 +210,14 @@ class Engine:
     # ---- the model library -------------------------------------------------
 
     async def _prove_checkpoint(self, path: Path, architecture: str) -> None:
-        await submit(self.queue, "__ingest__", lambda: self.library.prove_checkpoint(path, architecture))
+        from engine.errors import EngineError
+
+        try:
+            await submit(self.queue, "__ingest__", lambda: self.library.prove_checkpoint(path, architecture))
+        except EngineError as exc:
+            if exc.parameter == "model":  # an upload has no `model`: the file itself is at fault
+                exc.parameter = "downloadURL"
+            raise
 
     async def upload_model(self, task: ModelUpload, team: str, emit: Emit, local_source: Path | None = None) -> ModelRow:
         """Run a modelUpload through its five phases (see :mod:`engine.upload.ingest`).

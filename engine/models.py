@@ -119,10 +119,17 @@ class ModelLibrary:
         weight = row.meta.get("defaultWeight")
         return LoraEntry(row.air, row.sha256, self.store.path_for(row.sha256), 1.0 if weight is None else weight, row.architecture)
 
-    def config_folder(self, architecture: str) -> Path:
-        """Component configs and tokenizer used to load a single-file checkpoint offline."""
+    def config_folder(self, architecture: str, path: Path | None = None) -> Path:
+        """Component configs and tokenizer used to load a single-file checkpoint offline.
+
+        SD-1.x files come in more than one size (real SD 1.5 and the built-in
+        tiny model's), so the folder is chosen from the shapes in ``path``'s
+        header; without a file, the real SD-1.5 configuration.
+        """
         if family(architecture) == "sd1x":
-            return ensure_tiny_sd15(self.data_dir)
+            from engine.builtin.sd15_config import ensure_sd15_config, sd1_config_for
+
+            return ensure_sd15_config(self.data_dir) if path is None else sd1_config_for(self.data_dir, path)
         raise InvalidInput(f"architecture {architecture} cannot be loaded by this build", parameter="model")
 
     def pipeline(self, entry: ModelEntry) -> Any:
@@ -139,7 +146,7 @@ class ModelLibrary:
                 from engine.pipelines.stable_diffusion.loading import load_single_file
 
                 assert entry.file is not None
-                model = load_single_file(entry.file, self.config_folder(entry.architecture), self.device, self.dtype)
+                model = load_single_file(entry.file, self.config_folder(entry.architecture, entry.file), self.device, self.dtype)
                 model.source_file = entry.file
             self._loaded[entry.air] = model
         return model
@@ -148,6 +155,6 @@ class ModelLibrary:
         """Worker thread: load a checkpoint file once and drop it (upload's optimized phase)."""
         from engine.pipelines.stable_diffusion.loading import check_checkpoint, load_single_file
 
-        folder = self.config_folder(architecture)
+        folder = self.config_folder(architecture, path)
         check_checkpoint(path, folder)  # names and shapes from the header: clear errors, no weights read
         load_single_file(path, folder, self.device, self.dtype)

@@ -53,6 +53,7 @@ class ServerConfig:
     torch_threads: int = field(default_factory=default_torch_threads)
     device: str = "cpu"
     warm_builtin: bool = True
+    gil_switch_interval_s: float = 0.0005
     webhook_timeout_s: float = 10.0
     webhook_retries: int = 3
 
@@ -76,4 +77,5 @@ class ServerConfig:
         c.torch_threads = _env_int("WISP_TORCH_THREADS", c.torch_threads)
         c.device = os.environ.get("WISP_DEVICE", c.device)
         c.warm_builtin = _env_bool("WISP_WARM_BUILTIN", c.warm_builtin)
+        c.gil_switch_interval_s = _env_float("WISP_GIL_SWITCH_INTERVAL", c.gil_switch_interval_s)
         return c
