@@ -17,6 +17,7 @@ class ErrorCode:
 
     INVALID_API_KEY = "invalidApiKey"
     MISSING_API_KEY = "missingApiKey"
+    AUTH_RATE_LIMITED = "authRateLimited"
     NOT_AUTHENTICATED = "notAuthenticated"
     INVALID_FRAME = "invalidFrame"
     INVALID_TASK = "invalidTask"

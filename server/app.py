@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import h11
+import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -136,26 +137,33 @@ class WispServer:
         return None
 
     async def _ws_handler(self, ws: ServerConnection) -> None:
-        ctx = request_context(ws.request.headers.get("Host") if ws.request else None, self.config.host, self.port or 0, self.config.public_url)
+        peer = ws.remote_address[0] if ws.remote_address else ""
+        ctx = request_context(ws.request.headers.get("Host") if ws.request else None, self.config.host, self.port or 0,
+                              self.config.public_url, peer=str(peer))
         await SocketConn(ws, self.gateway, ctx).serve()
 
-    def _bearer_team(self, headers: dict[str, str]) -> str | None:
+    @staticmethod
+    def _bearer(headers: dict[str, str]) -> str:
         auth = headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        return self.keys.team_of(key) if key else None
+        return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
 
-    def _body_sink(self, request: h11.Request) -> BodySink | None:
+    def _body_sink(self, request: h11.Request, peer: str) -> BodySink | None:
         """Stream ``PUT/POST /v1/files`` bodies to disk; everything else is buffered (and capped)."""
         path = urlsplit(request.target.decode("latin-1")).path
         if request.method not in (b"PUT", b"POST") or path.rstrip("/") != FILES_PATH.rstrip("/"):
             return None
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
-        team = self._bearer_team(headers)
+        key = self._bearer(headers)
+        limiter = self.gateway.auth_limiter
+        if not key or limiter.retry_after(peer) > 0:
+            return None
+        team = self.keys.team_of(key)  # one indexed read: the body must not start streaming unauthenticated
         if team is None:
+            limiter.failed(peer)
             return None
         return self.files.sink(team, self.config.max_model_bytes)
 
-    async def _http_handler(self, request: h11.Request, body: bytes, sink: BodySink | None = None) -> HTTPResponse:
+    async def _http_handler(self, request: h11.Request, body: bytes, sink: BodySink | None = None, peer: str = "") -> HTTPResponse:
         target = urlsplit(request.target.decode("latin-1"))
         path = target.path
         method = request.method.decode()
@@ -181,17 +189,18 @@ class WispServer:
         if path.rstrip("/") == "/v1":
             if method != "POST":
                 return json_response(405, {"errors": [{"code": "methodNotAllowed", "message": "POST a task array to /v1, or open a WebSocket"}]})
-            return await self._post_tasks(headers, body)
+            return await self._post_tasks(headers, body, peer)
         return json_response(404, {"errors": [{"code": "notFound", "message": f"no route {path[:100]}"}]})
 
-    async def _post_tasks(self, headers: dict[str, str], body: bytes) -> HTTPResponse:
-        auth = headers.get("authorization", "")
-        if not auth[7:].strip() or not auth.lower().startswith("bearer "):
+    async def _post_tasks(self, headers: dict[str, str], body: bytes, peer: str) -> HTTPResponse:
+        key = self._bearer(headers)
+        if not key:
             return json_response(401, {"errors": [{"code": "missingApiKey", "message": "send Authorization: Bearer <apiKey>"}]})
-        team = await asyncio.to_thread(self._bearer_team, headers)
-        if team is None:
-            return json_response(401, {"errors": [{"code": "invalidApiKey", "message": "Invalid API key"}]})
-        ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url)
+        team = await self.gateway.team_for_key(key, peer)
+        if not isinstance(team, str):
+            status = 429 if team.code == "authRateLimited" else 401
+            return json_response(status, {"errors": [msgspec.to_builtins(team)]})
+        ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url, peer=peer)
         conn = CollectingConn(Session(team, resumable=False), ctx)
         jobs = await self.gateway.handle_frame(conn, body)
         if jobs:

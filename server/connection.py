@@ -19,12 +19,14 @@ from server.sessions import Session
 log = logging.getLogger("wisp.server")
 
 
-def request_context(host_header: str | None, config_host: str, port: int, public_url: str | None, scheme: str = "http") -> RequestContext:
+def request_context(
+    host_header: str | None, config_host: str, port: int, public_url: str | None, scheme: str = "http", peer: str = ""
+) -> RequestContext:
     hosts = {f"{config_host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"}
     if host_header:
         hosts.add(host_header)
     base = public_url.rstrip("/") if public_url else f"{scheme}://{host_header or f'{config_host}:{port}'}"
-    return RequestContext(base_url=base, own_hosts=frozenset(hosts))
+    return RequestContext(base_url=base, own_hosts=frozenset(hosts), peer=peer)
 
 
 class SocketConn:

@@ -39,6 +39,7 @@ from protocol.session import (
 from server.config import ServerConfig
 from server.errors import to_wire_error
 from server.files import FILES_PATH, FileDrop
+from server.ratelimit import AuthLimiter
 from server.sessions import Session, SessionRegistry
 from server.tasks import TaskRecord, TaskStore
 from server.webhooks import WebhookSender
@@ -60,6 +61,8 @@ class RequestContext:
 
     base_url: str
     own_hosts: frozenset[str]
+    peer: str = ""
+    """The client's address (failed-authentication limiting)."""
 
 
 class Conn(Protocol):
@@ -85,6 +88,7 @@ class Gateway:
         files: "FileDrop | None" = None,
     ) -> None:
         self.files = files
+        self.auth_limiter = AuthLimiter(config.auth_max_failures, config.auth_window_s)
         self.config = config
         self.engine = engine
         self.keys = keys
@@ -175,9 +179,9 @@ class Gateway:
     async def _authenticate(self, conn: Conn, task: Authentication, resumed: list[tuple[Session, list[bytes]]]) -> Any:
         if not isinstance(task.apiKey, str) or not task.apiKey:
             return wire_error(ErrorCode.MISSING_API_KEY, "apiKey is missing", task_type="authentication")
-        team = await asyncio.to_thread(self.keys.team_of, task.apiKey)
-        if team is None:
-            return wire_error(ErrorCode.INVALID_API_KEY, "Invalid API key", task_type="authentication")
+        team = await self.team_for_key(task.apiKey, conn.ctx.peer)
+        if isinstance(team, WireError):
+            return team
         session = None
         if task.connectionSessionUUID:
             session = self.sessions.resume(task.connectionSessionUUID, team)
@@ -187,6 +191,21 @@ class Gateway:
         if pending:
             resumed.append((session, pending))
         return AuthenticationResult(connectionSessionUUID=session.uuid)
+
+    async def team_for_key(self, key: str, peer: str) -> "str | WireError":
+        """The key's team, or the error to answer (invalid key, or this address is rate-limited)."""
+        wait = self.auth_limiter.retry_after(peer)
+        if wait > 0:
+            return wire_error(
+                ErrorCode.AUTH_RATE_LIMITED,
+                f"too many failed authentications from this address; retry in {int(wait) + 1} s",
+                task_type="authentication",
+            )
+        team = await asyncio.to_thread(self.keys.team_of, key)
+        if team is None:
+            self.auth_limiter.failed(peer)
+            return wire_error(ErrorCode.INVALID_API_KEY, "Invalid API key", task_type="authentication")
+        return team
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         job = asyncio.ensure_future(coro)

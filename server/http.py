@@ -28,8 +28,8 @@ class BodySink(Protocol):
     def abort(self) -> None: ...
 
 
-Handler = Callable[[h11.Request, bytes, "BodySink | None"], Awaitable[Response]]
-SinkFactory = Callable[[h11.Request], "BodySink | None"]
+Handler = Callable[[h11.Request, bytes, "BodySink | None", str], Awaitable[Response]]
+SinkFactory = Callable[[h11.Request, str], "BodySink | None"]
 
 
 def json_response(status: int, body: Any) -> Response:
@@ -44,6 +44,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.max_body = max_body
         self.sink_factory = sink_factory
         self._sink: BodySink | None = None
+        self.peer = ""
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         self.transport: asyncio.Transport | None = None
         self._body = bytearray()
@@ -53,6 +54,8 @@ class HTTPProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername[0]) if peername else ""
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -83,7 +86,7 @@ class HTTPProtocol(asyncio.Protocol):
                 return
             if isinstance(event, h11.Request):
                 self._request, self._body, self._too_big = event, bytearray(), False
-                self._sink = self.sink_factory(event) if self.sink_factory is not None else None
+                self._sink = self.sink_factory(event, self.peer) if self.sink_factory is not None else None
             elif isinstance(event, h11.Data):
                 if self._sink is not None:
                     if not self._too_big and not self._sink.write(event.data):
@@ -110,7 +113,7 @@ class HTTPProtocol(asyncio.Protocol):
                 response = json_response(413, {"errors": [{"code": "payloadTooLarge", "message": "request body over the size limit"}]})
             else:
                 assert request is not None
-                response = await self.handler(request, body, sink)
+                response = await self.handler(request, body, sink, self.peer)
         except Exception:
             log.exception("HTTP handler failed")
             response = json_response(500, {"errors": [{"code": "internalError", "message": "internal error"}]})

@@ -64,7 +64,8 @@ def start_server(
     key = create_key(data_dir)
     log_path = data_dir.parent / f"{data_dir.name}-server.log"
     log_file = open(log_path, "w")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WISP_TORCH_THREADS": "1", **(env or {})}
+    # Tests send many bad keys from 127.0.0.1 on purpose; the limiter has its own test.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WISP_TORCH_THREADS": "1", "WISP_AUTH_MAX_FAILURES": "100000", **(env or {})}
     proc = subprocess.Popen(
         WISP + ["serve", "--port", "0", "--data-dir", str(data_dir), *(["--allow-private-urls"] if allow_private else []), *extra],
         stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env,

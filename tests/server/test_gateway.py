@@ -158,3 +158,22 @@ async def test_queue_full_is_retryable_with_the_same_task_uuid(tmp_path):
         assert conn.frames[-1]["data"][0]["taskUUID"] == again
     finally:
         engine.stop()
+
+
+async def test_failed_authentications_are_rate_limited_per_address(tmp_path):
+    config = ServerConfig(data_dir=tmp_path, warm_builtin=False, auth_max_failures=3, auth_window_s=60)
+    keys = KeyStore(Database(tmp_path / "wisp.db"))
+    engine = Engine(EngineConfig(data_dir=tmp_path, torch_threads=1))
+    gw = Gateway(config, engine, keys, TaskStore(60), SessionRegistry(120), WebhookSender(NetPolicy(), 1, 0))
+    good = keys.create("alpha")
+    scanner, neighbour = FakeConn(), FakeConn()
+    scanner.ctx = RequestContext(base_url="http://wisp.test", own_hosts=frozenset(), peer="10.9.9.9")
+    neighbour.ctx = RequestContext(base_url="http://wisp.test", own_hosts=frozenset(), peer="10.1.1.1")
+    for attempt in range(3):
+        await send(gw, scanner, {"taskType": "authentication", "apiKey": f"wisp_guess{attempt}"})
+        assert scanner.frames[-1]["errors"][0]["code"] == "invalidApiKey"
+    await send(gw, scanner, {"taskType": "authentication", "apiKey": good})
+    assert scanner.frames[-1]["errors"][0]["code"] == "authRateLimited"  # even a good key waits out the window
+    assert scanner.session is None
+    await send(gw, neighbour, {"taskType": "authentication", "apiKey": good})
+    assert "data" in neighbour.frames[-1]  # other addresses are unaffected
