@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ class Engine:
         )
         self.queue = FairQueue(config.max_queue)
         self._worker = Worker(self.queue, "wisp-device-0", on_start=self._init_thread)
+        self._stopping = threading.Event()
         self._started = False
 
     def _init_thread(self) -> None:
@@ -108,15 +110,23 @@ class Engine:
             self._worker.start()
             self._started = True
 
-    def stop(self) -> int:
-        """Stop taking work; jobs not started are failed. Returns how many were dropped."""
+    def stop(self, wait_s: float = 10.0) -> int:
+        """Stop taking work; jobs not started are failed, a running one is abandoned at its next step.
+
+        Waits (up to ``wait_s``) for the device thread to finish, so the process
+        never exits with torch running on a daemon thread (that aborts).
+        Returns how many queued jobs were dropped.
+        """
         from engine.errors import EngineStopped
 
+        self._stopping.set()
         left = self.queue.close()
         for job in left:
             job.loop.call_soon_threadsafe(
                 lambda f=job.future: f.done() or f.set_exception(EngineStopped("the server is shutting down"))
             )
+        if self._started and self._worker.thread.is_alive() and self._worker.thread is not threading.current_thread():
+            self._worker.thread.join(wait_s)
         return len(left)
 
     async def warm(self, air: str, team: str = "") -> None:
@@ -187,7 +197,7 @@ class Engine:
     def _render(self, entry: ModelEntry, spec: GenerationSpec, output_format: str, quality: int) -> list[GeneratedImage]:
         """Worker thread: generate, encode, store."""
         model = self.library.pipeline(entry)
-        images = model.run(spec)
+        images = model.run(spec, self._stopping.is_set)
         _, ext, mime = FORMATS[output_format]
         cost = image_cost(spec.width, spec.height, spec.steps)
         results = []

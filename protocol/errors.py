@@ -29,6 +29,7 @@ class ErrorCode:
     UNSUPPORTED_TASK_TYPE = "unsupportedTaskType"
     CONFLICT_TASK_UUID = "conflictTaskUUID"
     TASK_NOT_FOUND = "taskNotFound"
+    TASK_INTERRUPTED = "taskInterrupted"
     MODEL_NOT_FOUND = "modelNotFound"
     INVALID_IMAGE = "invalidImage"
     INVALID_MODEL_FILE = "invalidModelFile"

@@ -34,6 +34,7 @@ from server.files import FILES_PATH, FileDrop, FileSink
 from server.http import BodySink, HTTPProtocol, Response as HTTPResponse, json_response
 from server.listener import SniffingConnection
 from server.sessions import Session, SessionRegistry
+from server.journal import TaskJournal
 from server.tasks import TaskStore
 from server.webhooks import WebhookSender
 
@@ -120,7 +121,11 @@ class WispServer:
             ),
             db=self.db,
         )
-        self.tasks = TaskStore(config.task_retention_s)
+        self.journal = TaskJournal(self.db)
+        interrupted = self.journal.mark_interrupted()
+        if interrupted:
+            log.warning("%d task(s) were interrupted by the last stop; they are reported as failed", interrupted)
+        self.tasks = TaskStore(config.task_retention_s, self.journal)
         self.sessions = SessionRegistry(config.resume_ttl_s)
         self.webhooks = WebhookSender(policy, config.webhook_timeout_s, config.webhook_retries)
         self.files = FileDrop(config.data_dir / "uploads")
@@ -245,7 +250,8 @@ class WispServer:
             self.files.sweep()
             await asyncio.to_thread(self.engine.registry.record_daily_usage)
 
-    async def stop(self, grace_s: float = 10.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace_s = self.config.shutdown_grace_s if grace_s is None else grace_s
         if self.ws_server is not None:
             self.ws_server.close(close_connections=True)
             await self.ws_server.wait_closed()
@@ -255,9 +261,12 @@ class WispServer:
         if jobs:
             _, pending = await asyncio.wait(jobs, timeout=grace_s)
             for job in pending:
-                job.cancel()
-        self.engine.stop()
+                job.cancel()  # each records itself as interrupted (journal) on its way out
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        await asyncio.to_thread(self.engine.stop)
         await self.webhooks.aclose()
+        await asyncio.to_thread(self.journal.close)
 
 
 def _log_warm_failure(task: asyncio.Task) -> None:

@@ -54,6 +54,8 @@ class ServerConfig:
     device: str = "cpu"
     warm_builtin: bool = True
     gil_switch_interval_s: float = 0.0005
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM/SIGINT, how long running tasks may finish before they are interrupted."""
     auth_max_failures: int = 20
     auth_window_s: float = 60.0
     webhook_timeout_s: float = 10.0
@@ -81,5 +83,6 @@ class ServerConfig:
         c.warm_builtin = _env_bool("WISP_WARM_BUILTIN", c.warm_builtin)
         c.auth_max_failures = _env_int("WISP_AUTH_MAX_FAILURES", c.auth_max_failures)
         c.auth_window_s = _env_float("WISP_AUTH_WINDOW", c.auth_window_s)
+        c.shutdown_grace_s = _env_float("WISP_SHUTDOWN_GRACE", c.shutdown_grace_s)
         c.gil_switch_interval_s = _env_float("WISP_GIL_SWITCH_INTERVAL", c.gil_switch_interval_s)
         return c

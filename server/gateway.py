@@ -47,6 +47,15 @@ from server.webhooks import WebhookSender
 log = logging.getLogger("wisp.server")
 
 
+def _as_success(item: Any) -> Any:
+    """A finished item as getResponse shows it: ``status:"success"`` unless it has a status (upload phases)."""
+    if isinstance(item, dict):  # from the journal, after a restart
+        return item if "status" in item else {**item, "status": "success"}
+    if getattr(item, "status", None) is msgspec.UNSET:
+        return msgspec.structs.replace(item, status="success")
+    return item
+
+
 class UploadSourceGone(EngineError):
     code = ErrorCode.DOWNLOAD_FAILED
 
@@ -287,7 +296,9 @@ class Gateway:
             else:
                 items = [await self.engine.search_models(task, session.team)]
         except asyncio.CancelledError:
-            record.fail(wire_error(ErrorCode.INTERNAL_ERROR, "the server stopped before this task finished", task_type=record.task_type, task_uuid=record.task_uuid))
+            record.fail(wire_error(ErrorCode.TASK_INTERRUPTED, "the server stopped before this task finished; send it again with a new taskUUID",
+                                   task_type=record.task_type, task_uuid=record.task_uuid))
+            self.tasks.finish(record)
             raise
         except BaseException as exc:
             error = to_wire_error(exc, record.task_type, record.task_uuid)
@@ -295,6 +306,7 @@ class Gateway:
                 self.tasks.release(record)
             else:
                 record.fail(error)
+                self.tasks.finish(record)
             self.counters["errors"] += 1
             await session.emit(encode_errors([error]))
             if webhook:
@@ -303,6 +315,7 @@ class Gateway:
         finally:
             session.in_flight -= 1
         record.succeed(streamed + items)
+        self.tasks.finish(record)
         if items and not is_async:
             await session.emit(encode_data(items))
         if webhook:
@@ -354,10 +367,7 @@ class Gateway:
             return record.errors[0]
         if record.finished_at is None:
             return list(record.items) + [ProcessingItem(taskType=record.task_type, taskUUID=record.task_uuid)]
-        return [
-            msgspec.structs.replace(item, status="success") if getattr(item, "status", None) is msgspec.UNSET else item
-            for item in record.items
-        ]
+        return [_as_success(item) for item in record.items]
 
     def _get_task_details(self, session: Session, task: GetTaskDetails) -> Any:
         record = self.tasks.get(session.team, task.taskUUID)

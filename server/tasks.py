@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from protocol.errors import WireError
+
+if TYPE_CHECKING:
+    from server.journal import TaskJournal
 
 _MAX_KEPT_STRING = 4096
 
@@ -57,30 +62,62 @@ class TaskRecord:
 
 
 class TaskStore:
-    def __init__(self, retention_s: float) -> None:
+    """In memory for speed; mirrored to the :class:`~server.journal.TaskJournal` when given one."""
+
+    def __init__(self, retention_s: float, journal: "TaskJournal | None" = None) -> None:
         self.retention_s = retention_s
+        self.journal = journal
         self._records: dict[tuple[str, str], TaskRecord] = {}
 
     def claim(self, team: str, task_uuid: str, task_type: str, request: Any, session_uuid: str) -> TaskRecord | None:
         """Register a new task; None if the team already has one with that taskUUID."""
         key = (team, task_uuid.lower())
         existing = self._records.get(key)
+        if existing is None:
+            existing = self._from_journal(team, task_uuid)
         if existing is not None and not self._expired(existing, time.monotonic()):
             return None
         record = TaskRecord(team, task_uuid, task_type, _trim(request), session_uuid)
         self._records[key] = record
+        if self.journal is not None:
+            self.journal.claimed(team, task_uuid, task_type, record.request)
         return record
+
+    def finish(self, record: TaskRecord) -> None:
+        """Persist a task's outcome (call after ``succeed`` or ``fail``)."""
+        if self.journal is not None:
+            self.journal.finished(
+                record.team, record.task_uuid, record.status, msgspec.to_builtins(record.items), msgspec.to_builtins(record.errors)
+            )
 
     def release(self, record: TaskRecord) -> None:
         """Forget a task refused before it started, so its taskUUID can be sent again."""
         key = (record.team, record.task_uuid.lower())
         if self._records.get(key) is record:
             del self._records[key]
+            if self.journal is not None:
+                self.journal.released(record.team, record.task_uuid)
 
     def get(self, team: str, task_uuid: str) -> TaskRecord | None:
         record = self._records.get((team, task_uuid.lower()))
+        if record is None:
+            record = self._from_journal(team, task_uuid)
         if record is None or self._expired(record, time.monotonic()):
             return None
+        return record
+
+    def _from_journal(self, team: str, task_uuid: str) -> TaskRecord | None:
+        """A task from before this process started (items come back as plain dicts)."""
+        if self.journal is None:
+            return None
+        row = self.journal.load(team, task_uuid)
+        if row is None:
+            return None
+        record = TaskRecord(team, task_uuid, row["task_type"], row["request"], "")
+        record.items = row["items"]
+        record.errors = [msgspec.convert(e, WireError) for e in row["errors"]]
+        if row["finished_at"] is not None:
+            record.finished_at = time.monotonic() - max(0.0, time.time() - row["finished_at"])
         return record
 
     def _expired(self, record: TaskRecord, now: float) -> bool:
@@ -91,6 +128,8 @@ class TaskStore:
         dead = [k for k, r in self._records.items() if self._expired(r, now)]
         for k in dead:
             del self._records[k]
+        if self.journal is not None:
+            self.journal.prune(self.retention_s)
         return len(dead)
 
     def __len__(self) -> int:

@@ -65,6 +65,21 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (team_id, day)
     );
     """,
+    """
+    CREATE TABLE tasks (
+        team TEXT NOT NULL,
+        task_uuid TEXT NOT NULL,
+        task_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        request TEXT NOT NULL,
+        items TEXT NOT NULL DEFAULT '[]',
+        errors TEXT NOT NULL DEFAULT '[]',
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        PRIMARY KEY (team, task_uuid)
+    );
+    CREATE INDEX tasks_finished ON tasks(finished_at);
+    """,
 ]
 
 

@@ -14,10 +14,11 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
+from engine.errors import EngineStopped
 from engine.lora import LoraAdapters, LoraUse
 from engine.schedulers import make_scheduler
 
@@ -80,6 +81,10 @@ def hidden_text_model_alias(text_encoder: Any) -> Iterator[None]:
     finally:
         if aliased:
             object.__setattr__(text_encoder, "text_model", text_encoder)
+
+
+class GenerationStopped(EngineStopped):
+    """A run abandoned between steps because the engine is stopping."""
 
 
 class StableDiffusionModel:
@@ -154,7 +159,7 @@ class StableDiffusionModel:
         return kwargs
 
     # 3. run → 4. result
-    def run(self, spec: GenerationSpec) -> list[Image.Image]:
+    def run(self, spec: GenerationSpec, should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
         """Generate one image per seed, in seed order, with exactly ``spec.loras`` applied.
 
         LoRAs are loaded and switched outside inference mode: adapter
@@ -166,12 +171,22 @@ class StableDiffusionModel:
         with self.lock:
             self.loras.activate(spec.loras, [f"lora[{i}].model" for i in range(len(spec.loras))])
             with torch.inference_mode():
-                return self._generate(spec)
+                return self._generate(spec, should_stop)
 
-    def _generate(self, spec: GenerationSpec) -> list[Image.Image]:
+    def _generate(self, spec: GenerationSpec, should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
         """The diffusers call itself (caller holds the lock)."""
         pipe = self._variant(spec.mode)
         scheduler = make_scheduler(spec.scheduler, self._scheduler_config)
         pipe.scheduler = scheduler if scheduler is not None else self._default_scheduler
-        output = pipe(**self._call_kwargs(spec))
+        kwargs = self._call_kwargs(spec)
+        if should_stop is not None:
+
+            def check(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                # Between denoising steps: the only safe point to abandon a run (server shutdown).
+                if should_stop():
+                    raise GenerationStopped("generation stopped: the server is shutting down")
+                return tensors
+
+            kwargs["callback_on_step_end"] = check
+        output = pipe(**kwargs)
         return list(output.images)

@@ -1,0 +1,113 @@
+"""The task journal: every accepted task in SQLite, so a restart loses none.
+
+Writes never run on the event loop: they queue to one writer thread that
+commits them in batches.  At start-up, tasks still marked ``processing`` were
+interrupted by a crash or kill; they are marked failed (``taskInterrupted``)
+so ``getResponse`` answers them instead of leaving them processing forever.
+A task claimed in the last few milliseconds before a kill -9 may not have
+reached the journal; it is then unknown (``taskNotFound``), never half-known.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from engine.registry.db import Database
+from protocol.errors import ErrorCode
+
+log = logging.getLogger("wisp.journal")
+
+INTERRUPTED_MESSAGE = "the server stopped while this task was running; send it again with a new taskUUID"
+
+
+class TaskJournal:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="wisp-journal", daemon=True)
+        self._thread.start()
+
+    # ---- writes (any thread; applied in order by the writer) ----------------
+
+    def claimed(self, team: str, task_uuid: str, task_type: str, request: Any) -> None:
+        self._queue.put((
+            "INSERT OR REPLACE INTO tasks(team, task_uuid, task_type, status, request, created_at) VALUES (?,?,?,?,?,?)",
+            (team, task_uuid.lower(), task_type, "processing", json.dumps(request), time.time()),
+        ))
+
+    def finished(self, team: str, task_uuid: str, status: str, items: list[Any], errors: list[Any]) -> None:
+        self._queue.put((
+            "UPDATE tasks SET status=?, items=?, errors=?, finished_at=? WHERE team=? AND task_uuid=?",
+            (status, json.dumps(items), json.dumps(errors), time.time(), team, task_uuid.lower()),
+        ))
+
+    def released(self, team: str, task_uuid: str) -> None:
+        self._queue.put(("DELETE FROM tasks WHERE team=? AND task_uuid=?", (team, task_uuid.lower())))
+
+    def prune(self, retention_s: float) -> None:
+        self._queue.put(("DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (time.time() - retention_s,)))
+
+    def _run(self) -> None:
+        conn = self.db.connect()
+        while True:
+            first = self._queue.get()
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            statements = [b for b in batch if b is not None]
+            if statements:
+                try:
+                    conn.execute("BEGIN")
+                    for sql, params in statements:
+                        conn.execute(sql, params)
+                    conn.execute("COMMIT")
+                except Exception:
+                    log.exception("task journal write failed")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except Exception:
+                        pass
+            if None in batch:
+                return
+
+    def close(self) -> None:
+        """Flush what is queued and stop the writer."""
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    # ---- reads (the event loop: single indexed rows) ------------------------
+
+    def load(self, team: str, task_uuid: str) -> dict[str, Any] | None:
+        row = self.db.connect().execute(
+            "SELECT task_type, status, request, items, errors, finished_at FROM tasks WHERE team=? AND task_uuid=?",
+            (team, task_uuid.lower()),
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "task_type": row[0], "status": row[1], "request": json.loads(row[2]), "items": json.loads(row[3]),
+            "errors": json.loads(row[4]), "finished_at": row[5],
+        }
+
+    def mark_interrupted(self) -> int:
+        """Start-up: tasks left ``processing`` by a crash become failed. Returns how many."""
+        conn = self.db.connect()
+        rows = conn.execute("SELECT team, task_uuid, task_type FROM tasks WHERE status='processing'").fetchall()
+        now = time.time()
+        conn.execute("BEGIN")
+        for team, task_uuid, task_type in rows:
+            error = {"code": ErrorCode.TASK_INTERRUPTED, "message": INTERRUPTED_MESSAGE, "taskType": task_type, "taskUUID": task_uuid}
+            conn.execute(
+                "UPDATE tasks SET status='error', errors=?, finished_at=? WHERE team=? AND task_uuid=?",
+                (json.dumps([error]), now, team, task_uuid),
+            )
+        conn.execute("COMMIT")
+        return len(rows)
