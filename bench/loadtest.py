@@ -59,6 +59,7 @@ class Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: Counter = field(default_factory=Counter)
     sent: Counter = field(default_factory=Counter)
+    answered: Counter = field(default_factory=Counter)
     reconnects: int = 0
     connected: int = 0
     failed_connects: int = 0
@@ -66,6 +67,7 @@ class Stats:
     record_after: float = 0.0
 
     def record(self, kind: str, now: float, sent_at: float) -> None:
+        self.answered[kind] += 1
         if sent_at >= self.record_after:
             self.latencies[kind].append(now - sent_at)
 
@@ -109,6 +111,7 @@ class Client:
         self.pending: dict[str, tuple[str, float, asyncio.Future[None]]] = {}
         self.pings: deque[tuple[str, float, asyncio.Future[None] | None]] = deque()
         self.rng = random.Random(index)
+        self.inflight: set[asyncio.Future[None]] = set()
 
     async def connect(self) -> None:
         from websockets.asyncio.client import connect
@@ -128,8 +131,10 @@ class Client:
             for error in frame.get("errors", []):
                 self.stats.errors[error.get("code", "?")] += 1
                 entry = self.pending.pop(error.get("taskUUID", ""), None)
-                if entry is not None and not entry[2].done():
-                    entry[2].set_result(None)
+                if entry is not None:
+                    self.stats.answered[entry[0]] += 1
+                    if not entry[2].done():
+                        entry[2].set_result(None)
             for item in frame.get("data", []):
                 if item.get("pong"):
                     if self.pings:
@@ -177,7 +182,9 @@ class Client:
             self.budget[0] -= 1
             kind = self.rng.choices(kinds, weights)[0]
             if self.cfg.rate:
-                asyncio.ensure_future(self.send(kind, wait=True))
+                job = asyncio.ensure_future(self.send(kind, wait=True))
+                self.inflight.add(job)
+                job.add_done_callback(self.inflight.discard)
                 await asyncio.sleep(self.rng.expovariate(self.cfg.rate))
             else:
                 await self.send(kind, wait=True)
@@ -194,6 +201,13 @@ class Client:
                     jobs.append(asyncio.ensure_future(self.work()))
                 stopper = asyncio.ensure_future(self.stop.wait())
                 done, _ = await asyncio.wait([jobs[0], stopper], return_when=asyncio.FIRST_COMPLETED)
+                if self.stop.is_set():
+                    for job in jobs[1:]:
+                        job.cancel()  # no new work; the reader keeps collecting answers to what was sent
+                    pending = set(self.inflight) | ({jobs[2]} if len(jobs) > 2 else set())
+                    pending |= {fut for _, _, fut in self.pings if fut is not None and not fut.done()}
+                    if pending:
+                        await asyncio.wait(pending, timeout=self.cfg.task_timeout_s)
                 for job in jobs + [stopper]:
                     job.cancel()
                 await self.ws.close()
@@ -256,6 +270,7 @@ async def run_load(cfg: LoadConfig, progress: bool = True) -> dict[str, Any]:
             "count": len(values), "sent": stats.sent.get(kind, len(values)), "per_s": len(values) / elapsed,
             "p50_ms": 1e3 * _percentile(values, 50), "p95_ms": 1e3 * _percentile(values, 95),
             "p99_ms": 1e3 * _percentile(values, 99), "max_ms": 1e3 * max(values) if values else float("nan"),
+            "answered": stats.answered.get(kind, 0),
         }
     return {"elapsed_s": elapsed, "sockets": cfg.sockets, "connected": stats.connected, "failed_connects": stats.failed_connects,
             "reconnects": stats.reconnects, "per_type": per_type, "errors": dict(stats.errors)}
