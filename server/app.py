@@ -232,8 +232,8 @@ class WispServer:
             max_size=self.config.hard_frame_bytes,
             compression=None,
             server_header="wisp",
-            ping_interval=20,
-            ping_timeout=20,
+            ping_interval=self.config.keepalive_interval_s,
+            ping_timeout=self.config.keepalive_timeout_s,
         )
         sockets = self.ws_server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port

@@ -44,6 +44,9 @@ class ServerConfig:
     max_in_flight_per_session: int = 32
     max_queue: int = 256
     idle_timeout_s: float = 120.0
+    keepalive_interval_s: float = 20.0
+    """WebSocket-level pings: a peer that answers none for ``keepalive_timeout_s`` is half-open and dropped."""
+    keepalive_timeout_s: float = 20.0
     resume_ttl_s: float = 120.0
     task_retention_s: float = 3600.0
     max_http_body_bytes: int = 16 * 1024 * 1024
@@ -74,6 +77,8 @@ class ServerConfig:
         c.max_in_flight_per_session = _env_int("WISP_MAX_IN_FLIGHT", c.max_in_flight_per_session)
         c.max_queue = _env_int("WISP_MAX_QUEUE", c.max_queue)
         c.idle_timeout_s = _env_float("WISP_IDLE_TIMEOUT", c.idle_timeout_s)
+        c.keepalive_interval_s = _env_float("WISP_KEEPALIVE_INTERVAL", c.keepalive_interval_s)
+        c.keepalive_timeout_s = _env_float("WISP_KEEPALIVE_TIMEOUT", c.keepalive_timeout_s)
         c.resume_ttl_s = _env_float("WISP_RESUME_TTL", c.resume_ttl_s)
         c.task_retention_s = _env_float("WISP_TASK_RETENTION", c.task_retention_s)
         c.max_model_bytes = _env_int("WISP_MAX_MODEL_BYTES", c.max_model_bytes)
