@@ -19,6 +19,7 @@ from typing import Any
 from protocol.inference import ImageInference
 
 from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
+from engine.cache import ModelCache
 from engine.images.codec import FORMATS, decode_image, encode_image
 from engine.images.sources import load_image_bytes
 from engine.images.store import ImageStore
@@ -57,6 +58,10 @@ class EngineConfig:
     net: NetPolicy = NetPolicy()
     max_model_bytes: int = 20 * 1024**3
     storage_dtype: str = "F16"
+    cache_device_bytes: int = 0
+    """Model-cache budget of the device tier; 0: derived from the device's memory (see engine.cache)."""
+    cache_host_bytes: int = 0
+    """Model-cache budget of the host (RAM) tier; 0: derived from the machine's RAM."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,8 @@ class Engine:
         self.registry = ModelRegistry(self.db)
         self.model_store = ModelStore(data_dir / "store")
         self.images = ImageStore(data_dir / "images", data_dir / "tmp")
-        self.library = ModelLibrary(data_dir, config.device, self.registry, self.model_store)
+        self.cache = ModelCache(config.device, device_bytes=config.cache_device_bytes, host_bytes=config.cache_host_bytes)
+        self.library = ModelLibrary(data_dir, config.device, self.registry, self.model_store, cache=self.cache)
         self.ingest = ModelIngest(
             self.registry,
             self.model_store,
@@ -196,8 +202,8 @@ class Engine:
 
     def _render(self, entry: ModelEntry, spec: GenerationSpec, output_format: str, quality: int) -> list[GeneratedImage]:
         """Worker thread: generate, encode, store."""
-        model = self.library.pipeline(entry)
-        images = model.run(spec, self._stopping.is_set)
+        with self.library.use(entry) as model:  # pinned: not evicted while it runs
+            images = model.run(spec, self._stopping.is_set)
         _, ext, mime = FORMATS[output_format]
         cost = image_cost(spec.width, spec.height, spec.steps)
         results = []
@@ -206,6 +212,10 @@ class Engine:
             image_uuid, name = self.images.put(data, ext)
             results.append(GeneratedImage(image_uuid, name, seed, data, mime, cost))
         return results
+
+    def cache_stats(self) -> dict[str, Any]:
+        """The model cache's counters and occupancy (hits, misses, evictions, bytes per tier...)."""
+        return self.cache.stats().as_dict()
 
     async def upload_image(self, ref: str, own_hosts: frozenset[str] = frozenset()) -> tuple[str, str]:
         """Decode, re-encode as PNG (dropping metadata) and store; returns (imageUUID, file name)."""

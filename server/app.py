@@ -118,6 +118,8 @@ class WispServer:
                 max_queue=config.max_queue,
                 net=policy,
                 max_model_bytes=config.max_model_bytes,
+                cache_device_bytes=config.cache_device_bytes,
+                cache_host_bytes=config.cache_host_bytes,
             ),
             db=self.db,
         )
@@ -184,7 +186,9 @@ class WispServer:
         if method in ("GET", "HEAD") and (path in ("/", "/playground") or path.startswith("/static/")):
             return await asyncio.to_thread(_static_response, "index.html" if path in ("/", "/playground") else path[len("/static/"):])
         if path == "/healthz" and method in ("GET", "HEAD"):
-            return json_response(200, {"status": "ok", "queue": len(self.engine.queue), "sessions": len(self.sessions)})
+            return json_response(200, {"status": "ok", "queue": len(self.engine.queue), "sessions": len(self.sessions),
+                                       "tasks": len(self.tasks), "counters": self.gateway.counters,
+                                       "modelCache": self.engine.cache_stats()})
         if path.startswith("/images/") and method in ("GET", "HEAD"):
             file = self.engine.images.path_for_name(unquote(path[len("/images/"):]))
             if file is None:

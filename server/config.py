@@ -63,6 +63,10 @@ class ServerConfig:
     auth_window_s: float = 60.0
     webhook_timeout_s: float = 10.0
     webhook_retries: int = 3
+    cache_device_bytes: int = 0
+    """Model-cache budget of the device tier (GPU memory, or RAM on CPU); 0: derived (70 % of the GPU, 35 % of RAM)."""
+    cache_host_bytes: int = 0
+    """Model-cache budget of the host (RAM) tier; 0: derived (50 % of RAM; on CPU, 50 % minus the device tier)."""
 
     @classmethod
     def from_env(cls) -> "ServerConfig":
@@ -90,4 +94,6 @@ class ServerConfig:
         c.auth_window_s = _env_float("WISP_AUTH_WINDOW", c.auth_window_s)
         c.shutdown_grace_s = _env_float("WISP_SHUTDOWN_GRACE", c.shutdown_grace_s)
         c.gil_switch_interval_s = _env_float("WISP_GIL_SWITCH_INTERVAL", c.gil_switch_interval_s)
+        c.cache_device_bytes = _env_int("WISP_CACHE_DEVICE_BYTES", c.cache_device_bytes)
+        c.cache_host_bytes = _env_int("WISP_CACHE_HOST_BYTES", c.cache_host_bytes)
         return c
