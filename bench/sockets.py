@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO_ROOT, create_wisp_key, log, wisp_server  # noqa: E402
+from bench._common import create_wisp_key, log, wisp_server  # noqa: E402
 from bench.loadtest import Client, LoadConfig, Stats, render, run_load  # noqa: E402
 
 

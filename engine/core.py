@@ -18,12 +18,11 @@ from typing import Any
 
 from protocol.inference import ImageInference
 
-from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
 from engine.cache import ModelCache
 from engine.images.codec import FORMATS, decode_image, encode_image
 from engine.images.sources import load_image_bytes
 from engine.images.store import ImageStore
-from engine.models import BUILTIN_MODELS, LoraEntry, ModelEntry, ModelLibrary, family
+from engine.models import BUILTIN_MODELS, LoraEntry, ModelEntry, ModelLibrary
 from engine.net import NetPolicy
 from engine.registry.db import Database
 from engine.registry.models import ModelRegistry, ModelRow

@@ -17,7 +17,7 @@ TaskUUID = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN, description="a UUID
 SessionUUID = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
 Dimension = Annotated[int, msgspec.Meta(ge=64, le=2048, multiple_of=8)]
 Steps = Annotated[int, msgspec.Meta(ge=1, le=100)]
-CFGScale = Annotated[float, msgspec.Meta(ge=0, le=50)]
+Guidance = Annotated[float, msgspec.Meta(ge=0, le=50)]
 NumberResults = Annotated[int, msgspec.Meta(ge=1, le=20)]
 Strength = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Seed = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]

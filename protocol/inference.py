@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from protocol.common import (
-    CFGScale,
+    Guidance,
     ClipSkip,
     Dimension,
     LoraWeight,
@@ -89,7 +89,7 @@ class ImageInference(Task, tag="imageInference"):
     width: Dimension = 512
     height: Dimension = 512
     steps: Steps | None = None
-    CFGScale: CFGScale | None = None
+    CFGScale: Guidance | None = None
     scheduler: str | None = None
     seed: Seed | None = None
     clipSkip: ClipSkip | None = None

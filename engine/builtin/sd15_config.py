@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
+from engine.builtin.build_once import build_once
 from engine.builtin.tiny_sd15 import _bytes_to_unicode, ensure_tiny_sd15
 from engine.errors import InvalidInput
 
@@ -53,7 +50,6 @@ SD15_FIRST_CONV: tuple[int, ...] = (320, 4, 3, 3)
 TINY_FIRST_CONV: tuple[int, ...] = (32, 4, 3, 3)
 """``conv_in`` of the built-in tiny model (``tiny_sd15.build``: block_out_channels[0] = 32)."""
 
-_build_lock = threading.Lock()
 
 MODEL_INDEX: dict[str, Any] = {
     "_class_name": "StableDiffusionPipeline",
@@ -229,26 +225,7 @@ def ensure_sd15_config(data_dir: Path) -> Path:
     mid-build leaves nothing that looks finished, and two processes racing
     both end with the same complete folder.
     """
-    root = Path(data_dir) / "builtin"
-    final = root / f"sd15-config-v{CONFIG_VERSION}"
-    if (final / "model_index.json").exists():
-        return final
-    with _build_lock:
-        if (final / "model_index.json").exists():
-            return final
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
-        try:
-            target = staging / "config"
-            build(target)
-            try:
-                os.rename(target, final)
-            except OSError:
-                if not (final / "model_index.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return build_once(data_dir, f"sd15-config-v{CONFIG_VERSION}", build)
 
 
 def sd1_config_for(data_dir: Path, path: Path) -> Path:

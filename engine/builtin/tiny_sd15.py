@@ -12,15 +12,12 @@ is one token, so prompts still change the output and truncate at 77 tokens.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import threading
 from pathlib import Path
+
+from engine.builtin.build_once import build_once
 
 BUILTIN_SD15_AIR = "wisp:tiny-sd15@1"
 BUILD_VERSION = "1"
-_build_lock = threading.Lock()
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -124,23 +121,4 @@ def ensure_tiny_sd15(data_dir: Path) -> Path:
     The build goes to a temporary folder that is renamed into place, so a
     crash mid-build leaves nothing that looks finished.
     """
-    root = Path(data_dir) / "builtin"
-    final = root / f"tiny-sd15-v{BUILD_VERSION}"
-    if (final / "model_index.json").exists():
-        return final
-    with _build_lock:
-        if (final / "model_index.json").exists():
-            return final
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
-        try:
-            target = staging / "model"
-            build(target)
-            try:
-                os.rename(target, final)
-            except OSError:
-                if not (final / "model_index.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return build_once(data_dir, f"tiny-sd15-v{BUILD_VERSION}", build)
