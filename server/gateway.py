@@ -247,7 +247,7 @@ class Gateway:
                 task_type=task_type,
                 task_uuid=task_uuid,
             )
-        record = self.tasks.claim(session.team, task_uuid, task_type, item.raw, session.uuid)
+        record = self.tasks.claim(session.team, task_uuid, task_type, item.raw, session.uuid, durable=not isinstance(task, ModelSearch))
         if record is None:
             return wire_error(
                 ErrorCode.CONFLICT_TASK_UUID,

@@ -45,6 +45,7 @@ class TaskRecord:
     finished_at: float | None = None
     items: list[Any] = field(default_factory=list)
     errors: list[WireError] = field(default_factory=list)
+    durable: bool = True
 
     @property
     def status(self) -> str:
@@ -69,23 +70,30 @@ class TaskStore:
         self.journal = journal
         self._records: dict[tuple[str, str], TaskRecord] = {}
 
-    def claim(self, team: str, task_uuid: str, task_type: str, request: Any, session_uuid: str) -> TaskRecord | None:
-        """Register a new task; None if the team already has one with that taskUUID."""
+    def claim(
+        self, team: str, task_uuid: str, task_type: str, request: Any, session_uuid: str, durable: bool = True
+    ) -> TaskRecord | None:
+        """Register a new task; None if the team already has one with that taskUUID.
+
+        ``durable=False`` (queries such as modelSearch, answered in milliseconds)
+        keeps the record in memory only: journaling it would cost more than the
+        query itself and nothing of it needs to survive a restart.
+        """
         key = (team, task_uuid.lower())
         existing = self._records.get(key)
-        if existing is None:
+        if existing is None and durable:
             existing = self._from_journal(team, task_uuid)
         if existing is not None and not self._expired(existing, time.monotonic()):
             return None
-        record = TaskRecord(team, task_uuid, task_type, _trim(request), session_uuid)
+        record = TaskRecord(team, task_uuid, task_type, _trim(request), session_uuid, durable=durable)
         self._records[key] = record
-        if self.journal is not None:
+        if self.journal is not None and durable:
             self.journal.claimed(team, task_uuid, task_type, record.request)
         return record
 
     def finish(self, record: TaskRecord) -> None:
         """Persist a task's outcome (call after ``succeed`` or ``fail``)."""
-        if self.journal is not None:
+        if self.journal is not None and record.durable:
             self.journal.finished(
                 record.team, record.task_uuid, record.status, msgspec.to_builtins(record.items), msgspec.to_builtins(record.errors)
             )
@@ -95,7 +103,7 @@ class TaskStore:
         key = (record.team, record.task_uuid.lower())
         if self._records.get(key) is record:
             del self._records[key]
-            if self.journal is not None:
+            if self.journal is not None and record.durable:
                 self.journal.released(record.team, record.task_uuid)
 
     def get(self, team: str, task_uuid: str) -> TaskRecord | None:
