@@ -142,3 +142,28 @@ def test_hostile_frames(stack, frame):
     replies = asyncio.run(scenario())
     assert replies[-1] == {"data": [{"taskType": "ping", "pong": True}]}
     assert all(("data" in f) != ("errors" in f) for f in replies)
+
+
+async def test_flood_of_tiny_frames_over_a_real_socket(wisp_server):
+    """2,000 frames sent without waiting (pings, garbage, bad tasks): one answer each, in order, socket alive."""
+    from websockets.asyncio.client import connect
+
+    frames = []
+    for i in range(2000):
+        kind = i % 4
+        if kind == 0:
+            frames.append('[{"taskType":"ping","ping":true}]')
+        elif kind == 1:
+            frames.append("{not json")
+        elif kind == 2:
+            frames.append(json.dumps([{"taskType": "modelSearch", "taskUUID": str(uuid.uuid4()), "limit": 0}]))
+        else:
+            frames.append("[]")
+    async with connect(wisp_server.ws_url, max_size=None) as ws:
+        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": wisp_server.key}]))
+        json.loads(await ws.recv())
+        for frame in frames:
+            await ws.send(frame)
+        replies = [json.loads(await asyncio.wait_for(ws.recv(), 30)) for _ in frames]
+    kinds = [("pong" if "data" in r else r["errors"][0]["code"]) for r in replies]
+    assert kinds == ["pong", "invalidFrame", "invalidParameter", "invalidFrame"] * 500
