@@ -22,6 +22,7 @@ from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR, ensure_tiny_sd15
 from engine.cache import ModelCache
 from engine.errors import InvalidInput, ModelNotFound
 from engine.registry.models import ModelRegistry, ModelRow
+from engine.upload.sniff import ARCHITECTURE_FAMILIES
 from engine.upload.store import ModelStore
 
 LOAD_LOCK = threading.Lock()
@@ -36,16 +37,11 @@ meta device ("Cannot copy out of meta tensor").  The model cache runs
 loaders of different keys concurrently, so the loaders take this lock.
 """
 
-SD1_FAMILY = frozenset({"sd1x", "sdhyper", "sd1xlcm"})
-SDXL_FAMILY = frozenset({"sdxl", "sdxllcm", "sdxldistilled", "sdxlhyper", "sdxllightning", "sdxlturbo", "pony", "illustrious"})
 
 
 def family(architecture: str) -> str:
-    if architecture in SD1_FAMILY:
-        return "sd1x"
-    if architecture in SDXL_FAMILY:
-        return "sdxl"
-    return architecture
+    """The weight layout a declared architecture shares (``pony`` → ``sdxl``); one table, in sniff."""
+    return ARCHITECTURE_FAMILIES.get(architecture, architecture)
 
 
 @dataclass(frozen=True)

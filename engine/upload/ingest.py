@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from engine.errors import EngineError
+from engine.lora import LoraLoadError, lora_format
+from engine.models import family
 from engine.net import NetPolicy, check_url
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.schedulers import canonical_scheduler
 from engine.upload.fetch import copy_and_hash, download
 from engine.upload.optimize import convert, needs_conversion
-from engine.lora import LoraLoadError, lora_format
 from engine.upload.safetensors_check import InvalidModelFile, read_safetensors_info
-from engine.upload.sniff import check_declared, sniff_model
+from engine.upload.sniff import ARCHITECTURE_FAMILIES, check_declared, sniff_model
 from engine.upload.store import ModelStore
 from protocol.errors import ErrorCode
 from protocol.models import ModelUpload, split_air
@@ -45,9 +46,8 @@ REUSED_MESSAGES = {
     "ready": "Model metadata updated and ready for use.",
 }
 
-SD1_FAMILY = ("sd1x", "sdhyper", "sd1xlcm")
-LOADABLE_CHECKPOINTS = SD1_FAMILY
-"""Checkpoint architectures this build can prove loadable (SDXL comes with the engine-depth work)."""
+LOADABLE_FAMILIES = ("sd1x",)
+"""Checkpoint families this build can prove loadable (SDXL comes with the engine-depth work)."""
 
 Emit = Callable[[str, str], Awaitable[None]]
 
@@ -144,9 +144,10 @@ class ModelIngest:
                 raise UploadRefused(f"{req.air} is a {existing.category}; the category cannot change", parameter="category")
             if existing.type != req.type:
                 raise UploadRefused(f"{req.air} has type {existing.type}; the type cannot change in an update", parameter="type")
-        if req.category == "checkpoint" and req.architecture not in LOADABLE_CHECKPOINTS:
+        if req.category == "checkpoint" and family(req.architecture) not in LOADABLE_FAMILIES:
+            supported = sorted(a for a in ARCHITECTURE_FAMILIES if family(a) in LOADABLE_FAMILIES)
             raise UploadRefused(
-                f"checkpoints of architecture {req.architecture} cannot be loaded by this build yet (supported: {', '.join(LOADABLE_CHECKPOINTS)})",
+                f"checkpoints of architecture {req.architecture} cannot be loaded by this build yet (supported: {', '.join(supported)})",
                 parameter="architecture",
             )
         if req.defaultScheduler:
