@@ -142,6 +142,26 @@ def pin_threads(pid: int, cpus: set[int]) -> None:
             pass
 
 
+def proc_status_kib(pid: int, field: str) -> int:
+    """A ``kB`` line of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``, …); 0 if absent."""
+    prefix = field + ":"
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(prefix):
+            return int(line.split()[1])
+    return 0
+
+
+def event_loop_runner() -> Any:
+    """``uvloop.run`` when installed (wisp's own loop), else ``asyncio.run``."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        import asyncio
+
+        return asyncio.run
+    return uvloop.run
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` (all threads), from ``/proc``."""
     with open(f"/proc/{pid}/stat", "rb") as f:

@@ -330,13 +330,9 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
     check_target(args.url, args.allow_remote)
-    try:
-        import uvloop
+    from bench._common import event_loop_runner
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    report = runner(run_load(config_from_args(args), progress=not args.json))
+    report = event_loop_runner()(run_load(config_from_args(args), progress=not args.json))
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

@@ -15,7 +15,6 @@ Run: ``.venv/bin/python bench/soak.py --minutes 30``
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import tempfile
@@ -25,15 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import create_wisp_key, wisp_server  # noqa: E402
+from bench._common import create_wisp_key, event_loop_runner, proc_status_kib, wisp_server  # noqa: E402
 from bench.loadtest import LoadConfig, render, run_load  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> None:
@@ -44,12 +36,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.5, help="tasks/s per working socket")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:  # pragma: no cover
-        run = asyncio.run
+    run = event_loop_runner()
     samples: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="wisp-bench-soak-") as tmp:
         data = Path(tmp) / "data"
@@ -57,13 +44,13 @@ def main() -> None:
         key = create_wisp_key(data)
         with wisp_server(data, env={"WISP_MAX_IN_FLIGHT": "256"}) as server:
             server.wait_idle()
-            start_rss = rss_mib(server.pid)
+            start_rss = proc_status_kib(server.pid, "VmRSS") / 1024
             stop = threading.Event()
 
             def sampler() -> None:
                 t0 = time.monotonic()
                 while not stop.wait(30):
-                    samples.append((time.monotonic() - t0, rss_mib(server.pid)))
+                    samples.append((time.monotonic() - t0, proc_status_kib(server.pid, "VmRSS") / 1024))
 
             threading.Thread(target=sampler, daemon=True).start()
             cfg = LoadConfig(url=server.url, api_key=key, sockets=args.sockets, working_sockets=args.working,
@@ -72,7 +59,7 @@ def main() -> None:
             report = run(run_load(cfg, progress=not args.json))
             stop.set()
             time.sleep(2)
-            end_rss = rss_mib(server.pid)
+            end_rss = proc_status_kib(server.pid, "VmRSS") / 1024
     sent = {k: v.get("sent", 0) for k, v in report["per_type"].items()}
     done = {k: v.get("answered", v.get("count", 0)) for k, v in report["per_type"].items()}
     lost = {k: sent[k] - done[k] for k in sent if k not in ("authentication",) and sent[k] - done[k] > 0}

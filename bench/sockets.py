@@ -28,15 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import create_wisp_key, log, wisp_server  # noqa: E402
+from bench._common import create_wisp_key, event_loop_runner, log, proc_status_kib, wisp_server  # noqa: E402
 from bench.loadtest import Client, LoadConfig, Stats, render, run_load  # noqa: E402
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def idle_sockets(url: str, key: str, n: int, pid: int) -> tuple[int, int]:
@@ -45,7 +38,7 @@ async def idle_sockets(url: str, key: str, n: int, pid: int) -> tuple[int, int]:
     cfg = LoadConfig(url=url, api_key=key, sockets=n, mix={}, ping_interval_s=3600)
     clients = [Client(i, cfg, stats, stop, [0]) for i in range(n)]
     await asyncio.sleep(1)
-    before = rss_kib(pid)
+    before = proc_status_kib(pid, "VmRSS")
     gate = asyncio.Semaphore(200)
 
     async def one(c: Client) -> None:
@@ -54,7 +47,7 @@ async def idle_sockets(url: str, key: str, n: int, pid: int) -> tuple[int, int]:
 
     await asyncio.gather(*(one(c) for c in clients))
     await asyncio.sleep(2)
-    after = rss_kib(pid)
+    after = proc_status_kib(pid, "VmRSS")
     await asyncio.gather(*(c.ws.close() for c in clients))
     return before, after
 
@@ -66,12 +59,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=15.0, help="connection ramp, not recorded")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:  # pragma: no cover
-        run = asyncio.run
+    run = event_loop_runner()
     with tempfile.TemporaryDirectory(prefix="wisp-bench-sockets-") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import PYTHON, REPO_ROOT, create_wisp_key, environment, log, render_table, wisp_server  # noqa: E402
+from bench._common import PYTHON, REPO_ROOT, create_wisp_key, environment, log, proc_status_kib, render_table, wisp_server  # noqa: E402
 
 CHUNK = 1024 * 1024
 
@@ -84,20 +84,6 @@ def baseline(url: str, dest: Path) -> tuple[float, str]:
     elapsed = time.perf_counter() - start
     dest.unlink()
     return elapsed, digest.hexdigest()
-
-
-def vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
-def vm_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def ingest(ws_url: str, key: str, air: str, url: str) -> float:
@@ -166,11 +152,11 @@ def main() -> None:
                             pass
                     for r in range(args.rounds):
                         def run_wisp() -> None:
-                            before = vm_hwm_kib(server.pid)
+                            before = proc_status_kib(server.pid, "VmHWM")
                             wisp_s.append(asyncio.run(ingest(server.url, key, f"bench:{label}{r}@1", url)))
-                            hwm_growth.append(vm_hwm_kib(server.pid) - before)
+                            hwm_growth.append(proc_status_kib(server.pid, "VmHWM") - before)
 
-                        rss_before = vm_rss_kib(server.pid)
+                        rss_before = proc_status_kib(server.pid, "VmRSS")
                         if r % 2:  # alternate which side goes first
                             run_wisp()
                         base_s.append(baseline(url, root / "baseline.bin")[0])
@@ -182,7 +168,7 @@ def main() -> None:
                     results[label] = {
                         "bytes": size, "baseline_MBps": size / best_base / 1e6, "wisp_MBps": size / best_wisp / 1e6,
                         "ratio": best_base / best_wisp, "peak_rss_growth_MiB": max(hwm_growth) / 1024,
-                        "peak_rss_MiB": vm_hwm_kib(server.pid) / 1024,
+                        "peak_rss_MiB": proc_status_kib(server.pid, "VmHWM") / 1024,
                     }
                     rows.append([f"{label} ({size / 1024**3:.2f} GiB)", f"{results[label]['baseline_MBps']:.0f}",
                                  f"{results[label]['wisp_MBps']:.0f}", f"{results[label]['ratio']:.3f}×",
