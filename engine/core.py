@@ -8,13 +8,14 @@ and returns plain result objects, raising :mod:`engine.errors` on bad input.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from protocol.inference import ImageInference
 
@@ -30,9 +31,12 @@ from engine.upload.ingest import Emit, IngestConfig, ModelIngest
 from engine.upload.store import ModelStore
 from protocol.models import ModelInfo, ModelSearch, ModelSearchResult, ModelUpload
 from engine.pipelines.stable_diffusion import GenerationSpec
+from engine.pipelines.stable_diffusion.pipeline import batch_key
 from engine.pricing import image_cost
 from engine.schedulers import canonical_scheduler
-from engine.workqueue import FairQueue, Worker, submit
+from engine.workqueue import Batchable, FairQueue, Worker, submit
+from engine.training.runner import RECIPE_BASES, ImportTarget, TrainingOutcome, TrainingRunner, StatusEmit
+from protocol.training import Training, TrainingPlan
 
 log = logging.getLogger("wisp.engine")
 
@@ -61,6 +65,35 @@ class EngineConfig:
     """Model-cache budget of the device tier; 0: derived from the device's memory (see engine.cache)."""
     cache_host_bytes: int = 0
     """Model-cache budget of the host (RAM) tier; 0: derived from the machine's RAM."""
+    training_slots: int = 1
+    """Training jobs run at once (each in its own process); more wait in line."""
+    dtype: str = "auto"
+    """Weights' dtype for inference: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16``, ``bfloat16``."""
+    max_batch: int = 8
+    """Dynamic batching: at most this many compatible one-image txt2img requests share a device call (1: off)."""
+    batch_window_ms: float = 0.0
+    """How long a request waits for companions; 0: it takes only those already queued (a lone one never waits)."""
+    training_max_queued: int = 16
+    lora_cache_bytes: int = 0
+    """Budget of the host-RAM LoRA adapter cache (engine.lora_cache); 0: derived (4 % of RAM, at least 64 MiB)."""
+
+
+def inference_dtype(device: str, name: str = "auto") -> Any:
+    """The torch dtype models are loaded in: half precision on CUDA by default, float32 on CPU.
+
+    One code path either way: only the dtype and the device differ.  CPU
+    float16 is refused (slow and unsupported by several CPU kernels).
+    """
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else None
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(name)
+    if dtype is None:
+        raise ValueError(f"unknown dtype {name!r}; use auto, float32, float16 or bfloat16")
+    if dtype is torch.float16 and not device.startswith("cuda"):
+        raise ValueError("float16 needs a CUDA device; use float32 or bfloat16 on CPU")
+    return None if dtype is torch.float32 else dtype
 
 
 @dataclass(frozen=True)
@@ -82,7 +115,13 @@ class Engine:
         self.model_store = ModelStore(data_dir / "store")
         self.images = ImageStore(data_dir / "images", data_dir / "tmp")
         self.cache = ModelCache(config.device, device_bytes=config.cache_device_bytes, host_bytes=config.cache_host_bytes)
-        self.library = ModelLibrary(data_dir, config.device, self.registry, self.model_store, cache=self.cache)
+        from engine.lora_cache import default_cache
+
+        self.lora_cache = default_cache()  # one per process: every model's adapters read through it
+        self.lora_cache.set_budget(config.lora_cache_bytes)
+        self.library = ModelLibrary(
+            data_dir, config.device, self.registry, self.model_store, dtype=inference_dtype(config.device, config.dtype), cache=self.cache
+        )
         self.ingest = ModelIngest(
             self.registry,
             self.model_store,
@@ -95,14 +134,24 @@ class Engine:
             prove_checkpoint=self._prove_checkpoint,
         )
         self.queue = FairQueue(config.max_queue)
-        self._worker = Worker(self.queue, "wisp-device-0", on_start=self._init_thread)
+        self.training = TrainingRunner(
+            data_dir=data_dir, device=config.device, threads=config.torch_threads,
+            slots=config.training_slots, max_queued=config.training_max_queued,
+        )
+        self._worker = Worker(
+            self.queue, "wisp-device-0", on_start=self._init_thread,
+            max_batch=config.max_batch, batch_window_s=config.batch_window_ms / 1000,
+        )
         self._stopping = threading.Event()
         self._started = False
 
     def _init_thread(self) -> None:
-        import diffusers
-        import torch
-        import transformers
+        from engine.models import LOAD_LOCK
+
+        with LOAD_LOCK:  # diffusers' lazy imports are not thread-safe: never two threads importing at once
+            import diffusers
+            import torch
+            import transformers
 
         torch.set_num_threads(self.config.torch_threads)
         diffusers.utils.logging.set_verbosity_error()
@@ -125,6 +174,7 @@ class Engine:
         from engine.errors import EngineStopped
 
         self._stopping.set()
+        self.training.kill_all()
         left = self.queue.close()
         for job in left:
             job.loop.call_soon_threadsafe(
@@ -152,6 +202,7 @@ class Engine:
         entry = self.library.resolve(task.model, team)
         for index, ref in enumerate(task.lora):
             self.library.resolve_lora(ref.model, team, entry, f"lora[{index}].model")
+        self.library.resolve_extras(task, team, entry)  # embeddings, vae
         return entry, canonical_scheduler(task.scheduler or entry.defaults.scheduler)
 
     def _loras(self, task: ImageInference, team: str, entry: ModelEntry) -> tuple[Any, ...]:
@@ -187,22 +238,64 @@ class Engine:
             strength=task.strength if task.strength is not None else entry.defaults.strength,
             mask_margin=task.maskMargin,
             loras=self._loras(task, team, entry),
+            **self.library.resolve_extras(task, team, entry),
         )
         return entry, spec
 
     async def generate(
-        self, task: ImageInference, *, team: str, owner: str, own_hosts: frozenset[str] = frozenset()
+        self, task: ImageInference, *, team: str, owner: str, own_hosts: frozenset[str] = frozenset(),
+        progress: "Callable[[int, int, list[str] | None], None] | None" = None,
     ) -> list[GeneratedImage]:
-        """Run an imageInference task; one :class:`GeneratedImage` per seed, stored on disk."""
+        """Run an imageInference task; one :class:`GeneratedImage` per seed, stored on disk.
+
+        ``progress(step, steps, previews)`` is called on the event loop after
+        each denoising step (``previews``: PNG data URIs when the task asked
+        for them, else None).
+        """
         entry, spec = await self.prepare(task, team, own_hosts)
+        if progress is not None:
+            spec = dataclasses.replace(spec, on_step=self._step_reporter(progress, task.includePreviews, entry))
+        key = batch_key(spec)
+        batch = None
+        if key is not None and self.config.max_batch > 1:
+            batch = Batchable(
+                key=(self.library.cache_key(entry), key), payload=(spec, task.outputFormat, task.outputQuality),
+                run=lambda payloads: self._render_batch(entry, payloads),
+            )
         return await submit(
-            self.queue, owner, lambda: self._render(entry, spec, task.outputFormat, task.outputQuality)
+            self.queue, owner, lambda: self._render(entry, spec, task.outputFormat, task.outputQuality), batch=batch
         )
+
+    @staticmethod
+    def _step_reporter(
+        progress: "Callable[[int, int, list[str] | None], None]", previews: bool, entry: ModelEntry
+    ) -> "Callable[[int, int, Any], None]":
+        """The worker-thread step callback that hands (step, steps, previews) to ``progress`` on the loop."""
+        from engine.images.previews import preview_data_uris
+        from engine.models import family
+
+        loop = asyncio.get_running_loop()
+        kind = family(entry.architecture)
+
+        def on_step(step: int, steps: int, latents: Any) -> None:
+            images = preview_data_uris(latents, kind) if previews and latents is not None else None
+            loop.call_soon_threadsafe(progress, step, steps, images)
+
+        return on_step
 
     def _render(self, entry: ModelEntry, spec: GenerationSpec, output_format: str, quality: int) -> list[GeneratedImage]:
         """Worker thread: generate, encode, store."""
-        with self.library.use(entry) as model:  # pinned: not evicted while it runs
+        with self.library.use(entry) as model, self.library.use_vae(spec) as spec:  # pinned: not evicted while it runs
             images = model.run(spec, self._stopping.is_set)
+        return self._store(spec, images, output_format, quality)
+
+    def _render_batch(self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, str, int]]) -> list[list[GeneratedImage]]:
+        """Worker thread: compatible one-image requests in one pipeline call (dynamic batching)."""
+        with self.library.use(entry) as model:
+            images = model.run_batch([spec for spec, _, _ in payloads], self._stopping.is_set)
+        return [self._store(spec, [image], fmt, quality) for (spec, fmt, quality), image in zip(payloads, images)]
+
+    def _store(self, spec: GenerationSpec, images: list[Any], output_format: str, quality: int) -> list[GeneratedImage]:
         _, ext, mime = FORMATS[output_format]
         cost = image_cost(spec.width, spec.height, spec.steps)
         results = []
@@ -214,7 +307,11 @@ class Engine:
 
     def cache_stats(self) -> dict[str, Any]:
         """The model cache's counters and occupancy (hits, misses, evictions, bytes per tier...)."""
-        return self.cache.stats().as_dict()
+        return {**self.cache.stats().as_dict(), "loraCache": self.lora_cache_stats()}
+
+    def lora_cache_stats(self) -> dict[str, Any]:
+        """The LoRA adapter cache's counters (hits, misses = file reads, evictions, bytes, budget)."""
+        return self.lora_cache.stats().as_dict()
 
     async def upload_image(self, ref: str, own_hosts: frozenset[str] = frozenset()) -> tuple[str, str]:
         """Decode, re-encode as PNG (dropping metadata) and store; returns (imageUUID, file name)."""
@@ -245,6 +342,84 @@ class Engine:
         read from disk instead of downloaded.
         """
         return await self.ingest.run(task, team, emit, local_source=local_source)
+
+    # ---- training ------------------------------------------------------------
+
+    def check_training(self, task: Training, team: str) -> tuple[TrainingPlan, ModelEntry, ImportTarget | None]:
+        """Cheap checks before the ack: the base model, the recipe's family, where the result goes."""
+        from engine.errors import InvalidInput
+        from engine.models import family
+        from engine.upload.ingest import SourceNotAllowed
+        from protocol.models import split_air
+
+        plan = task.plan()
+        assert not isinstance(plan, Exception) and isinstance(plan, TrainingPlan)
+        entry = self.library.resolve(plan.base_model or RECIPE_BASES[plan.family], team, parameter="baseModel")
+        if family(entry.architecture) != plan.family:
+            raise InvalidInput(
+                f"{entry.air} is {entry.architecture}; the recipe {plan.recipe} trains {plan.family} LoRAs", parameter="baseModel"
+            )
+        target = None
+        imported = plan.import_model
+        from engine.registry.team_settings import TeamSettings
+
+        # the LoRA quota, checked now rather than after the training (the upload path checks it again)
+        TeamSettings(self.db).check_lora_upload(team, "lora", is_new=imported is None or self.registry.get(imported.air) is None)
+        if imported is not None:
+            if imported.architecture is not None and family(imported.architecture) != plan.family:
+                raise InvalidInput(f"importModel.architecture {imported.architecture} does not match the recipe's {plan.family}",
+                                   parameter="importModel.architecture")
+            if self.registry.source_team(split_air(imported.air)[0]) != team:
+                raise SourceNotAllowed("importModel.air must use one of your team's sources (`wisp sources create`)",
+                                       parameter="importModel.air")
+            existing = self.registry.get(imported.air)
+            if existing is not None and existing.category not in ("lora", "lycoris"):
+                raise InvalidInput(f"{imported.air} is a {existing.category}; a trained LoRA cannot replace it", parameter="importModel.air")
+            target = ImportTarget(
+                air=imported.air, name=imported.name, version=imported.version,
+                unique_identifier=imported.uniqueIdentifier, private=True if imported.private is None else imported.private,
+                hero_image_url=imported.heroImageURL, short_description=imported.shortDescription,
+            )
+        return plan, entry, target
+
+    async def train(self, task: Training, team: str, emit: StatusEmit, own_hosts: frozenset[str] = frozenset()) -> TrainingOutcome:
+        """Run a training task to a registered LoRA; statuses go to ``emit`` as they happen."""
+        from engine.training import dataset
+
+        plan, entry, target = self.check_training(task, team)
+        if target is None:
+            from engine.registry.team_settings import TeamSettings
+
+            source = await asyncio.to_thread(TeamSettings(self.db).default_source, team)
+            short = task.taskUUID.replace("-", "")[:12].lower()
+            target = ImportTarget(
+                air=f"{source}:lora-{short}@1", name=f"LoRA trained by task {task.taskUUID}"[:400], version="1",
+                unique_identifier="trained", private=True,
+            )
+        final_target = target
+
+        async def read_dataset(resolution: int, folder: Path) -> list[Path]:
+            return await dataset.gather(plan.dataset, plan.dataset_parameter, resolution, self.images, self.config.net, own_hosts, folder)
+
+        async def register(path: Path, phase: Any) -> None:
+            upload = ModelUpload(
+                taskUUID=task.taskUUID, air=final_target.air, category="lora", architecture=entry.architecture,
+                downloadURL=f"training:{task.taskUUID}",
+                # every run is new content: never let the upload path reuse an earlier run's file
+                uniqueIdentifier=f"{final_target.unique_identifier}#{task.taskUUID}"[:256],
+                name=final_target.name, version=final_target.version, private=final_target.private,
+                heroImageURL=final_target.hero_image_url, shortDescription=final_target.short_description,
+                positiveTriggerWords=plan.trigger_word, tags=["trained", plan.lora_type],
+                comment=f"trained from {entry.air} by {plan.recipe}",
+            )
+            await self.ingest.run(upload, team, phase, local_source=path)
+
+        return await self.training.run(
+            f"{team}\x00{task.taskUUID}", plan, entry, final_target, read_dataset=read_dataset, register=register, emit=emit
+        )
+
+    def cancel_training(self, team: str, task_uuid: str) -> bool:
+        return self.training.cancel(f"{team}\x00{task_uuid}")
 
     async def search_models(self, task: ModelSearch, team: str) -> ModelSearchResult:
         """modelSearch: the built-in models (public) and every model ``team`` may see."""

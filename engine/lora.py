@@ -12,14 +12,31 @@ other whatever order they come in.
 Formats: kohya/A1111 (``lora_unet_…``/``lora_te_…`` with ``lora_down``,
 ``lora_up``, ``alpha``; diffusers converts these itself for SD 1.x) and
 diffusers/PEFT (``unet.….lora_A.weight``/``lora_B.weight``,
-``text_encoder.…``).  LyCORIS LoHa/LoKr/OFT and CP-decomposed LoCon need
-layer types that diffusers' SD loader never builds, so they are refused with
-a clear :class:`LoraLoadError` instead of failing deep inside diffusers; so
-is DoRA, which diffusers would silently apply as a plain LoRA.
+``text_encoder.…``).  LyCORIS LoHa and LoKr files are converted to an
+exactly equivalent kohya LoRA when uploaded (:mod:`engine.upload.lycoris`),
+so the store never holds them; an unconverted one (stored before that
+existed) is refused here.  LyCORIS OFT/BOFT, GLoRA, full diffs and
+CP-decomposed LoCon need layer types that diffusers' SD loader never builds,
+so they are refused with a clear :class:`LoraLoadError` instead of failing
+deep inside diffusers; so is DoRA, which diffusers would silently apply as a
+plain LoRA.
 
 A LoRA whose layers do not all exist in the model (a LoRA for another
 architecture) is refused too: diffusers/PEFT only raises when *no* layer
 matches, and silently skips the rest when some do.
+
+Caching (issue 4, "LoRA at scale"): parsed files live in a host-RAM,
+byte-budgeted LRU shared by every model (:mod:`engine.lora_cache`), so a
+file is read once while its adapter stays cached.  On a model, at most
+``max_resident`` adapters stay loaded (least recently used ones are deleted
+beyond that); switching between resident adapters is only ``set_adapters``
+(a few ms), and bringing a cached but non-resident one back is a PEFT
+injection from RAM (no file read).  diffusers' in-place ``hotswap`` is not
+used: it cannot swap text-encoder adapters, needs every adapter to target
+the same layers (and rank padding set up before the first load), copies
+into the slot's tensors in place (which here alias the cache's), and its
+gain — no ``torch.compile`` recompilation — does not apply to wisp, which
+does not compile.
 
 Kohya alphas are folded into ``lora_up`` before diffusers sees the file:
 diffusers 0.42 builds PEFT's ``alpha_pattern`` for SD-1.x kohya files from
@@ -35,17 +52,25 @@ import hashlib
 import logging
 import re
 import warnings
+from collections import OrderedDict
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from engine.errors import EngineError
 from protocol.errors import ErrorCode
 
+if TYPE_CHECKING:
+    from engine.lora_cache import LoraCache
+
 log = logging.getLogger("wisp.engine.lora")
 
+DEFAULT_MAX_RESIDENT = 16
+"""Adapters kept loaded on one model; beyond that the least recently used is deleted (it stays in the RAM cache)."""
+
 # Key fragments of adapter types diffusers' SD loader cannot apply, by display name.
+# LoHa and LoKr are converted at upload (CONVERTED_AT_UPLOAD); the rest are refused there too.
 _UNSUPPORTED_MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("LyCORIS LoHa", re.compile(r"\.hada_(?:w[12]_[ab]|t[12])$")),
     ("LyCORIS LoKr", re.compile(r"\.lokr_(?:w[12](?:_[ab])?|t[12])$")),
@@ -57,6 +82,8 @@ _UNSUPPORTED_MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     # plain LoRA, which is a different (wrong) update.
     ("DoRA", re.compile(r"\.dora_scale$|\.lora_magnitude_vector(?:\.weight)?$")),
 )
+CONVERTED_AT_UPLOAD = ("LyCORIS LoHa", "LyCORIS LoKr")
+"""Kinds an upload rewrites as a plain LoRA (engine.upload.lycoris); a stored file of these predates that."""
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 # One key per adapted layer: kohya ``lora_down``, PEFT ``lora_A``, old diffusers ``lora.down``.
 _DOWN_KEY = re.compile(r"(?:lora_A|[._]down)\.weight$")
@@ -92,6 +119,18 @@ def adapter_name(key: str) -> str:
     return "wisp" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+def unsupported_kind(keys: Iterable[str], allow: Iterable[str] = ()) -> str | None:
+    """The display name of the first adapter type among ``keys`` that cannot be applied, or None.
+
+    ``allow``: display names to let through (the upload converts :data:`CONVERTED_AT_UPLOAD`).
+    """
+    keys, allowed = list(keys), set(allow)
+    for name, pattern in _UNSUPPORTED_MARKERS:
+        if name not in allowed and any(pattern.search(k) for k in keys):
+            return name
+    return None
+
+
 def lora_format(keys: Iterable[str]) -> str:
     """``"kohya"`` or ``"diffusers"`` for a LoRA's tensor names; raises :class:`LoraLoadError` otherwise.
 
@@ -100,12 +139,13 @@ def lora_format(keys: Iterable[str]) -> str:
     keys = list(keys)
     if not keys:
         raise LoraLoadError("the LoRA file holds no tensors")
-    for name, pattern in _UNSUPPORTED_MARKERS:
-        if any(pattern.search(k) for k in keys):
-            raise LoraLoadError(
-                f"{name} adapters are not supported; only LoRA/LoCon "
-                "(lora_down/lora_up or lora_A/lora_B) can be applied"
-            )
+    name = unsupported_kind(keys)
+    if name is not None:
+        hint = "; upload the file again to have it converted" if name in CONVERTED_AT_UPLOAD else ""
+        raise LoraLoadError(
+            f"{name} adapters are not supported; only LoRA/LoCon "
+            f"(lora_down/lora_up or lora_A/lora_B) can be applied{hint}"
+        )
     if all(k.startswith(_KOHYA_PREFIXES) for k in keys):
         if not any(k.endswith("lora_down.weight") for k in keys):
             raise LoraLoadError("the kohya-style LoRA has no lora_down/lora_up weights")
@@ -134,7 +174,8 @@ def fold_kohya_alphas(state: dict[str, Any]) -> dict[str, Any]:
             continue
         scale = alpha / down.shape[0]
         if scale != 1.0:
-            out[f"{stem}.lora_up.weight"] = up.to(torch.float32) * scale
+            # one new tensor (to() copies only when the dtype changes); same float32 values as ``up.float() * scale``
+            out[f"{stem}.lora_up.weight"] = up * scale if up.dtype == torch.float32 else up.to(torch.float32).mul_(scale)
     return out
 
 
@@ -158,6 +199,11 @@ def read_lora_file(path: Path) -> dict[str, Any]:
     return state
 
 
+def count_adapted_layers(state: Mapping[str, Any]) -> int:
+    """How many layers a LoRA state dict targets (one ``lora_down``/``lora_A`` key each)."""
+    return sum(1 for k in state if _DOWN_KEY.search(k))
+
+
 def _adapted_layers(model: Any, name: str) -> int:
     """How many layers of ``model`` carry adapter ``name``."""
     from peft.tuners.lora import LoraLayer
@@ -176,6 +222,9 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
 class LoraAdapters:
     """The adapters loaded into one pipeline, and which are active.
 
@@ -185,55 +234,77 @@ class LoraAdapters:
 
     ``loading_context`` wraps each load; the SD family uses it to hide its
     clip_skip shim from diffusers (see ``pipeline.hidden_text_model_alias``).
+    ``cache`` is the host-RAM adapter cache the files are read through
+    (default: the process-wide :func:`engine.lora_cache.default_cache`);
+    ``max_resident`` bounds the adapters kept loaded on this model.
     """
 
-    def __init__(self, pipe: Any, loading_context: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        loading_context: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        cache: "LoraCache | None" = None,
+        max_resident: int = DEFAULT_MAX_RESIDENT,
+    ) -> None:
+        if cache is None:
+            from engine.lora_cache import default_cache
+
+            cache = default_cache()
         self.pipe = pipe
+        self.cache = cache
+        self.max_resident = max(1, max_resident)
         self._loading_context = loading_context
-        self._loaded: dict[str, str] = {}  # key → adapter name
+        self._loaded: OrderedDict[str, str] = OrderedDict()  # key → adapter name, least recently used first
         self._active: tuple[tuple[str, float], ...] = ()
         self._enabled = False
         self._known = True  # whether _active/_enabled describe every adapted layer
+        self._layers: list[Any] | None = None  # the PEFT tuner layers of every component (None: walk again)
+        self.injections = 0
+        """PEFT loads onto this model (a miss of the resident set, whether or not the RAM cache had the file)."""
+        self.unloads = 0
+        """Resident adapters deleted to respect ``max_resident`` (or forgotten)."""
 
     @property
     def loaded(self) -> frozenset[str]:
         return frozenset(self._loaded)
 
     def load(self, use: LoraUse, parameter: str | None = None) -> str:
-        """Load ``use``'s file once (cached by key); returns its adapter name.
+        """Load ``use``'s adapter onto the model once (resident by key); returns its adapter name.
 
-        On any failure nothing of the adapter is left on the model (a failed
-        text-encoder load would otherwise leave the UNet half adapted).
+        The file is read through the RAM cache: a cached adapter is loaded
+        from memory.  On any failure nothing of the adapter is left on the
+        model (a failed text-encoder load would otherwise leave the UNet half
+        adapted).
         """
         name = self._loaded.get(use.key)
         if name is not None:
+            self._loaded.move_to_end(use.key)
             return name
         name = adapter_name(use.key)
         try:
-            state = read_lora_file(use.path)
+            cached = self.cache.get(use.key, use.path)
         except LoraLoadError as exc:
             exc.parameter = parameter
             raise
-        expected = sum(1 for k in state if _DOWN_KEY.search(k))
         # Loading (or failing to) may change which adapters the layers use:
         # the next activate() must set every layer again.
-        self._known = False
+        self._known, self._layers = False, None
+        self.injections += 1
         try:
             with self._loading_context(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute.*")
-                self.pipe.load_lora_weights(state, adapter_name=name)
+                # A fresh dict: diffusers' conversion pops keys; the tensors are shared, never written.
+                self.pipe.load_lora_weights(dict(cached.state), adapter_name=name)
         except Exception as exc:
             self._discard(name)
             log.debug("LoRA %s failed to load", use.key, exc_info=True)
             raise LoraLoadError(f"the LoRA does not fit this model: {_short(exc)}", parameter=parameter) from exc
-        adapted = _adapted_layers(getattr(self.pipe, "unet", None), name) + _adapted_layers(
-            getattr(self.pipe, "text_encoder", None), name
-        )
-        if adapted < expected:
+        adapted = sum(_adapted_layers(getattr(self.pipe, c, None), name) for c in _COMPONENTS)
+        if adapted < cached.layers:
             self._discard(name)
             what = "none" if adapted == 0 else f"only {adapted}"
             raise LoraLoadError(
-                f"the LoRA targets {expected} layers but {what} exist in this model; "
+                f"the LoRA targets {cached.layers} layers but {what} exist in this model; "
                 "it was made for another architecture",
                 parameter=parameter,
             )
@@ -248,7 +319,9 @@ class LoraAdapters:
         named twice add up; weight-0 uses are loaded (so a bad file still
         fails) but not activated; adapters are activated in a fixed order
         (by adapter name), so the same set gives the same bytes whatever
-        order the request lists it in.
+        order the request lists it in.  Resident adapters beyond
+        ``max_resident`` that this set does not use are deleted, least
+        recently used first.
         """
         uses = list(uses)
         params = list(parameters) if parameters is not None else [None] * len(uses)
@@ -256,30 +329,86 @@ class LoraAdapters:
         for use, parameter in zip(uses, params):
             self.load(use, parameter)
             weights[use.key] = weights.get(use.key, 0.0) + float(use.weight)
+        self._trim(keep=weights.keys())
         active = tuple(sorted((self._loaded[k], w) for k, w in weights.items() if w != 0.0))
         if not self._loaded:
             # No adapter on any layer (never loaded, or all failed/forgotten):
             # PEFT layers without adapters compute exactly base_layer(x).
             self._active, self._enabled, self._known = (), False, True
             return
-        if not active:
-            if self._enabled or not self._known:
+        if not self._known:
+            # After a load or a delete: diffusers' own calls, which walk every module.
+            if not active:
                 self.pipe.disable_lora()
-        else:
-            if not self._enabled or not self._known:
+            else:
                 self.pipe.enable_lora()
-            if active != self._active or not self._known:
                 self.pipe.set_adapters([n for n, _ in active], adapter_weights=[w for _, w in active])
+        elif active != self._active or bool(active) != self._enabled:
+            self._switch(active)
         self._active, self._enabled, self._known = active, bool(active), True
 
+    def _switch(self, active: tuple[tuple[str, float], ...]) -> None:
+        """Switch between resident adapters: what ``enable_lora``/``disable_lora``/``set_adapters`` do, layer by layer.
+
+        diffusers' calls walk every module of the UNet and text encoders and
+        match each name against block-wise weight patterns (~15 ms on an
+        SD-1.5 UNet); the same per-layer PEFT calls on the cached list of
+        tuner layers cost a fraction of that.  ``set_scale`` computes the
+        scale with the same expression, so the images are bit-identical
+        (the tests compare switched images with freshly loaded ones).
+        """
+        layers = self._tuner_layers()
+        if not active:
+            for layer in layers:
+                layer.enable_adapters(False)
+            return
+        names = [n for n, _ in active]
+        enable = not self._enabled
+        for layer in layers:
+            if enable:
+                layer.enable_adapters(True)
+            layer.set_adapter(names, inference_mode=True)
+            for name, weight in active:
+                layer.set_scale(name, weight)
+
+    def _tuner_layers(self) -> list[Any]:
+        if self._layers is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self._layers = [
+                module
+                for component in _COMPONENTS
+                if (model := getattr(self.pipe, component, None)) is not None
+                for module in model.modules()
+                if isinstance(module, BaseTunerLayer)
+            ]
+        return self._layers
+
     def forget(self, key: str) -> bool:
-        """Unload one adapter (e.g. when its file is deleted); returns whether it was loaded."""
+        """Unload one adapter (e.g. when its file is deleted); returns whether it was loaded.
+
+        Drops it from the RAM cache too, so a replaced file is read again.
+        """
+        self.cache.forget(key)
         name = self._loaded.pop(key, None)
         if name is None:
             return False
         self._discard(name)
+        self.unloads += 1
         self._known = False
         return True
+
+    def _trim(self, keep: Iterable[str]) -> None:
+        """Delete least-recently-used resident adapters not in ``keep`` while over ``max_resident``."""
+        keep = set(keep)
+        for key in list(self._loaded):
+            if len(self._loaded) <= self.max_resident:
+                break
+            if key in keep:
+                continue
+            self._discard(self._loaded.pop(key))
+            self.unloads += 1
+            self._known = False
 
     def _discard(self, name: str) -> None:
         """Delete adapter ``name`` from every component that has it.
@@ -289,7 +418,8 @@ class LoraAdapters:
         """
         from diffusers.utils.peft_utils import delete_adapter_layers
 
-        for component in ("unet", "text_encoder"):
+        self._layers = None
+        for component in _COMPONENTS:
             model = getattr(self.pipe, component, None)
             config = getattr(model, "peft_config", None) or {}
             if name not in config:

@@ -19,13 +19,15 @@ from typing import Any, Callable, Iterator
 
 from engine.builtin.tiny_sd15 import BUILD_VERSION as TINY_SD15_VERSION
 from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR, ensure_tiny_sd15
+from engine.builtin.tiny_sdxl import BUILD_VERSION as TINY_SDXL_VERSION
+from engine.builtin.tiny_sdxl import BUILTIN_SDXL_AIR, ensure_tiny_sdxl
 from engine.cache import ModelCache
 from engine.errors import InvalidInput, ModelNotFound
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.upload.sniff import ARCHITECTURE_FAMILIES
 from engine.upload.store import ModelStore
 
-LOAD_LOCK = threading.Lock()
+LOAD_LOCK = threading.RLock()
 """One model load at a time in this process.
 
 diffusers/accelerate load models inside context managers that monkeypatch
@@ -44,12 +46,55 @@ def family(architecture: str) -> str:
     return ARCHITECTURE_FAMILIES.get(architecture, architecture)
 
 
+LOADABLE_FAMILIES = ("sd1x", "sdxl")
+"""Checkpoint families this build loads and runs; every other architecture is refused (upload and inference)."""
+
+
 @dataclass(frozen=True)
 class ModelDefaults:
     steps: int = 20
     cfg_scale: float = 7.0
     scheduler: str = "Default"
     strength: float = 0.8
+
+
+ARCHITECTURE_DEFAULTS: dict[str, ModelDefaults] = {
+    "sd1x": ModelDefaults(steps=20, cfg_scale=7.0),
+    "sdhyper": ModelDefaults(steps=8, cfg_scale=1.0, scheduler="TCD"),
+    "sd1xlcm": ModelDefaults(steps=4, cfg_scale=1.5, scheduler="LCM"),
+    "sdxl": ModelDefaults(steps=25, cfg_scale=7.0),
+    "sdxldistilled": ModelDefaults(steps=25, cfg_scale=7.0),
+    "sdxllcm": ModelDefaults(steps=4, cfg_scale=1.5, scheduler="LCM"),
+    "sdxlhyper": ModelDefaults(steps=8, cfg_scale=1.0, scheduler="TCD"),
+    "sdxllightning": ModelDefaults(steps=4, cfg_scale=1.0, scheduler="Euler"),
+    "sdxlturbo": ModelDefaults(steps=4, cfg_scale=1.0, scheduler="Euler a", strength=0.5),
+    "pony": ModelDefaults(steps=25, cfg_scale=7.0, scheduler="Euler a"),
+    "illustrious": ModelDefaults(steps=28, cfg_scale=6.0, scheduler="Euler a"),
+}
+"""What a request that omits steps/CFGScale/scheduler/strength gets, by declared architecture.
+
+The one table of these defaults; an upload's own ``defaultSteps``/``defaultCFG``/
+``defaultScheduler``/``defaultStrength`` win field by field.  Distilled models
+(LCM, Hyper-SD, Lightning, Turbo) are trained for a few steps without
+classifier-free guidance (CFG ≤ 1 switches it off in diffusers) and with the
+sampler their authors name; Pony and Illustrious are SDXL fine-tunes whose
+authors recommend Euler a at the CFG given.
+"""
+
+
+def architecture_defaults(architecture: str) -> ModelDefaults:
+    """The defaults of ``architecture`` (its family's base when the tag has no row of its own)."""
+    return ARCHITECTURE_DEFAULTS.get(architecture) or ARCHITECTURE_DEFAULTS.get(family(architecture)) or ModelDefaults()
+
+
+def check_runnable(architecture: str, parameter: str = "model") -> None:
+    """Refuse, clearly, a model whose architecture this build cannot run (e.g. ``sd3``, ``flux1d``)."""
+    if family(architecture) not in LOADABLE_FAMILIES:
+        supported = sorted(a for a in ARCHITECTURE_FAMILIES if family(a) in LOADABLE_FAMILIES)
+        raise InvalidInput(
+            f"models of architecture {architecture} cannot run on this build (supported: {', '.join(supported)})",
+            parameter=parameter,
+        )
 
 
 @dataclass(frozen=True)
@@ -75,25 +120,39 @@ class LoraEntry:
     architecture: str
 
 
+def _builtin(air: str, name: str, architecture: str) -> ModelEntry:
+    return ModelEntry(
+        air=air, name=name, category="checkpoint", architecture=architecture,
+        defaults=architecture_defaults(architecture), builtin=True,
+    )  # fmt: skip
+
+
 BUILTIN_MODELS: dict[str, ModelEntry] = {
-    BUILTIN_SD15_AIR: ModelEntry(
-        air=BUILTIN_SD15_AIR,
-        name="wisp tiny SD 1.x (random weights)",
-        category="checkpoint",
-        architecture="sd1x",
-        defaults=ModelDefaults(steps=20, cfg_scale=7.0),
-        builtin=True,
-    )
+    BUILTIN_SD15_AIR: _builtin(BUILTIN_SD15_AIR, "wisp tiny SD 1.x (random weights)", "sd1x"),
+    BUILTIN_SDXL_AIR: _builtin(BUILTIN_SDXL_AIR, "wisp tiny SDXL (random weights)", "sdxl"),
 }
+
+_BUILTIN_FOLDERS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    BUILTIN_SD15_AIR: (ensure_tiny_sd15, TINY_SD15_VERSION),
+    BUILTIN_SDXL_AIR: (ensure_tiny_sdxl, TINY_SDXL_VERSION),
+}
+"""Built-in AIR → (builds its folder once, build version: part of the cache key)."""
+
+
+def builtin_folder(air: str, data_dir: Path) -> Path:
+    """The built-in model's diffusers folder, built on first use (under the load lock: a build imports diffusers)."""
+    with LOAD_LOCK:
+        return _BUILTIN_FOLDERS[air][0](data_dir)
 
 
 def _defaults(row: ModelRow) -> ModelDefaults:
-    meta = row.meta
+    """The upload's own defaults, field by field over its architecture's (``ARCHITECTURE_DEFAULTS``)."""
+    meta, base = row.meta, architecture_defaults(row.architecture)
     return ModelDefaults(
-        steps=meta.get("defaultSteps") or 20,
-        cfg_scale=meta["defaultCFG"] if meta.get("defaultCFG") is not None else 7.0,
-        scheduler=meta.get("defaultScheduler") or "Default",
-        strength=meta["defaultStrength"] if meta.get("defaultStrength") is not None else 0.8,
+        steps=meta.get("defaultSteps") or base.steps,
+        cfg_scale=meta["defaultCFG"] if meta.get("defaultCFG") is not None else base.cfg_scale,
+        scheduler=meta.get("defaultScheduler") or base.scheduler,
+        strength=meta["defaultStrength"] if meta.get("defaultStrength") is not None else base.strength,
     )
 
 
@@ -126,6 +185,7 @@ class ModelLibrary:
             raise ModelNotFound(f"no model {air[:200]!r} is available", parameter=parameter)
         if row.category != "checkpoint":
             raise InvalidInput(f"{air} is a {row.category}, not a checkpoint", parameter=parameter)
+        check_runnable(row.architecture, parameter)
         return ModelEntry(
             air=row.air, name=row.name, category=row.category, architecture=row.architecture,
             defaults=_defaults(row), builtin=False, file=self.store.path_for(row.sha256), row=row,
@@ -144,17 +204,62 @@ class ModelLibrary:
         weight = row.meta.get("defaultWeight")
         return LoraEntry(row.air, row.sha256, self.store.path_for(row.sha256), 1.0 if weight is None else weight, row.architecture)
 
-    def config_folder(self, architecture: str, path: Path | None = None) -> Path:
-        """Component configs and tokenizer used to load a single-file checkpoint offline.
+    def _visible_of(self, air: str, team: str, base: ModelEntry, category: str, noun: str, parameter: str) -> ModelRow:
+        """The row of ``air`` if ``team`` may use it as a ``category`` on ``base`` (same family)."""
+        row = self.registry.visible(air, team)
+        if row is None:
+            raise ModelNotFound(f"no {noun} {air[:200]!r} is available", parameter=parameter)
+        a_noun = f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+        if row.category != category:
+            raise InvalidInput(f"{air} is a {row.category}, not {a_noun}", parameter=parameter)
+        if family(row.architecture) != family(base.architecture):
+            raise InvalidInput(
+                f"{air} is {a_noun} for {row.architecture}; the model {base.air} is {base.architecture}", parameter=parameter
+            )
+        return row
 
-        SD-1.x files come in more than one size (real SD 1.5 and the built-in
-        tiny model's), so the folder is chosen from the shapes in ``path``'s
-        header; without a file, the real SD-1.5 configuration.
+    def resolve_embedding(self, air: str, team: str, base: ModelEntry, parameter: str, weight: float | None = None) -> Any:
+        """An :class:`engine.embeddings.EmbeddingUse` for ``air`` (category ``embeddings``) on ``base``."""
+        from engine.embeddings import EmbeddingUse, trigger_word
+
+        row = self._visible_of(air, team, base, "embeddings", "embedding", parameter)
+        kind = "negative" if row.type == "negative" else "positive"
+        return EmbeddingUse(
+            key=row.sha256, path=self.store.path_for(row.sha256), trigger=trigger_word(row.air, row.meta, kind),
+            kind=kind, weight=1.0 if weight is None else weight, parameter=parameter,
+        )
+
+    def resolve_vae(self, air: str, team: str, base: ModelEntry, parameter: str = "vae") -> Any:
+        """An :class:`engine.vae.VaeUse` for ``air`` (category ``vae``) on ``base``; loaded by :meth:`use_vae`."""
+        from engine.vae import VaeUse
+
+        row = self._visible_of(air, team, base, "vae", "VAE", parameter)
+        fam = family(row.architecture)
+        return VaeUse(key=f"vae|{row.sha256}|{fam}", air=row.air, path=self.store.path_for(row.sha256), family=fam, parameter=parameter)
+
+    def resolve_extras(self, task: Any, team: str, base: ModelEntry) -> dict[str, Any]:
+        """An imageInference's ``embeddings`` and ``vae``, resolved: ``GenerationSpec`` fields (no I/O but the registry)."""
+        embeddings = tuple(
+            self.resolve_embedding(ref.model, team, base, f"embeddings[{i}].model", ref.weight) for i, ref in enumerate(task.embeddings)
+        )
+        vae = self.resolve_vae(task.vae, team, base) if task.vae else None
+        return {"embeddings": embeddings, "vae": vae}
+
+    def config_folder(self, architecture: str, path: Path | None = None) -> Path:
+        """Component configs and tokenizer(s) used to load a single-file checkpoint offline.
+
+        Files of each family come in more than one size (the real model and
+        wisp's tiny one), so the folder is chosen from the shapes in
+        ``path``'s header; without a file, the real model's configuration.
         """
         if family(architecture) == "sd1x":
             from engine.builtin.sd15_config import ensure_sd15_config, sd1_config_for
 
             return ensure_sd15_config(self.data_dir) if path is None else sd1_config_for(self.data_dir, path)
+        if family(architecture) == "sdxl":
+            from engine.builtin.sdxl_config import ensure_sdxl_config, sdxl_config_for
+
+            return ensure_sdxl_config(self.data_dir) if path is None else sdxl_config_for(self.data_dir, path)
         raise InvalidInput(f"architecture {architecture} cannot be loaded by this build", parameter="model")
 
     # ---- loaded models (the cache) ---------------------------------------------
@@ -163,7 +268,7 @@ class ModelLibrary:
     def cache_key(entry: ModelEntry) -> str:
         """AIR + content: a re-upload of the AIR with other bytes is another key."""
         if entry.builtin:
-            return f"{entry.air}|builtin-v{TINY_SD15_VERSION}"
+            return f"{entry.air}|builtin-v{_BUILTIN_FOLDERS[entry.air][1]}"
         content = entry.row.sha256 if entry.row is not None else str(entry.file)
         return f"{entry.air}|{content}"
 
@@ -184,13 +289,12 @@ class ModelLibrary:
 
     def _loader(self, entry: ModelEntry) -> Callable[[], Any]:
         def load() -> Any:
-            from engine.pipelines.stable_diffusion import StableDiffusionModel
-            from engine.pipelines.stable_diffusion.loading import load_single_file
+            from engine.pipelines.stable_diffusion.loading import load_folder, load_single_file
 
             if entry.builtin:
-                folder = ensure_tiny_sd15(self.data_dir)
+                folder = builtin_folder(entry.air, self.data_dir)
                 with LOAD_LOCK:
-                    return StableDiffusionModel.load(folder, self.device, self.dtype)
+                    return load_folder(folder, self.device, self.dtype)
             assert entry.file is not None
             config = self.config_folder(entry.architecture, entry.file)
             with LOAD_LOCK:
@@ -202,20 +306,20 @@ class ModelLibrary:
         """Bytes ``entry`` will take once loaded, from its safetensors headers (no weights read).
 
         Called by the cache only on a miss, to make room on the device before
-        the load.  Counts the tensors the SD-1.x loader keeps (an EMA copy in
-        the file is not loaded) at the load dtype.
+        the load.  Counts the tensors the single-file loader keeps (an EMA
+        copy in the file is not loaded) at the load dtype.
         """
 
         def estimate() -> int | None:
             import torch
             from safetensors import safe_open
 
-            from engine.pipelines.stable_diffusion.loading import _PREFIXES
+            from engine.pipelines.stable_diffusion.loading import CHECKPOINT_PREFIXES
 
             if entry.builtin:
-                files, prefixes = sorted(ensure_tiny_sd15(self.data_dir).glob("*/*.safetensors")), ("",)
+                files, prefixes = sorted(builtin_folder(entry.air, self.data_dir).glob("*/*.safetensors")), ("",)
             elif entry.file is not None:
-                files, prefixes = [entry.file], tuple(_PREFIXES.values())
+                files, prefixes = [entry.file], CHECKPOINT_PREFIXES
             else:
                 return None
             numel = 0
@@ -245,6 +349,25 @@ class ModelLibrary:
             finally:
                 if _adapters(model) != adapters:
                     self.cache.remeasure(key)
+
+    @contextmanager
+    def use_vae(self, spec: Any) -> Iterator[Any]:
+        """``with library.use_vae(spec) as spec:`` — ``spec`` with its VAE override loaded (cached, pinned for the block)."""
+        if spec.vae is None:
+            yield spec
+            return
+        from dataclasses import replace
+
+        vae = spec.vae
+
+        def load() -> Any:
+            from engine.vae import load_vae
+
+            with LOAD_LOCK:
+                return load_vae(vae.path, self.data_dir, vae.family, self.device, self.dtype, vae.parameter)
+
+        with self.cache.use(vae.key, load, size_hint=lambda: 2 * vae.path.stat().st_size) as module:
+            yield replace(spec, vae=replace(vae, module=module))
 
     def prove_checkpoint(self, path: Path, architecture: str) -> None:
         """Worker thread: load a checkpoint file once and drop it (upload's optimized phase)."""

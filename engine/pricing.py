@@ -9,7 +9,13 @@ money charged: self-hosted wisp bills nobody.
 from __future__ import annotations
 
 USD_PER_MEGAPIXEL_STEP = 0.0001
+USD_PER_TRAINING_STEP = 0.0005
+"""Training: 0.0005 per step, whatever the resolution (the work is dominated by the UNet's backward pass)."""
 
 
 def image_cost(width: int, height: int, steps: int) -> float:
     return round(USD_PER_MEGAPIXEL_STEP * (width * height / 1_048_576) * steps, 6)
+
+
+def training_cost(steps: int) -> float:
+    return round(USD_PER_TRAINING_STEP * steps, 6)

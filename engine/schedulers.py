@@ -29,6 +29,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
     "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", **_KARRAS}),
     "DPM++ 1S": ("DPMSolverSinglestepScheduler", {}),
+    "DPM++ 1S Karras": ("DPMSolverSinglestepScheduler", _KARRAS),
     "DPMSolverSinglestepScheduler": ("DPMSolverSinglestepScheduler", {}),
     "DPM2": ("KDPM2DiscreteScheduler", {}),
     "KDPM2DiscreteScheduler": ("KDPM2DiscreteScheduler", {}),

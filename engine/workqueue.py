@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
 
 from engine.errors import EngineStopped, QueueFull
 
@@ -24,12 +26,28 @@ log = logging.getLogger("wisp.engine")
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "loop", "batch")
 
-    def __init__(self, fn: Callable[[], Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, fn: Callable[[], Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop, batch: "Batchable | None" = None
+    ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
+        self.batch = batch
+
+
+@dataclass(frozen=True)
+class Batchable:
+    """How a job may share one device call with compatible jobs (dynamic batching).
+
+    Jobs with equal ``key`` can run together: ``run([payload, …])`` returns
+    one result per payload, in order.  ``fn`` of the job still runs it alone.
+    """
+
+    key: Hashable
+    payload: Any
+    run: Callable[[list[Any]], list[Any]]
 
 
 class FairQueue:
@@ -68,6 +86,31 @@ class FairQueue:
                 self._queues[owner] = queue  # back of the line
             return job
 
+    def take_compatible(self, key: Hashable, limit: int, window_s: float = 0.0) -> list[_Job]:
+        """Up to ``limit`` queued jobs batchable under ``key``, oldest first, from any owner.
+
+        Waits up to ``window_s`` for more to arrive when fewer are queued
+        (0: take only what is already waiting, so a lone job never waits).
+        """
+        taken: list[_Job] = []
+        deadline = time.monotonic() + window_s
+        with self._cond:
+            while True:
+                for owner in list(self._queues):
+                    queue = self._queues[owner]
+                    for job in [j for j in queue if j.batch is not None and j.batch.key == key][: limit - len(taken)]:
+                        queue.remove(job)
+                        self._size -= 1
+                        taken.append(job)
+                    if not queue:
+                        del self._queues[owner]
+                    if len(taken) >= limit:
+                        return taken
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return taken
+                self._cond.wait(left)
+
     def close(self) -> list[_Job]:
         """Stop accepting; return the jobs that never started."""
         with self._cond:
@@ -89,11 +132,23 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 
 class Worker:
-    """One thread per device, running jobs from a :class:`FairQueue`."""
+    """One thread per device, running jobs from a :class:`FairQueue`.
 
-    def __init__(self, queue: FairQueue, name: str, on_start: Callable[[], None] | None = None) -> None:
+    A batchable job takes compatible queued jobs with it (up to
+    ``max_batch`` in all, waiting at most ``batch_window_s`` for more) and
+    they run as one device call; every job still gets its own result.
+    """
+
+    def __init__(
+        self, queue: FairQueue, name: str, on_start: Callable[[], None] | None = None,
+        max_batch: int = 1, batch_window_s: float = 0.0,
+    ) -> None:
         self.queue = queue
         self._on_start = on_start
+        self.max_batch = max_batch
+        self.batch_window_s = batch_window_s
+        self.batches: dict[int, int] = {}
+        """Batch size → how many device calls ran with it (for tests and metrics)."""
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -106,19 +161,28 @@ class Worker:
             job = self.queue.get()
             if job is None:
                 return
+            jobs = [job]
+            if job.batch is not None and self.max_batch > 1:
+                jobs += self.queue.take_compatible(job.batch.key, self.max_batch - 1, self.batch_window_s)
+            self.batches[len(jobs)] = self.batches.get(len(jobs), 0) + 1
             try:
-                result, error = job.fn(), None
+                if len(jobs) == 1:
+                    results, error = [job.fn()], None
+                else:
+                    assert job.batch is not None
+                    results, error = job.batch.run([j.batch.payload for j in jobs]), None  # type: ignore[union-attr]
             except BaseException as exc:  # every failure is answered, none kills the worker
-                result, error = None, exc
-            try:
-                job.loop.call_soon_threadsafe(_settle, job.future, result, error)
-            except RuntimeError:
-                log.warning("event loop closed before a job's result could be delivered")
+                results, error = [None] * len(jobs), exc
+            for one, result in zip(jobs, results):
+                try:
+                    one.loop.call_soon_threadsafe(_settle, one.future, result, error)
+                except RuntimeError:
+                    log.warning("event loop closed before a job's result could be delivered")
 
 
-async def submit(queue: FairQueue, owner: str, fn: Callable[[], Any]) -> Any:
-    """Queue ``fn`` for the worker and wait for its result on the loop."""
+async def submit(queue: FairQueue, owner: str, fn: Callable[[], Any], batch: Batchable | None = None) -> Any:
+    """Queue ``fn`` for the worker and wait for its result on the loop (``batch``: it may run batched)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-    queue.put(owner, _Job(fn, future, loop))
+    queue.put(owner, _Job(fn, future, loop, batch))
     return await future

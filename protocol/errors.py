@@ -30,6 +30,8 @@ class ErrorCode:
     CONFLICT_TASK_UUID = "conflictTaskUUID"
     TASK_NOT_FOUND = "taskNotFound"
     TASK_INTERRUPTED = "taskInterrupted"
+    TASK_CANCELLED = "taskCancelled"
+    TRAINING_FAILED = "trainingFailed"
     MODEL_NOT_FOUND = "modelNotFound"
     INVALID_IMAGE = "invalidImage"
     INVALID_MODEL_FILE = "invalidModelFile"

@@ -26,13 +26,16 @@ from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.inference import ImageInference, ImageUpload
 from protocol.models import ModelSearch, ModelUpload
 from protocol.session import Authentication, GetResponse, GetTaskDetails, Ping
+from protocol.training import TaskCancel, Training
 
 MAX_OUT_FRAME_BYTES = 1_000_000
 """Budget for one server frame: under the 1 MiB (1,048,576 B) the 1.8 SDK accepts."""
 
 TASK_TYPES: dict[str, type[Task] | type[LenientTask]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (Authentication, Ping, ImageInference, ImageUpload, GetResponse, GetTaskDetails, ModelUpload, ModelSearch)
+    for cls in (
+        Authentication, Ping, ImageInference, ImageUpload, GetResponse, GetTaskDetails, ModelUpload, ModelSearch, Training, TaskCancel
+    )
 }
 """taskType → struct, for every task this protocol version decodes."""
 

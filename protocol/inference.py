@@ -42,9 +42,7 @@ ImageRef = Annotated[str, msgspec.Meta(min_length=1, description="imageUUID, URL
 UNSUPPORTED_INFERENCE_FIELDS: tuple[str, ...] = (
     "controlNet",
     "lycoris",
-    "embeddings",
     "refiner",
-    "vae",
     "instantID",
     "outpaint",
     "ipAdapters",
@@ -70,6 +68,14 @@ class LoraRef(msgspec.Struct, forbid_unknown_fields=True):
     model: ModelAIR
     weight: LoraWeight | None = None
     """None: the LoRA's ``defaultWeight`` (1.0 unless its upload said otherwise)."""
+
+
+class EmbeddingRef(msgspec.Struct, forbid_unknown_fields=True):
+    """A textual-inversion embedding (Runware's ``IEmbedding``: ``{model, weight?}``)."""
+
+    model: ModelAIR
+    weight: LoraWeight | None = None
+    """Scales the embedding's vectors; None: 1.0; 0: the embedding is not applied at all."""
 
 
 class Safety(msgspec.Struct, forbid_unknown_fields=True):
@@ -98,6 +104,11 @@ class ImageInference(Task, tag="imageInference"):
     outputFormat: OutputFormat = "PNG"
     outputQuality: OutputQuality = 95
     includeCost: bool = False
+    includeProgress: bool = False
+    """Opt-in: stream ``{status:"processing", progress, step, steps}`` items before the results
+    (off by default: the SDKs count every data item of a sync task as an image)."""
+    includePreviews: bool = False
+    """With ``includeProgress``: each progress item also carries ``previewImages`` (small PNG data URIs)."""
     deliveryMethod: DeliveryMethod = "sync"
     webhookURL: URLString | None = None
     seedImage: ImageRef | None = None
@@ -105,6 +116,9 @@ class ImageInference(Task, tag="imageInference"):
     strength: Strength | None = None
     maskMargin: MaskMargin | None = None
     lora: list[LoraRef] = []
+    embeddings: list[EmbeddingRef] = []
+    vae: ModelAIR | None = None
+    """An uploaded VAE (category ``vae``) that replaces the model's for this request."""
     checkNSFW: bool = False
     safety: Safety | None = None
     ttl: int | None = None
@@ -112,9 +126,7 @@ class ImageInference(Task, tag="imageInference"):
     # Declared only to be refused clearly; see UNSUPPORTED_INFERENCE_FIELDS.
     controlNet: Any = msgspec.UNSET
     lycoris: Any = msgspec.UNSET
-    embeddings: Any = msgspec.UNSET
     refiner: Any = msgspec.UNSET
-    vae: Any = msgspec.UNSET
     instantID: Any = msgspec.UNSET
     outpaint: Any = msgspec.UNSET
     ipAdapters: Any = msgspec.UNSET
@@ -182,6 +194,15 @@ class ImageInference(Task, tag="imageInference"):
                     parameter=f"lora[{index}].model",
                 )
             seen.add(ref.model)
+        seen.clear()
+        for index, emb in enumerate(self.embeddings):
+            if emb.model in seen:
+                return wire_error(
+                    ErrorCode.INVALID_PARAMETER,
+                    f"embedding {emb.model} is listed twice",
+                    parameter=f"embeddings[{index}].model",
+                )
+            seen.add(emb.model)
         return None
 
 
@@ -205,6 +226,18 @@ class ImageResult(msgspec.Struct, omit_defaults=True):
     imageDataURI: str | msgspec.UnsetType = msgspec.UNSET
     cost: float | msgspec.UnsetType = msgspec.UNSET
     status: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class ProgressItem(msgspec.Struct, omit_defaults=True):
+    """One denoising step of an imageInference that asked for ``includeProgress``; never carries an image UUID."""
+
+    taskType: str
+    taskUUID: str
+    status: str
+    progress: float
+    step: int
+    steps: int
+    previewImages: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ImageUploadResult(msgspec.Struct, omit_defaults=True):

@@ -29,6 +29,7 @@ from engine.registry.db import Database
 from engine.registry.keys import KeyStore
 from server.config import ServerConfig
 from server.connection import SocketConn, request_context
+from server.dialects import DialectRouter
 from server.gateway import Gateway, RequestContext
 from server.files import FILES_PATH, FileDrop, FileSink
 from server.http import BodySink, HTTPProtocol, Response as HTTPResponse, json_response
@@ -120,6 +121,12 @@ class WispServer:
                 max_model_bytes=config.max_model_bytes,
                 cache_device_bytes=config.cache_device_bytes,
                 cache_host_bytes=config.cache_host_bytes,
+                training_slots=config.training_slots,
+                training_max_queued=config.training_max_queued,
+                max_batch=config.max_batch,
+                dtype=config.dtype,
+                lora_cache_bytes=config.lora_cache_bytes,
+                batch_window_ms=config.batch_window_ms,
             ),
             db=self.db,
         )
@@ -132,6 +139,7 @@ class WispServer:
         self.webhooks = WebhookSender(policy, config.webhook_timeout_s, config.webhook_retries)
         self.files = FileDrop(config.data_dir / "uploads")
         self.gateway = Gateway(config, self.engine, self.keys, self.tasks, self.sessions, self.webhooks, self.files)
+        self.dialects = DialectRouter(self.gateway)
         self.ws_server: Server | None = None
         self.port: int | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -199,6 +207,9 @@ class WispServer:
             if method != "POST":
                 return json_response(405, {"errors": [{"code": "methodNotAllowed", "message": "POST a task array to /v1, or open a WebSocket"}]})
             return await self._post_tasks(headers, body, peer)
+        if self.dialects.owns(path):  # Novita, stablediffusionapi: server/dialects
+            ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url, peer=peer)
+            return await self.dialects.handle(method, path, target.query, headers, body, ctx)
         return json_response(404, {"errors": [{"code": "notFound", "message": f"no route {path[:100]}"}]})
 
     async def _post_tasks(self, headers: dict[str, str], body: bytes, peer: str) -> HTTPResponse:

@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     from server.upload_cli import add_parser as add_upload
 
     add_upload(sub)
+    from server.train_cli import add_parser as add_train
+
+    add_train(sub)
+    from server.teams_cli import add_parser as add_teams
+
+    add_teams(sub)
     loadtest = sub.add_parser("loadtest", help="load-test a Runware-protocol endpoint (code in bench/loadtest.py)")
     try:
         from bench.loadtest import add_arguments, cmd_loadtest

@@ -67,6 +67,22 @@ class ServerConfig:
     """Model-cache budget of the device tier (GPU memory, or RAM on CPU); 0: derived (70 % of the GPU, 35 % of RAM)."""
     cache_host_bytes: int = 0
     """Model-cache budget of the host (RAM) tier; 0: derived (50 % of RAM; on CPU, 50 % minus the device tier)."""
+    max_outgoing_bytes: int = 8 * 1024 * 1024
+    """Per socket: replies waiting for a client that does not read; above it the socket is dropped (slow consumer)."""
+    send_stall_s: float = 30.0
+    """Per socket: a write that makes no progress this long drops the socket (slow consumer)."""
+    lora_cache_bytes: int = 0
+    """Budget of the host-RAM LoRA adapter cache; 0: derived (4 % of RAM, at least 64 MiB)."""
+    training_slots: int = 1
+    """Training jobs run at once, each in its own process; more wait in line."""
+    training_max_queued: int = 16
+    """Training jobs allowed to wait for a slot; more → queueFull."""
+    dtype: str = "auto"
+    """Inference weights' dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16."""
+    max_batch: int = 8
+    """Dynamic batching: compatible one-image txt2img requests per device call (1 turns it off)."""
+    batch_window_ms: float = 0.0
+    """How long a request may wait for batch companions (0: only those already queued)."""
 
     @classmethod
     def from_env(cls) -> "ServerConfig":
@@ -96,4 +112,12 @@ class ServerConfig:
         c.gil_switch_interval_s = _env_float("WISP_GIL_SWITCH_INTERVAL", c.gil_switch_interval_s)
         c.cache_device_bytes = _env_int("WISP_CACHE_DEVICE_BYTES", c.cache_device_bytes)
         c.cache_host_bytes = _env_int("WISP_CACHE_HOST_BYTES", c.cache_host_bytes)
+        c.lora_cache_bytes = _env_int("WISP_LORA_CACHE_BYTES", c.lora_cache_bytes)
+        c.training_slots = max(1, _env_int("WISP_TRAINING_SLOTS", c.training_slots))
+        c.training_max_queued = max(0, _env_int("WISP_TRAINING_MAX_QUEUED", c.training_max_queued))
+        c.max_batch = max(1, _env_int("WISP_MAX_BATCH", c.max_batch))
+        c.dtype = os.environ.get("WISP_DTYPE", c.dtype)
+        c.batch_window_ms = max(0.0, _env_float("WISP_BATCH_WINDOW_MS", c.batch_window_ms))
+        c.max_outgoing_bytes = _env_int("WISP_MAX_OUTGOING_BYTES", c.max_outgoing_bytes)
+        c.send_stall_s = _env_float("WISP_SEND_STALL", c.send_stall_s)
         return c

@@ -3,6 +3,18 @@
 Reading is sequential, so a client that stops reading our replies stops
 being read too (backpressure through websockets' write buffer).  A socket
 silent for ``idle_timeout_s`` is closed, as Runware does after 120 s.
+
+Slow consumers.  Results are emitted by the task that produced them, not by
+the reader, so backpressure on reading alone does not bound what waits for a
+socket: websockets writes every ``send`` into the transport at once and only
+then waits for it to drain, so N finished tasks behind a client that stopped
+reading would sit in an ever-growing write buffer.  Here one frame at a time
+is written (a per-socket lock), frames waiting for the lock are counted, and
+the socket is given up — aborted, its session left to the resume buffer,
+every result still in the task store for getResponse — when what waits
+(transport buffer + queued frames) stays over ``max_outgoing_bytes`` for
+``send_stall_s`` (emits wait for room meanwhile: that is the backpressure a
+reading client sees), or when one write makes no progress that long.
 """
 
 from __future__ import annotations
@@ -17,6 +29,9 @@ from server.gateway import Gateway, RequestContext
 from server.sessions import Session
 
 log = logging.getLogger("wisp.server")
+
+DEFAULT_MAX_OUTGOING_BYTES = 8 * 1024 * 1024
+DEFAULT_SEND_STALL_S = 30.0
 
 
 def request_context(
@@ -39,17 +54,84 @@ class SocketConn:
         self.session: Session | None = None
         self.closed = False
         self.last_seen = 0.0
+        config = gateway.config
+        self.max_outgoing_bytes: int = getattr(config, "max_outgoing_bytes", DEFAULT_MAX_OUTGOING_BYTES)
+        self.send_stall_s: float = getattr(config, "send_stall_s", DEFAULT_SEND_STALL_S)
+        self._send_lock = asyncio.Lock()
+        self._queued = 0  # bytes of frames waiting for the send lock
+        self.gave_up: str | None = None
+        """Why the socket was given up as a slow consumer (None while it is not)."""
+
+    def outgoing_bytes(self) -> int:
+        """What waits for this client: the transport's write buffer and the frames queued for it."""
+        transport = self.ws.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return buffered + self._queued
 
     async def send_frames(self, frames: list[bytes]) -> list[bytes]:
+        """Send ``frames`` in order; returns those not sent (socket closed or given up as a slow consumer)."""
         for index, frame in enumerate(frames):
             if self.closed:
                 return frames[index:]
+            if not await self._room_for(len(frame)):
+                if not self.closed:
+                    self._give_up(f"more than {self.max_outgoing_bytes} bytes have waited {self.send_stall_s:g} s "
+                                  "for a client that does not read")
+                return frames[index:]
+            self._queued += len(frame)
             try:
-                await self.ws.send(frame, text=True)
+                await self._send_lock.acquire()
+            finally:
+                self._queued -= len(frame)
+            try:
+                if self.closed:
+                    return frames[index:]
+                # ws.send writes the frame, then waits for the buffer to drain below its limit.
+                await asyncio.wait_for(self.ws.send(frame, text=True), self.send_stall_s)
+            except TimeoutError:
+                self._give_up(f"a write made no progress for {self.send_stall_s:g} s")
+                return frames[index:]
             except ConnectionClosed:
                 self.closed = True
                 return frames[index:]
+            finally:
+                self._send_lock.release()
         return []
+
+    async def _room_for(self, size: int) -> bool:
+        """Wait until ``size`` more bytes fit under ``max_outgoing_bytes``; False after ``send_stall_s`` without room.
+
+        No await separates the last check from the caller's ``_queued +=``,
+        so however many emits wait here, the bound holds.  A socket with
+        nothing in flight always takes one frame, whatever its size.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.send_stall_s
+        while not self.closed:
+            if not self._send_lock.locked() or self.outgoing_bytes() + size <= self.max_outgoing_bytes:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(0.02, remaining))
+        return False
+
+    def _give_up(self, why: str) -> None:
+        """Drop a slow consumer: abort the socket (a close frame would queue behind unread data).
+
+        The reader then ends and detaches the session: what could not be
+        sent goes to its resume buffer, and every result stays in the task
+        store for getResponse.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.gave_up = why
+        session = self.session.uuid if self.session is not None else "-"
+        log.warning("slow consumer: %s; closing the socket (session %s kept for resume/getResponse)", why, session)
+        transport = self.ws.transport
+        if transport is not None:
+            transport.abort()
 
     async def reply(self, frames: list[bytes]) -> None:
         await self.send_frames(frames)

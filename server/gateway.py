@@ -24,8 +24,9 @@ from engine.errors import EngineError, QueueFull
 from engine.registry.keys import KeyStore
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.frames import DecodedTask, decode_frame, encode_data, encode_errors, task_heads
-from protocol.inference import AsyncAck, ImageInference, ImageResult, ImageUpload, ImageUploadResult
+from protocol.inference import AsyncAck, ImageInference, ImageResult, ImageUpload, ImageUploadResult, ProgressItem
 from protocol.models import ModelSearch, ModelUpload, ModelUploadStatus
+from protocol.training import TaskCancel, TaskCancelResult, Training, TrainingStatus
 from protocol.session import (
     Authentication,
     AuthenticationResult,
@@ -43,6 +44,7 @@ from server.ratelimit import AuthLimiter
 from server.sessions import Session, SessionRegistry
 from server.tasks import TaskRecord, TaskStore
 from server.webhooks import WebhookSender
+from engine.pricing import training_cost
 
 log = logging.getLogger("wisp.server")
 
@@ -54,6 +56,37 @@ def _as_success(item: Any) -> Any:
     if getattr(item, "status", None) is msgspec.UNSET:
         return msgspec.structs.replace(item, status="success")
     return item
+
+
+class _ProgressReporter:
+    """Pushes an imageInference's opt-in progress items to its session, in step order.
+
+    Steps arrive on the event loop (``Engine.generate``'s callback); each push
+    waits for the previous one, and :meth:`flush` lets the results wait for all.
+    Progress is never recorded for getResponse: it is a live view only.
+    """
+
+    def __init__(self, session: Session, task: ImageInference) -> None:
+        self.session = session
+        self.task = task
+        self._last: asyncio.Future[None] | None = None
+
+    def step(self, step: int, steps: int, previews: list[str] | None) -> None:
+        item = ProgressItem(
+            taskType="imageInference", taskUUID=self.task.taskUUID, status="processing",
+            progress=round(min(1.0, step / max(1, steps)), 4), step=step, steps=steps,
+            previewImages=previews if previews is not None else msgspec.UNSET,
+        )
+        self._last = asyncio.ensure_future(self._send(self._last, encode_data([item])))
+
+    async def _send(self, previous: "asyncio.Future[None] | None", frames: list[bytes]) -> None:
+        if previous is not None:
+            await previous
+        await self.session.emit(frames)
+
+    async def flush(self) -> None:
+        if self._last is not None:
+            await self._last
 
 
 class UploadSourceGone(EngineError):
@@ -233,13 +266,17 @@ class Gateway:
             return self._get_response(session, task)
         if isinstance(task, GetTaskDetails):
             return self._get_task_details(session, task)
-        assert isinstance(task, (ImageInference, ImageUpload, ModelUpload, ModelSearch))
+        if isinstance(task, TaskCancel):
+            return self._cancel(session, task)
+        assert isinstance(task, (ImageInference, ImageUpload, ModelUpload, ModelSearch, Training))
         task_type, task_uuid = item.task_type or "", item.task_uuid or ""
-        if isinstance(task, ImageInference):
-            try:
+        try:
+            if isinstance(task, ImageInference):
                 self.engine.check(task, session.team)
-            except EngineError as exc:
-                return to_wire_error(exc, task_type, task_uuid)
+            elif isinstance(task, Training):
+                self.engine.check_training(task, session.team)
+        except EngineError as exc:
+            return to_wire_error(exc, task_type, task_uuid)
         if session.in_flight >= self.config.max_in_flight_per_session:
             return wire_error(
                 ErrorCode.TOO_MANY_TASKS_IN_FLIGHT,
@@ -257,6 +294,9 @@ class Gateway:
                 parameter="taskUUID",
             )
         session.in_flight += 1
+        if isinstance(task, Training):
+            started.append(self._spawn(self._run_training(session, record, task, conn.ctx)))
+            return AsyncAck(taskType=task_type, taskUUID=task_uuid)
         started.append(self._spawn(self._run(session, record, task, conn.ctx)))
         if getattr(task, "deliveryMethod", "sync") == "async":
             return AsyncAck(taskType=task_type, taskUUID=task_uuid)
@@ -276,11 +316,16 @@ class Gateway:
             if not is_async:
                 await session.emit(encode_data([item]))
             if webhook:
-                self.webhooks.post(webhook, encode_data([item])[0])
+                self.webhooks.post(webhook, encode_data([item])[0], sequence=f"{session.team}\x00{record.task_uuid}")
 
         try:
             if isinstance(task, ImageInference):
-                images = await self.engine.generate(task, team=session.team, owner=session.uuid, own_hosts=ctx.own_hosts)
+                reporter = _ProgressReporter(session, task) if task.includeProgress else None
+                images = await self.engine.generate(
+                    task, team=session.team, owner=session.uuid, own_hosts=ctx.own_hosts, progress=reporter.step if reporter else None
+                )
+                if reporter is not None:
+                    await reporter.flush()  # every progress item goes out before the results
                 items: list[Any] = [self._image_item(task, image, ctx) for image in images]
             elif isinstance(task, ImageUpload):
                 image_uuid, name = await self.engine.upload_image(task.image, ctx.own_hosts)
@@ -296,21 +341,10 @@ class Gateway:
             else:
                 items = [await self.engine.search_models(task, session.team)]
         except asyncio.CancelledError:
-            record.fail(wire_error(ErrorCode.TASK_INTERRUPTED, "the server stopped before this task finished; send it again with a new taskUUID",
-                                   task_type=record.task_type, task_uuid=record.task_uuid))
-            self.tasks.finish(record)
+            self._interrupted(record)
             raise
         except BaseException as exc:
-            error = to_wire_error(exc, record.task_type, record.task_uuid)
-            if isinstance(exc, QueueFull):
-                self.tasks.release(record)
-            else:
-                record.fail(error)
-                self.tasks.finish(record)
-            self.counters["errors"] += 1
-            await session.emit(encode_errors([error]))
-            if webhook:
-                self.webhooks.post(webhook, encode_errors([error])[0])
+            await self._failed(session, record, exc, webhook)
             return
         finally:
             session.in_flight -= 1
@@ -320,7 +354,76 @@ class Gateway:
             await session.emit(encode_data(items))
         if webhook:
             for result in items:
-                self.webhooks.post(webhook, encode_data([result])[0])
+                self.webhooks.post(webhook, encode_data([result])[0], sequence=f"{session.team}\x00{record.task_uuid}")
+
+    def _interrupted(self, record: TaskRecord) -> None:
+        record.fail(wire_error(ErrorCode.TASK_INTERRUPTED, "the server stopped before this task finished; send it again with a new taskUUID",
+                               task_type=record.task_type, task_uuid=record.task_uuid))
+        self.tasks.finish(record)
+
+    async def _failed(self, session: Session, record: TaskRecord, exc: BaseException, webhook: str | None) -> None:
+        """A task ended in an error: record it (unless retryable), tell the session and the webhook."""
+        error = to_wire_error(exc, record.task_type, record.task_uuid)
+        if isinstance(exc, QueueFull):
+            self.tasks.release(record)
+        else:
+            record.fail(error)
+            self.tasks.finish(record)
+        self.counters["errors"] += 1
+        await session.emit(encode_errors([error]))
+        if webhook:
+            self.webhooks.post(webhook, encode_errors([error])[0], sequence=f"{session.team}\x00{record.task_uuid}")
+
+    async def _run_training(self, session: Session, record: TaskRecord, task: Training, ctx: RequestContext) -> None:
+        """A training job: every status goes to the session (pushed) and the webhook; getResponse shows the latest."""
+        plan = task.plan()
+        webhook = plan.webhook if not isinstance(plan, WireError) else None
+        last_status: list[str] = []
+
+        async def emit(status: str, message: str, **fields: Any) -> None:
+            item = TrainingStatus(
+                taskType="training", taskUUID=task.taskUUID, status="processing", trainingStatus=status, message=message,
+                progress=fields.get("progress"), step=fields.get("step"), steps=fields.get("steps"), loss=fields.get("loss"),
+            )
+            record.items = [item]  # the latest status only: a long job's progress never piles up
+            await session.emit(encode_data([item]))
+            if webhook and last_status[-1:] != [status]:  # one POST per status change, not per step, in order
+                self.webhooks.post(webhook, encode_data([item])[0], sequence=f"{session.team}\x00{task.taskUUID}")
+            last_status[:] = [status]
+
+        try:
+            outcome = await self.engine.train(task, session.team, emit, ctx.own_hosts)
+        except asyncio.CancelledError:
+            self._interrupted(record)
+            raise
+        except BaseException as exc:
+            await self._failed(session, record, exc, webhook)
+            return
+        finally:
+            session.in_flight -= 1
+        final = TrainingStatus(
+            taskType="training", taskUUID=task.taskUUID, status="success", trainingStatus="model_ready",
+            message="The trained model is ready for use.", progress=1.0, step=outcome.steps, steps=outcome.steps,
+            loss=outcome.loss, air=outcome.air,
+            outputs={"air": outcome.air, "architecture": outcome.architecture, "steps": outcome.steps, "loss": outcome.loss,
+                     "images": outcome.images, "seconds": round(outcome.seconds, 3)},
+            cost=training_cost(outcome.steps) if task.includeCost else None,
+        )
+        record.succeed([final])
+        self.tasks.finish(record)
+        await session.emit(encode_data([final]))
+        if webhook:
+            self.webhooks.post(webhook, encode_data([final])[0], sequence=f"{session.team}\x00{task.taskUUID}")
+
+    def _cancel(self, session: Session, task: TaskCancel) -> Any:
+        record = self.tasks.get(session.team, task.taskUUID)
+        if record is None:
+            return self._missing("taskCancel", task.taskUUID)
+        if record.task_type != "training":
+            return wire_error(ErrorCode.INVALID_PARAMETER, f"only training tasks can be cancelled; {task.taskUUID} is a {record.task_type}",
+                              task_type="taskCancel", task_uuid=task.taskUUID, parameter="taskUUID")
+        cancelled = record.finished_at is None and self.engine.cancel_training(session.team, task.taskUUID)
+        return TaskCancelResult(taskType="taskCancel", taskUUID=task.taskUUID, cancelled=cancelled)
 
     def _dropped_file(self, url: str, team: str, ctx: RequestContext) -> Path | None:
         """A ``/v1/files/<token>`` URL of this server, as the local file it names (or None)."""
@@ -366,7 +469,10 @@ class Gateway:
         if record.errors:
             return record.errors[0]
         if record.finished_at is None:
-            return list(record.items) + [ProcessingItem(taskType=record.task_type, taskUUID=record.task_uuid)]
+            items = list(record.items)
+            if not any(getattr(i, "status", None) == "processing" for i in items):
+                items.append(ProcessingItem(taskType=record.task_type, taskUUID=record.task_uuid))
+            return items
         return [_as_success(item) for item in record.items]
 
     def _get_task_details(self, session: Session, task: GetTaskDetails) -> Any:

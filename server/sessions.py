@@ -4,8 +4,8 @@ A session is what ``connectionSessionUUID`` names.  While a socket is
 attached, frames go straight to it; while none is, they are kept for
 ``resume_ttl_s`` (Runware keeps them 2 minutes) and flushed, in order, to the
 next socket that authenticates with the session's UUID and the same team.
-The buffer is bounded; what falls off its end is still in the task store,
-for getResponse.
+The buffer is bounded, in frames and in bytes; what falls off its end is
+still in the task store, for getResponse.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Protocol
 log = logging.getLogger("wisp.server")
 
 MAX_BUFFERED_FRAMES = 1024
+MAX_BUFFERED_BYTES = 32 * 1024 * 1024
+"""A frame is at most 1 MiB: without a byte bound 1,024 of them could hold 1 GiB per session."""
 
 
 class Sink(Protocol):
@@ -34,6 +36,7 @@ class Session:
         self.sink: Sink | None = None
         self.detached_at: float | None = time.monotonic()
         self.buffer: deque[bytes] = deque()
+        self.buffered_bytes = 0
         self.in_flight = 0
 
     async def emit(self, frames: list[bytes]) -> None:
@@ -47,8 +50,9 @@ class Session:
         if not self.resumable:
             return
         self.buffer.extend(frames)
-        while len(self.buffer) > MAX_BUFFERED_FRAMES:
-            self.buffer.popleft()
+        self.buffered_bytes += sum(len(f) for f in frames)
+        while len(self.buffer) > MAX_BUFFERED_FRAMES or (self.buffered_bytes > MAX_BUFFERED_BYTES and len(self.buffer) > 1):
+            self.buffered_bytes -= len(self.buffer.popleft())
             log.warning("session %s: resume buffer full, oldest frame dropped (still in getResponse)", self.uuid)
 
     def attach(self, sink: Sink) -> list[bytes]:
@@ -57,6 +61,7 @@ class Session:
         self.detached_at = None
         pending = list(self.buffer)
         self.buffer.clear()
+        self.buffered_bytes = 0
         return pending
 
     def detach(self, sink: Sink, unsent: list[bytes] = []) -> None:

@@ -26,14 +26,26 @@ class WebhookSender:
         self.timeout_s = timeout_s
         self.retries = retries
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last: dict[str, asyncio.Task[None]] = {}
         self._client: httpx.AsyncClient | None = None
 
-    def post(self, url: str, body: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._deliver(url, body))
+    def post(self, url: str, body: bytes, *, sequence: str | None = None) -> None:
+        """Deliver ``body`` in the background; posts with the same ``sequence`` arrive in the order posted.
+
+        A long task's statuses (training) use its taskUUID as ``sequence``: each
+        POST waits until the previous one is delivered or given up.
+        """
+        previous = self._last.get(sequence) if sequence is not None else None
+        task = asyncio.get_running_loop().create_task(self._deliver(url, body, after=previous))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if sequence is not None:
+            self._last[sequence] = task
+            task.add_done_callback(lambda t, key=sequence: self._last.get(key) is t and self._last.pop(key))
 
-    async def _deliver(self, url: str, body: bytes) -> None:
+    async def _deliver(self, url: str, body: bytes, after: "asyncio.Task[None] | None" = None) -> None:
+        if after is not None:
+            await asyncio.wait([after])
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
         delay = 0.5

@@ -24,7 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.builtin.build_once import build_once
 from engine.builtin.tiny_sd15 import _bytes_to_unicode, ensure_tiny_sd15
@@ -238,18 +238,32 @@ def sd1_config_for(data_dir: Path, path: Path) -> Path:
     first conv of any other shape raises :class:`InvalidInput`: loading it
     with a wrong config could only fail later with a less clear error.
     """
+    return config_for_header(
+        path, {SD15_FIRST_CONV: (lambda: ensure_sd15_config(data_dir), "Stable Diffusion 1.x"),
+               TINY_FIRST_CONV: (lambda: ensure_tiny_sd15(data_dir), "wisp's tiny test model")},
+        family="SD-1.x",
+    )  # fmt: skip
+
+
+def config_for_header(path: Path, known: dict[tuple[int, ...], tuple[Callable[[], Path], str]], family: str) -> Path:
+    """Shared by both families: the folder ``known`` gives for the UNet's first-conv shape in ``path``'s header.
+
+    ``known`` maps shape → (makes the folder, label for messages); the first
+    entry is the real model, also used for a file without that tensor.
+    """
     from engine.pipelines.stable_diffusion.loading import read_header
 
     shape = read_header(Path(path)).get(FIRST_CONV_KEY)
-    if shape is None or tuple(shape) == SD15_FIRST_CONV:
-        return ensure_sd15_config(data_dir)
-    if tuple(shape) == TINY_FIRST_CONV:
-        return ensure_tiny_sd15(data_dir)
+    full = next(iter(known))
+    if shape is None:
+        return known[full][0]()
+    if tuple(shape) in known:
+        return known[tuple(shape)][0]()
     hint = ""
-    if len(shape) == 4 and shape[0] == SD15_FIRST_CONV[0] and shape[1] != SD15_FIRST_CONV[1]:
+    if len(shape) == 4 and shape[0] == full[0] and shape[1] != full[1]:
         hint = f" ({shape[1]} input channels: an inpainting or other conditioned UNet, which this build cannot load)"
+    listed = " and ".join(f"{list(k)} ({label})" for k, (_, label) in known.items())
     raise InvalidInput(
-        f"this SD-1.x checkpoint's UNet (first conv {list(shape)}{hint}) matches no configuration wisp ships: "
-        f"known are {list(SD15_FIRST_CONV)} (Stable Diffusion 1.x) and {list(TINY_FIRST_CONV)} (wisp's tiny test model)",
+        f"this {family} checkpoint's UNet (first conv {list(shape)}{hint}) matches no configuration wisp ships: known are {listed}",
         parameter="model",
     )

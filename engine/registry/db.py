@@ -80,6 +80,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX tasks_finished ON tasks(finished_at);
     """,
+    """
+    CREATE TABLE team_settings (
+        team_id INTEGER PRIMARY KEY REFERENCES teams(id),
+        lora_upload_limit INTEGER,
+        default_source TEXT
+    );
+    """,
 ]
 
 

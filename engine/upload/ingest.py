@@ -20,11 +20,13 @@ from typing import Any, Awaitable, Callable
 
 from engine.errors import EngineError
 from engine.lora import LoraLoadError, lora_format
-from engine.models import family
+from engine.models import LOADABLE_FAMILIES, family
 from engine.net import NetPolicy, check_url
 from engine.registry.models import ModelRegistry, ModelRow
+from engine.registry.team_settings import TeamSettings
 from engine.schedulers import canonical_scheduler
 from engine.upload.fetch import copy_and_hash, download
+from engine.upload.lycoris import to_kohya_lora
 from engine.upload.optimize import convert, needs_conversion
 from engine.upload.safetensors_check import InvalidModelFile, read_safetensors_info
 from engine.upload.sniff import ARCHITECTURE_FAMILIES, check_declared, sniff_model
@@ -45,9 +47,6 @@ REUSED_MESSAGES = {
     "stored": "Stored file unchanged.",
     "ready": "Model metadata updated and ready for use.",
 }
-
-LOADABLE_FAMILIES = ("sd1x",)
-"""Checkpoint families this build can prove loadable (SDXL comes with the engine-depth work)."""
 
 Emit = Callable[[str, str], Awaitable[None]]
 
@@ -119,12 +118,18 @@ class ModelIngest:
             for phase in ("downloaded", "optimized", "stored"):
                 await emit(phase, REUSED_MESSAGES[phase])
             sha, size = existing.sha256, existing.size_bytes
+            converted_from = existing.meta.get("convertedFrom")
         else:
-            sha, size = await self._fetch_and_store(req, emit, local_source)
+            sha, size, converted_from = await self._fetch_and_store(req, emit, local_source)
+        meta = _meta(req)
+        if converted_from:  # a LyCORIS LoHa/LoKr stored as its equivalent LoRA
+            meta["convertedFrom"] = converted_from
+            if "lycoris" not in meta["tags"]:
+                meta["tags"] = [*meta["tags"], "lycoris"]
         row = ModelRow(
             air=req.air, team=team, category=req.category, architecture=req.architecture, format=req.format,
             name=req.name, version=req.version, unique_identifier=req.uniqueIdentifier, sha256=sha, size_bytes=size,
-            private=req.is_private, type=req.type, conditioning=req.conditioning, meta=_meta(req),
+            private=req.is_private, type=req.type, conditioning=req.conditioning, meta=meta,
         )
         await asyncio.to_thread(self.registry.upsert, row)
         await emit("ready", REUSED_MESSAGES["ready"] if reuse else PHASE_MESSAGES["ready"])
@@ -144,6 +149,7 @@ class ModelIngest:
                 raise UploadRefused(f"{req.air} is a {existing.category}; the category cannot change", parameter="category")
             if existing.type != req.type:
                 raise UploadRefused(f"{req.air} has type {existing.type}; the type cannot change in an update", parameter="type")
+        await asyncio.to_thread(TeamSettings(self.registry.db).check_lora_upload, team, req.category, existing is None)
         if req.category == "checkpoint" and family(req.architecture) not in LOADABLE_FAMILIES:
             supported = sorted(a for a in ARCHITECTURE_FAMILIES if family(a) in LOADABLE_FAMILIES)
             raise UploadRefused(
@@ -156,7 +162,7 @@ class ModelIngest:
             await check_url(req.downloadURL, self.config.policy, "downloadURL")
         return existing
 
-    async def _fetch_and_store(self, req: ModelUpload, emit: Emit, local_source: Path | None) -> tuple[str, int]:
+    async def _fetch_and_store(self, req: ModelUpload, emit: Emit, local_source: Path | None) -> tuple[str, int, str | None]:
         work = Path(tempfile.mkdtemp(prefix="upload-", dir=self.config.tmp_dir))
         try:
             if local_source is not None:
@@ -167,32 +173,59 @@ class ModelIngest:
                     max_bytes=self.config.max_model_bytes, retries=2 if req.retry is None else req.retry,
                 )
             await emit("downloaded", PHASE_MESSAGES["downloaded"])
-            final, sha = await asyncio.to_thread(self._optimize, req, fetched.path, fetched.sha256, work)
+            final, sha, converted_from = await asyncio.to_thread(self._optimize, req, fetched.path, fetched.sha256, work)
             if req.category == "checkpoint":
                 await self.prove_checkpoint(final, req.architecture)
             await emit("optimized", PHASE_MESSAGES["optimized"])
             size = final.stat().st_size
             await asyncio.to_thread(self.store.put, final, sha)
             await emit("stored", PHASE_MESSAGES["stored"])
-            return sha, size
+            return sha, size, converted_from
         finally:
             await asyncio.to_thread(_remove_tree, work)
 
-    def _optimize(self, req: ModelUpload, path: Path, sha: str, work: Path) -> tuple[Path, str]:
-        """Worker thread: validate the header, sniff, check the declaration, convert."""
+    def _optimize(self, req: ModelUpload, path: Path, sha: str, work: Path) -> tuple[Path, str, str | None]:
+        """Worker thread: validate the header, convert LoHa/LoKr, sniff, check the declaration, convert the dtype.
+
+        The third value names the LyCORIS kind a LoRA was converted from (None: not converted).
+        """
         info = read_safetensors_info(path)
-        check_declared(sniff_model(info), req.category, req.architecture)
-        if req.category == "lora":
+        converted_from = None
+        if req.category in ("lora", "lycoris"):
+            lora = work / "lycoris-as-lora.safetensors"
+            converted_from = to_kohya_lora(info, lora, family(req.architecture))
+            if converted_from is not None:  # sniffed and stored from here on as the equivalent LoRA
+                path, info = lora, read_safetensors_info(lora)
+        sniffed = sniff_model(info)
+        if req.category in ("lora", "lycoris") and sniffed.category in ("lora", "lycoris"):
             try:
-                lora_format(info.tensors)  # refuses DoRA, LoHa/LoKr and other kinds diffusers would misapply
+                lora_format(info.tensors)  # refuses DoRA, OFT and other kinds diffusers would misapply
             except LoraLoadError as exc:
                 raise InvalidModelFile(exc.message, parameter="downloadURL") from None
+        check_declared(sniffed, req.category, req.architecture)
+        _check_usable(info, req.category)
         if not needs_conversion(info, self.config.storage_dtype):
-            return path, sha
+            return path, (sha if converted_from is None else _sha256_file(path)), converted_from
         converted = work / "converted.safetensors"
         convert(info, converted, self.config.storage_dtype)
         read_safetensors_info(converted)  # what we wrote must pass our own checks
-        return converted, _sha256_file(converted)
+        return converted, _sha256_file(converted), converted_from
+
+
+def _check_usable(info: Any, category: str) -> None:
+    """Embeddings and VAEs: the file is one inference can apply (engine.embeddings / engine.vae), from the header."""
+
+    try:
+        if category == "embeddings":
+            from engine.embeddings import parts_of
+
+            parts_of(info.tensors, "the embedding")
+        elif category == "vae":
+            from engine.vae import size_class
+
+            size_class({name: t.shape for name, t in info.tensors.items()})
+    except EngineError as exc:
+        raise InvalidModelFile(exc.message, parameter="downloadURL") from None
 
 
 def _remove_tree(path: Path) -> None:

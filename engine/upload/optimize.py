@@ -32,7 +32,7 @@ def convert(info: SafetensorsInfo, dest: Path, storage_dtype: str = "F16") -> No
     ordered = sorted(info.tensors.values(), key=lambda t: t.begin)
     header: dict[str, object] = {}
     if info.metadata:
-        header["__metadata__"] = info.metadata
+        header["__metadata__"] = dict(sorted(info.metadata.items()))  # canonical: same content, same bytes
     offset = 0
     plan = []
     for t in ordered:

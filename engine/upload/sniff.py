@@ -52,6 +52,11 @@ TEXT_WIDTHS: dict[int, str] = {768: "sd1x", 1024: "sd2x"}
 
 SDXL_TI_WIDTHS = {"clip_l": 768, "clip_g": 1280}
 
+TINY_TI_WIDTHS: dict[int, str] = {32: "sd1x"}
+"""Text-encoder width of wisp's tiny built-in SD-1.x (``tiny_sd15``: hidden_size 32); a test checks it."""
+TINY_SDXL_TI_WIDTHS = {"clip_l": 32, "clip_g": 64}
+"""``tiny_sdxl.TEXT_WIDTHS``: the tiny built-in SDXL's two text encoders; a test checks it."""
+
 
 @dataclass(frozen=True)
 class Sniffed:
@@ -231,11 +236,12 @@ def _vector_width(t: TensorInfo) -> int | None:
 
 
 def _embedding_family(info: SafetensorsInfo, width: int | None, source: str) -> Sniffed:
-    if width not in TEXT_WIDTHS:
+    widths = {**TEXT_WIDTHS, **TINY_TI_WIDTHS}
+    if width not in widths:
         raise InvalidModelFile(
             f"textual-inversion embedding ({source}) has vectors {width} wide; SD 1.x uses 768 and SD 2.x 1024"
         )
-    return Sniffed("embeddings", TEXT_WIDTHS[width], f"textual inversion ({source}), vectors {width} wide")
+    return Sniffed("embeddings", widths[width], f"textual inversion ({source}), vectors {width} wide")
 
 
 def _sniff_embeddings(info: SafetensorsInfo) -> Sniffed | None:
@@ -248,7 +254,7 @@ def _sniff_embeddings(info: SafetensorsInfo) -> Sniffed | None:
                 f"got {', '.join(repr(n[:40]) for n in sorted(names)[:4])}"
             )
         widths = {n: _vector_width(tensors[n]) for n in ("clip_l", "clip_g")}
-        if widths != SDXL_TI_WIDTHS:
+        if widths not in (SDXL_TI_WIDTHS, TINY_SDXL_TI_WIDTHS):
             raise InvalidModelFile(
                 f"SDXL textual-inversion embedding has clip_l/clip_g vectors {widths['clip_l']}/{widths['clip_g']} "
                 "wide; SDXL's text encoders need 768/1280"
@@ -264,7 +270,7 @@ def _sniff_embeddings(info: SafetensorsInfo) -> Sniffed | None:
     # real layers always have dotted names, tokens do not.
     if len(names) <= 16 and all("." not in n for n in names):
         widths = {_vector_width(t) for t in tensors.values()}
-        if len(widths) == 1 and (width := widths.pop()) in TEXT_WIDTHS:
+        if len(widths) == 1 and (width := widths.pop()) in {**TEXT_WIDTHS, **TINY_TI_WIDTHS}:
             return _embedding_family(info, width, "token → vector")
     return None
 

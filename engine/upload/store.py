@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -35,6 +36,26 @@ class ModelStore:
             return target
         with open(tmp_file, "rb") as f:
             os.fsync(f.fileno())
+        _test_pause_before_rename()
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp_file, target)
         return target
+
+
+_PAUSE_ENV = "WISP_TEST_STORE_PAUSE_FILE"
+
+
+def _test_pause_before_rename() -> None:
+    """TEST-ONLY hook (tests/server/test_faults_store.py): hold the store phase while a flag file exists.
+
+    With ``WISP_TEST_STORE_PAUSE_FILE`` unset (always, outside tests) this
+    does nothing.  Set, a put waits between the fsync and the rename for as
+    long as that file exists (60 s at most), so a test can kill the server
+    inside the store phase.  Runs on a worker thread, never the event loop.
+    """
+    flag = os.environ.get(_PAUSE_ENV)
+    if not flag:
+        return
+    deadline = time.monotonic() + 60.0
+    while os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.05)

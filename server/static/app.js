@@ -6,7 +6,7 @@ import { WispClient, newUUID, socketURL } from "/static/client.js";
 // The server's scheduler names (engine/schedulers.py; matched case-insensitively there).
 const SCHEDULERS = [
   "Default", "Euler", "Euler Karras", "Euler a", "Heun", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE",
-  "DPM++ 2M SDE Karras", "DPM++ 1S", "DPM2", "DPM2 a", "DDIM", "DDPM", "PNDM", "DEIS", "UniPC", "LCM", "TCD",
+  "DPM++ 2M SDE Karras", "DPM++ 1S", "DPM++ 1S Karras", "DPM2", "DPM2 a", "DDIM", "DDPM", "PNDM", "DEIS", "UniPC", "LCM", "TCD",
 ];
 // Architectures modelUpload accepts (protocol/models.py).
 const ARCHITECTURES = [
@@ -14,6 +14,22 @@ const ARCHITECTURES = [
   "sd3", "pony", "illustrious", "flux1s", "flux1d", "fluxkontextdev", "hidreamdev", "hidreamfull", "qwen_image",
 ];
 const PHASES = ["validated", "downloaded", "optimized", "stored", "ready"];
+// Training recipe → the family it trains (protocol/training.py RECIPES) and that family's
+// built-in base model (engine/training/runner.py RECIPE_BASES).
+const TRAINING_RECIPES = {"wisp:sd1x@lora-training": "sd1x", "wisp:sdxl@lora-training": "sdxl"};
+const RECIPE_BASES = {"sd1x": "wisp:tiny-sd15@1", "sdxl": "wisp:tiny-sdxl@1"};
+// Declared architecture → the family whose weights it shares (engine/upload/sniff.py); others are their own family.
+const ARCHITECTURE_FAMILIES = {
+  "sd1x": "sd1x", "sdhyper": "sd1x", "sd1xlcm": "sd1x", "sd2x": "sd2x", "sdxl": "sdxl", "sdxllcm": "sdxl", "sdxldistilled": "sdxl",
+  "sdxlhyper": "sdxl", "sdxllightning": "sdxl", "sdxlturbo": "sdxl", "pony": "sdxl", "illustrious": "sdxl",
+};
+// A training's statuses in order (protocol/training.py TRAINING_STATUSES); "queued" only while waiting for a slot.
+const TRAINING_STATUSES = [
+  "queued", "deploying_gpu", "training_started", "training_success", "trained_model_compressing",
+  "trained_model_uploading", "trained_model_uploaded", "deploying_model", "model_ready",
+];
+const MAX_FRAME_BYTES = 16 * 1024 * 1024;  // the server's default WISP_MAX_FRAME_BYTES
+const POLL_SILENCE_MS = 5000;  // a running training this quiet is asked for its state (getResponse)
 const KEY_STORAGE = "wisp.apiKey";
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -94,7 +110,9 @@ function hideGeneral() {
 function fieldFor(form, parameter) {
   let path = parameter || "";
   while (path) {
-    const found = form.querySelector(`[data-param="${CSS.escape(path)}"]`);
+    const name = CSS.escape(path);
+    // data-also: other names the server uses for the same field (training's `images` is `inputs.dataset`).
+    const found = form.querySelector(`[data-param="${name}"], [data-also~="${name}"]`);
     if (found) return found;
     const cut = Math.max(path.lastIndexOf("."), path.lastIndexOf("["));
     path = cut > 0 ? path.slice(0, cut) : "";
@@ -145,6 +163,7 @@ function setupTabs() {
 // ---- models: pickers and library ------------------------------------------------
 
 let knownLoras = new Map();  // air -> model info (for default weights)
+let knownCheckpoints = [];   // model infos, for the training form's base-model picker
 
 async function search(fields) {
   let answer = null;
@@ -171,6 +190,8 @@ async function refreshModels() {
   try {
     const [checkpoints, loras] = await Promise.all([search({ category: "checkpoint" }), search({ category: "lora" })]);
     fillSelect($("#g-model"), checkpoints.results, "— no checkpoints —");
+    knownCheckpoints = checkpoints.results;
+    fillBaseModels();
     knownLoras = new Map(loras.results.map((m) => [m.air, m]));
     fillSelect($("#g-lora-pick"), loras.results, "— none uploaded —");
     await refreshLibrary();
@@ -489,6 +510,222 @@ function setupUpload() {
   renderPhases($("#upload-phases"));
 }
 
+// ---- training ----------------------------------------------------------------------
+
+const familyOf = (architecture) => ARCHITECTURE_FAMILIES[architecture] ?? architecture;
+
+/** The base-model picker: the recipe's built-in model by default, or any checkpoint of its family. */
+function fillBaseModels() {
+  const select = $("#t-base");
+  const family = TRAINING_RECIPES[$("#t-recipe").value];
+  const previous = select.value;
+  fillSelect(select, knownCheckpoints.filter((m) => familyOf(m.architecture) === family && m.air !== RECIPE_BASES[family]));
+  select.prepend(el("option", { value: "" }, `${RECIPE_BASES[family]} (built-in)`));
+  select.value = [...select.options].some((o) => o.value === previous) ? previous : "";
+}
+
+function readAsDataURL(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject({ code: "fileUnreadable", message: `${file.name} could not be read`, parameter: "inputs.dataset" });
+    reader.readAsDataURL(file);
+  });
+}
+
+/** The dataset as the server takes it: chosen files as data URIs, then one URL or imageUUID per line. */
+async function datasetOf(form) {
+  const files = await Promise.all([...form.elements.files.files].map(readAsDataURL));
+  const lines = form.elements.refs.value.split("\n").map((l) => l.trim()).filter(Boolean);
+  return [...files, ...lines];
+}
+
+async function trainingTask(form) {
+  const value = (name) => form.elements[name].value.trim();
+  const dataset = await datasetOf(form);
+  if (!dataset.length) {
+    throw { code: "missingParameter", message: "choose image or .zip files, or give URLs / imageUUIDs", parameter: "inputs.dataset" };
+  }
+  const task = {
+    taskType: "training",
+    taskUUID: newUUID(),
+    deliveryMethod: "async",
+    model: value("model"),
+    inputs: { dataset },
+    baseModel: value("baseModel") || undefined,
+    trainingSteps: numberOf(form, "trainingSteps"),
+    learningRate: numberOf(form, "learningRate"),
+    rank: numberOf(form, "rank"),
+    seed: numberOf(form, "seed"),
+    triggerWord: value("triggerWord") || undefined,
+    class_prompt: value("class_prompt") || undefined,
+    lora_type: value("lora_type"),
+    includeCost: true,
+  };
+  const air = value("importAir");
+  if (air) {
+    // Without importModel the server registers it under the team's default source.
+    task.importModel = { air, name: value("importName") || air, version: air.split("@")[1] || "1", uniqueIdentifier: task.taskUUID, private: true };
+  }
+  return task;
+}
+
+function trainingCard(task) {
+  $("#trainings .empty")?.remove();
+  const images = task.inputs.dataset.length;
+  const cancel = el("button", { type: "button", class: "secondary cancel" }, "Cancel");
+  const card = el("article", { class: "run training-run", dataset: { task: task.taskUUID } },
+    el("header", {},
+      el("span", { class: "run-status" }, "sending"),
+      el("span", { class: "run-meta muted" }, `${task.model} · ${task.baseModel || RECIPE_BASES[TRAINING_RECIPES[task.model]] || "?"} · ${images} dataset ${images === 1 ? "entry" : "entries"}`)),
+    el("div", { class: "progress", hidden: true }, el("div", { class: "bar" })),
+    el("p", { class: "train-step muted", hidden: true }),
+    el("ol", { class: "phases train-statuses", "aria-live": "polite" }),
+    el("div", { class: "train-result", hidden: true }),
+    el("p", { class: "run-error", hidden: true }),
+    el("footer", { class: "run-actions" }, cancel, el("code", { class: "task-uuid muted", title: "taskUUID" }, task.taskUUID)));
+  $("#trainings").prepend(card);
+  if (window.matchMedia("(max-width: 859px)").matches) card.scrollIntoView({ block: "start", behavior: "smooth" });
+  return card;
+}
+
+/** Statuses in their order, each with its latest message; the furthest one reached is "current". */
+function renderStatuses(card, seen, reached, finished) {
+  const names = TRAINING_STATUSES.filter((s) => s !== "queued" || seen.has("queued"));
+  $(".train-statuses", card).replaceChildren(...names.map((name) => {
+    const index = TRAINING_STATUSES.indexOf(name);
+    const state = index < reached || (index === reached && finished) ? "done" : index === reached ? "current" : "waiting";
+    return el("li", { dataset: { status: name, state } },
+      el("span", { class: "phase-name" }, name), el("span", { class: "phase-message muted" }, seen.get(name) || ""));
+  }));
+}
+
+function showTrainingProgress(card, item) {
+  const fraction = typeof item.progress === "number" ? item.progress : item.steps ? (item.step || 0) / item.steps : null;
+  if (fraction === null) return;
+  const bar = $(".progress", card);
+  bar.hidden = false;
+  $(".bar", bar).style.width = `${Math.round(Math.max(0, Math.min(1, fraction)) * 100)}%`;
+  if (!item.steps) return;
+  const line = $(".train-step", card);
+  line.hidden = false;
+  const loss = typeof item.loss === "number" ? ` · loss ${item.loss.toFixed(4)}` : "";
+  line.textContent = `step ${item.step ?? 0}/${item.steps}${loss}`;
+}
+
+/** The finished LoRA: its AIR and a button that puts it in the Generate panel's LoRA list. */
+function showTrainedLora(card, item, task) {
+  const box = $(".train-result", card);
+  const use = el("button", { type: "button", class: "secondary use-lora" }, "Use in Generate");
+  use.addEventListener("click", () => useLora(item.air, task.baseModel || RECIPE_BASES[TRAINING_RECIPES[task.model]]));
+  const cost = item.cost !== undefined ? el("span", { class: "muted" }, ` · cost $${item.cost}`) : null;
+  box.replaceChildren(el("p", {}, "LoRA ", el("code", { class: "air" }, item.air), cost), use);
+  box.hidden = false;
+}
+
+async function useLora(air, baseModel) {
+  await refreshModels();
+  const pick = $("#g-lora-pick");
+  if (![...pick.options].some((o) => o.value === air)) pick.append(el("option", { value: air }, air));
+  pick.value = air;
+  // A LoRA only runs on its own family: generate on the model it was trained on.
+  if ([...$("#g-model").options].some((o) => o.value === baseModel)) $("#g-model").value = baseModel;
+  if (!chosenLoras.some((l) => l.air === air)) chosenLoras.push({ air, weight: String(knownLoras.get(air)?.defaultWeight ?? 1) });
+  renderLoras();
+  $(".tabs [data-tab=generate]").click();
+}
+
+async function train(form) {
+  clearErrors(form);
+  const button = $("button[type=submit]", form);
+  button.disabled = true;
+  let task;
+  try {
+    task = await trainingTask(form);
+    const size = JSON.stringify([task]).length;
+    if (size > MAX_FRAME_BYTES) {
+      throw { code: "frameTooLarge", parameter: "inputs.dataset",
+              message: `the dataset is ${(size / 1048576).toFixed(1)} MiB inline; a frame holds at most 16 MiB: give large datasets by URL` };
+    }
+  } catch (error) {
+    button.disabled = false;
+    return showError(form, error);
+  }
+  button.disabled = false;
+  const card = trainingCard(task);
+  const status = $(".run-status", card);
+  const cancel = $(".cancel", card);
+  const seen = new Map();  // trainingStatus -> latest message
+  let reached = -1;
+  let lastHeard = Date.now();
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    try {
+      const answer = await client.cancel(task.taskUUID);
+      // Not cancelled: it had already finished; its final item or error arrives on its own.
+      if (!answer.cancelled) cancel.textContent = "already finished";
+    } catch (error) {
+      cancel.disabled = false;
+      showFormMessage(form, describe(error));
+    }
+  });
+  // Statuses pushed while the socket was away arrive on resume; if the session could not be
+  // resumed they went to the old one, so a quiet job is asked for its latest state.
+  const poll = setInterval(() => {
+    if (client.state === "connected" && Date.now() - lastHeard > POLL_SILENCE_MS && client.poll(task.taskUUID)) lastHeard = Date.now();
+  }, 1000);
+  const isFinal = (item) => item.status === "success" && item.trainingStatus === "model_ready";
+  try {
+    await client.run(task, {
+      onItem: (item) => {
+        lastHeard = Date.now();
+        if (!item.trainingStatus) {
+          // The ack ({taskType, taskUUID}), or a getResponse answer from before the first status.
+          if (reached < 0) status.textContent = item.status ? "running" : "accepted";
+          return;
+        }
+        const index = TRAINING_STATUSES.indexOf(item.trainingStatus);
+        if (index < reached) return;  // an older status repeated by a resume or a poll
+        reached = index;
+        seen.set(item.trainingStatus, item.message || "");
+        status.textContent = item.trainingStatus;
+        if (item.trainingStatus === "training_started" || isFinal(item)) showTrainingProgress(card, item);
+        renderStatuses(card, seen, reached, isFinal(item));
+        if (isFinal(item)) showTrainedLora(card, item, task);
+      },
+      isDone: isFinal,
+    });
+    card.classList.add("done");
+    refreshModels();
+  } catch (error) {
+    showError(form, error);
+    card.classList.add("failed");
+    status.textContent = error.code === "taskCancelled" ? "cancelled" : "failed";
+    const line = $(".run-error", card);
+    line.textContent = describe(error);
+    line.hidden = false;
+  } finally {
+    clearInterval(poll);
+    cancel.hidden = true;
+  }
+}
+
+function setupTraining() {
+  const form = $("#train-form");
+  const recipe = $("#t-recipe");
+  for (const name of Object.keys(TRAINING_RECIPES)) recipe.append(el("option", { value: name }, name));
+  recipe.addEventListener("change", fillBaseModels);
+  fillBaseModels();
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    train(form);
+  });
+  $("#clear-trainings").addEventListener("click", () => {
+    for (const card of $$("#trainings .run.done, #trainings .run.failed")) card.remove();
+    if (!$("#trainings .run")) $("#trainings").replaceChildren(el("p", { class: "empty muted" }, "Jobs appear here with their statuses."));
+  });
+}
+
 // ---- start ---------------------------------------------------------------------
 
 function start() {
@@ -497,10 +734,14 @@ function start() {
   setupGenerate();
   setupLibrary();
   setupUpload();
+  setupTraining();
   setupKeyForm();
   // Hooks for the browser tests: drop the socket as a network failure would, read state.
   window.__wispTest = {
     dropSocket: (offlineMs = 0) => client.drop(offlineMs),
+    // As dropSocket, but the server won't know the session on return (it expired):
+    // what it pushed meanwhile is lost, and only getResponse can tell.
+    dropSession: (offlineMs = 0) => { client.sessionUUID = newUUID(); client.drop(offlineMs); },
     get states() { return [...testLog.states]; },
     get state() { return client.state; },
     get sessionUUID() { return client.sessionUUID; },

@@ -37,6 +37,7 @@ export class WispClient {
     this.state = "disconnected";
     this.pending = new Map();  // taskUUID -> {task, onItem, onError, isDone, resolve, reject}
     this.finished = new Set(); // recently settled taskUUIDs: late duplicates are ignored, not "stray"
+    this.cancels = new Map();  // taskUUID -> {resolve, reject}: taskCancel answers, routed apart from the task they name
     this.attempt = 0;
     this.pingTimer = null;
     this.retryTimer = null;
@@ -75,6 +76,7 @@ export class WispClient {
 
   /** Fail every task still waiting: their session is gone, so no answer will come. */
   _abandonPending(message) {
+    this._failCancels(message);
     for (const [taskUUID, entry] of [...this.pending]) {
       const error = { code: "disconnected", message, taskType: entry.task.taskType, taskUUID };
       entry.onError?.(error);
@@ -137,6 +139,9 @@ export class WispClient {
     if (ws !== this.ws) return;  // an old socket we already replaced or closed on purpose
     this.ws = null;
     this._stopTimers();
+    // A cancel's answer can be lost with the socket; the task it named still ends
+    // (with taskCancelled) through resume or getResponse.
+    this._failCancels("the connection dropped before the cancel was answered");
     if (this.state === "auth failed") return;  // retrying a wrong key would only repeat the failure
     const backoff = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
     const delay = Math.max(backoff, this.offlineUntil - Date.now());
@@ -185,6 +190,11 @@ export class WispClient {
 
   _onItem(item) {
     if (item.taskType === "authentication" && !item.taskUUID) return this._onAuthenticated(item);
+    if (item.taskType === "taskCancel") {
+      this.cancels.get(item.taskUUID)?.resolve(item);
+      this.cancels.delete(item.taskUUID);
+      return;
+    }
     if (item.taskType === "ping") {
       this.lastPong = Date.now();
       this.pongs += 1;
@@ -201,6 +211,14 @@ export class WispClient {
       this._setState("auth failed", error.message || error.code);
       ws.close(1000, "auth failed");
       this._abandonPending(`authentication failed: ${error.message || error.code}`);
+      return;
+    }
+    if (error.taskType === "taskCancel") {
+      // About the cancel, not the task it names (taskNotFound, …): that task goes on.
+      const waiter = this.cancels.get(error.taskUUID);
+      this.cancels.delete(error.taskUUID);
+      if (waiter) waiter.reject(error);
+      else this.hooks.onStray?.(error);
       return;
     }
     const entry = error.taskUUID && this.pending.get(error.taskUUID);
@@ -221,7 +239,35 @@ export class WispClient {
     else entry.resolve();
   }
 
+  _failCancels(message) {
+    for (const [taskUUID, waiter] of [...this.cancels]) waiter.reject({ code: "disconnected", message, taskType: "taskCancel", taskUUID });
+    this.cancels.clear();
+  }
+
   // ---- tasks ---------------------------------------------------------------
+
+  /**
+   * Ask the server to cancel a running task (training): `taskCancel` carries the
+   * task's own taskUUID, so its answer is routed here, not to the task, which
+   * ends by itself (error `taskCancelled`) through its own handlers.
+   * @returns {Promise<object>} the `{taskType:"taskCancel", taskUUID, cancelled}` item; rejects with the wire error
+   */
+  cancel(taskUUID) {
+    return new Promise((resolve, reject) => {
+      if (this.cancels.has(taskUUID)) return reject({ code: "alreadyAsked", message: "a cancel for this task is already on its way", taskType: "taskCancel", taskUUID });
+      if (!this._send([{ taskType: "taskCancel", taskUUID }])) {
+        return reject({ code: "notConnected", message: "not connected to the server", taskType: "taskCancel", taskUUID });
+      }
+      this.cancels.set(taskUUID, { resolve, reject });
+    });
+  }
+
+  /** Ask for the latest state of a task we are still waiting on (getResponse); the answer goes to its handlers.
+   *  For long tasks whose pushed items may have gone to a session we could not resume. */
+  poll(taskUUID) {
+    return this.pending.has(taskUUID) && this._send([{ taskType: "getResponse", taskUUID }]);
+  }
+
 
   /**
    * Send one task and route what comes back for its taskUUID.

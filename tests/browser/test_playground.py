@@ -240,11 +240,3 @@ def test_phone_width_has_no_horizontal_scroll(playground, screenshot_dir):
     path = screenshot_dir / "playground-phone.png"
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
-
-
-def test_training_is_disabled_not_faked(playground):
-    playground.open()
-    page = playground.page
-    playground.tab("training")
-    expect(page.locator("#tab-training .notice")).to_contain_text("no training task yet")
-    assert page.locator("#train-form fieldset").is_disabled()

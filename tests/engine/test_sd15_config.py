@@ -263,8 +263,8 @@ def test_unknown_unet_gets_a_clear_invalid_input(library: ModelLibrary, tmp_path
 
 
 def test_other_architectures_are_still_refused(library: ModelLibrary, full_size_file: Path):
-    with pytest.raises(InvalidInput, match="architecture sdxl cannot be loaded") as info:
-        library.config_folder("sdxl", full_size_file)
+    with pytest.raises(InvalidInput, match="architecture sd2x cannot be loaded") as info:
+        library.config_folder("sd2x", full_size_file)  # SDXL loads now (tests/engine/test_sdxl.py)
     assert info.value.parameter == "model"
 
 

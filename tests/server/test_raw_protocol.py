@@ -440,7 +440,8 @@ async def test_missing_task_uuid(client: WireClient):
         ({"model": None}, "missingParameter", "model"),
         ({"fooField": 1}, "unknownParameter", "fooField"),
         ({"checkNSFW": True}, "unsupportedParameter", "checkNSFW"),
-        ({"vae": "civitai:1@1"}, "unsupportedParameter", "vae"),
+        ({"refiner": {"model": "civitai:1@1"}}, "unsupportedParameter", "refiner"),
+        ({"embeddings": [{"model": "civitai:1@1", "strength": 1}]}, "unknownParameter", "embeddings[0].strength"),
     ],
 )
 async def test_invalid_fields(client: WireClient, fields: dict[str, Any], code: str, parameter: str):

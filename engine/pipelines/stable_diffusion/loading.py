@@ -1,7 +1,8 @@
-"""Uploaded single-file SD-1.x checkpoints (original LDM/A1111 layout) → :class:`StableDiffusionModel`.
+"""Uploaded single-file SD-1.x and SDXL checkpoints (original LDM/A1111 and SGM layouts) → loaded models.
 
 diffusers' ``from_single_file`` converts the ``model.diffusion_model.*``,
-``first_stage_model.*`` and ``cond_stage_model.transformer.*`` tensors
+``first_stage_model.*`` and ``cond_stage_model.transformer.*`` tensors (SDXL:
+``conditioner.embedders.0.transformer.*`` and ``conditioner.embedders.1.model.*``)
 itself; what it needs besides the file is every component's config and the
 tokenizer, which ``config_folder`` (a local diffusers folder of the same
 architecture) supplies.  With ``config`` a local folder and
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from engine.errors import EngineError
@@ -55,23 +58,94 @@ def read_header(path: Path) -> dict[str, tuple[int, ...]]:
         raise ModelLoadError(f"{path.name} is not a readable safetensors file") from exc
 
 
-def _expected_shapes(config_folder: Path) -> dict[str, dict[str, tuple[int, ...]]]:
+@dataclass(frozen=True)
+class _Component:
+    """One component of an original-layout file: where its tensors live and how diffusers converts them."""
+
+    name: str  # the diffusers pipeline attribute
+    title: str  # for messages
+    prefix: str  # of its tensors in the original file
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between SD-1.x and SDXL single files; everything else is one code path."""
+
+    name: str
+    title: str
+    pipeline: str  # ``_class_name`` in the config folder's model_index.json
+    components: tuple[_Component, ...]
+
+    def model_class(self) -> type[StableDiffusionModel]:
+        if self.name == "sdxl":
+            from engine.pipelines.stable_diffusion_xl.pipeline import StableDiffusionXLModel
+
+            return StableDiffusionXLModel
+        return StableDiffusionModel
+
+
+_UNET = _Component("unet", "UNet", "model.diffusion_model.")
+_VAE = _Component("vae", "VAE", "first_stage_model.")
+FAMILIES: dict[str, Family] = {
+    "sd1x": Family(
+        "sd1x", "SD-1.x", "StableDiffusionPipeline",
+        (_UNET, _VAE, _Component("text_encoder", "text encoder", "cond_stage_model.transformer.")),
+    ),
+    "sdxl": Family(
+        "sdxl", "SDXL", "StableDiffusionXLPipeline",
+        (
+            _UNET, _VAE,
+            _Component("text_encoder", "text encoder (CLIP ViT-L)", "conditioner.embedders.0.transformer."),
+            _Component("text_encoder_2", "second text encoder (OpenCLIP)", "conditioner.embedders.1.model."),
+        ),
+    ),
+}  # fmt: skip
+"""The single-file families this build loads, by the family name of :mod:`engine.upload.sniff`."""
+
+CHECKPOINT_PREFIXES = tuple(sorted({c.prefix for f in FAMILIES.values() for c in f.components}))
+"""Every prefix a loaded tensor of an original-layout file has (an EMA copy or other extras have none)."""
+
+
+def family_of(config_folder: Path) -> Family:
+    """The family a diffusers folder (built-in model or config-only folder) configures, from its model_index.json."""
+    try:
+        name = json.loads((Path(config_folder) / "model_index.json").read_text())["_class_name"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"no diffusers config folder at {config_folder}") from exc
+    for found in FAMILIES.values():
+        if found.pipeline == name:
+            return found
+    raise ModelLoadError(f"{config_folder} configures a {name}, which this build cannot load")
+
+
+def load_folder(folder: Path, device: str = "cpu", dtype: Any = None) -> StableDiffusionModel:
+    """Load a diffusers folder (a built-in model) with its family's wrapper."""
+    return family_of(folder).model_class().load(folder, device, dtype)
+
+
+def _expected_shapes(config_folder: Path, family: Family) -> dict[str, dict[str, tuple[int, ...]]]:
     """Each component's state-dict shapes, built on the meta device from its config (no weights)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config_folder / "unet")))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config_folder / "vae")))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config_folder / "text_encoder"), local_files_only=True))
-    return {
-        name: {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text))
+    def text(name: str, cls: Any) -> Any:
+        return cls(CLIPTextConfig.from_pretrained(str(config_folder / name), local_files_only=True))
+
+    builders = {
+        "unet": lambda: UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config_folder / "unet"))),
+        "vae": lambda: AutoencoderKL.from_config(AutoencoderKL.load_config(str(config_folder / "vae"))),
+        "text_encoder": lambda: text("text_encoder", CLIPTextModel),
+        "text_encoder_2": lambda: text("text_encoder_2", CLIPTextModelWithProjection),
     }
+    with torch.device("meta"):
+        models = {c.name: builders[c.name]() for c in family.components}
+    return {name: {k: tuple(v.shape) for k, v in model.state_dict().items()} for name, model in models.items()}
 
 
-def _converted_shapes(header: dict[str, tuple[int, ...]], config_folder: Path) -> dict[str, dict[str, tuple[int, ...]]]:
+def _converted_shapes(
+    header: dict[str, tuple[int, ...]], config_folder: Path, family: Family
+) -> dict[str, dict[str, tuple[int, ...]]]:
     """What diffusers' own converters make of the file's names, per component.
 
     The converters run on meta tensors, so this costs no memory; they are
@@ -83,7 +157,9 @@ def _converted_shapes(header: dict[str, tuple[int, ...]], config_folder: Path) -
         convert_ldm_clip_checkpoint,
         convert_ldm_unet_checkpoint,
         convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint,
     )
+    from transformers import CLIPTextConfig
 
     meta = {k: torch.empty(shape, device="meta") for k, shape in header.items()}
 
@@ -94,34 +170,46 @@ def _converted_shapes(header: dict[str, tuple[int, ...]], config_folder: Path) -
             return {}  # the converter tripped over a missing block: reported as missing below
         return {k: tuple(v.shape) for k, v in converted.items() if v is not None}
 
+    def open_clip(prefix: str) -> dict[str, Any]:
+        # The converter only reads the model's config (its width, when the file has no text_projection).
+        config = CLIPTextConfig.from_pretrained(str(config_folder / "text_encoder_2"), local_files_only=True)
+        return convert_open_clip_checkpoint(SimpleNamespace(config=config), meta, prefix=prefix)
+
     unet_config = json.loads((config_folder / "unet" / "config.json").read_text())
     vae_config = json.loads((config_folder / "vae" / "config.json").read_text())
-    return {
-        "unet": run(lambda: convert_ldm_unet_checkpoint(meta, unet_config)),
-        "vae": run(lambda: convert_ldm_vae_checkpoint(meta, vae_config)),
+    only = lambda prefix: {k: v for k, v in meta.items() if k.startswith(prefix)}  # noqa: E731
+    converters: dict[str, Callable[[_Component], dict[str, tuple[int, ...]]]] = {
+        "unet": lambda c: run(lambda: convert_ldm_unet_checkpoint(meta, unet_config)),
+        "vae": lambda c: run(lambda: convert_ldm_vae_checkpoint(meta, vae_config)),
         # transformers 5 flattened CLIPTextModel; the file keeps ``text_model.``.
-        "text_encoder": {k.removeprefix("text_model."): v for k, v in run(lambda: convert_ldm_clip_checkpoint(meta)).items()},
+        "text_encoder": lambda c: {
+            k.removeprefix("text_model."): v for k, v in run(lambda: convert_ldm_clip_checkpoint(only(c.prefix))).items()
+        },
+        # CLIPTextModelWithProjection still has its ``text_model`` level.
+        "text_encoder_2": lambda c: run(lambda: open_clip(c.prefix)),
     }
-
-
-_PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder": "cond_stage_model.transformer."}
-_TITLES = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder"}
+    return {c.name: converters[c.name](c) for c in family.components}
 
 
 def check_checkpoint(path: Path, config_folder: Path) -> None:
-    """Raise :class:`ModelLoadError` unless ``path`` holds every tensor of the configured SD-1.x model at the right shape.
+    """Raise :class:`ModelLoadError` unless ``path`` holds every tensor of the configured model at the right shape.
 
-    Cheap (header only): the library can run it when a checkpoint is uploaded.
+    The family (SD-1.x or SDXL) is the config folder's.  Cheap (header
+    only): the library runs it when a checkpoint is uploaded.
     """
     path, config_folder = Path(path), Path(config_folder)
+    family = family_of(config_folder)
     header = read_header(path)
-    expected = _expected_shapes(config_folder)
-    converted = _converted_shapes(header, config_folder)
-    for component, shapes in expected.items():
-        title = _TITLES[component]
-        if not any(k.startswith(_PREFIXES[component]) for k in header):
-            raise ModelLoadError(f"{path.name} has no {title} weights ({_PREFIXES[component]}*); it is not a full SD-1.x checkpoint")
-        got = converted[component]
+    expected = _expected_shapes(config_folder, family)
+    converted = _converted_shapes(header, config_folder, family)
+    for component in family.components:  # a whole component absent says more than its first missing tensor
+        if not any(k.startswith(component.prefix) for k in header):
+            raise ModelLoadError(
+                f"{path.name} has no {component.title} weights ({component.prefix}*); it is not a full {family.title} checkpoint"
+            )
+    for component in family.components:
+        title, shapes = component.title, expected[component.name]
+        got = converted[component.name]
         missing = sorted(k for k in shapes if k not in got)
         if missing:
             raise ModelLoadError(f"{path.name} is missing {len(missing)} {title} tensor(s): {_names(missing)}")
@@ -129,47 +217,45 @@ def check_checkpoint(path: Path, config_folder: Path) -> None:
         if wrong:
             detail = ", ".join(f"{k} {list(got[k])} (expected {list(shapes[k])})" for k in wrong[:_LIST_AT_MOST])
             raise ModelLoadError(
-                f"{path.name} does not match the SD-1.x architecture it was registered as: "
+                f"{path.name} does not match the {family.title} architecture it was registered as: "
                 f"{len(wrong)} {title} tensor(s) have the wrong shape: {detail}"
             )
 
 
 def load_single_file(path: Path, config_folder: Path, device: str = "cpu", dtype: Any = None) -> StableDiffusionModel:
-    """Load an original-layout SD-1.x ``.safetensors`` checkpoint, configured by ``config_folder``.
+    """Load an original-layout ``.safetensors`` checkpoint (SD-1.x or SDXL), configured by ``config_folder``.
 
-    ``config_folder`` is a diffusers folder of the same architecture (for the
-    tests, the built-in model's): it provides the component configs, the
-    scheduler and the tokenizer.  Weights come only from ``path``.  ``dtype``
-    defaults to float32, which also upcasts fp16 files (CPU inference in
-    fp16 is slow or unsupported).  Never touches the network.
+    ``config_folder`` is a diffusers folder of the same architecture (the
+    built-in tiny model's, or a config-only folder of the real shapes): it
+    provides the component configs, the scheduler and the tokenizer(s), and
+    its model_index.json decides the family.  Weights come only from
+    ``path``.  ``dtype`` defaults to float32, which also upcasts fp16 files
+    (CPU inference in fp16 is slow or unsupported).  Never touches the network.
     """
     import torch
-    from diffusers import StableDiffusionPipeline
 
     path, config_folder = Path(path), Path(config_folder)
     if path.suffix.lower() != ".safetensors":
         # diffusers would unpickle anything else (.ckpt/.pt), which can run code.
         raise ModelLoadError(f"{path.name}: only .safetensors checkpoints can be loaded")
-    if not (config_folder / "model_index.json").is_file():
-        raise ModelLoadError(f"no diffusers config folder at {config_folder}")
+    family = family_of(config_folder)
+    model_class = family.model_class()
     check_checkpoint(path, config_folder)
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
+        pipe = model_class.pipeline_class().from_single_file(
             str(path),
             config=str(config_folder),
             local_files_only=True,
             torch_dtype=dtype or torch.float32,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            **model_class.LOAD_KWARGS,
         )
     except Exception as exc:
         log.debug("from_single_file failed for %s", path, exc_info=True)
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelLoadError(f"{path.name} could not be loaded: {first_line.replace(str(path), path.name)}") from exc
-    for component in ("unet", "vae", "text_encoder"):
-        model = getattr(pipe, component)
+    for component in family.components:
+        model = getattr(pipe, component.name)
         left = [k for k, v in model.state_dict().items() if v.device.type == "meta"]
         if left:
-            raise ModelLoadError(f"{path.name} left {len(left)} {_TITLES[component]} tensor(s) unset: {_names(left)}")
-    return StableDiffusionModel.from_pipeline(pipe, device)
+            raise ModelLoadError(f"{path.name} left {len(left)} {component.title} tensor(s) unset: {_names(left)}")
+    return model_class.from_pipeline(pipe, device)

@@ -11,16 +11,18 @@ adapters live on the shared UNet/text encoder, so every variant sees them.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Self
 
 from PIL import Image
 
 from engine.errors import EngineStopped
+from engine.embeddings import textual_inversions
 from engine.lora import LoraAdapters, LoraUse
 from engine.schedulers import make_scheduler
+from engine.vae import vae_override
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class GenerationSpec:
     mask_margin: int | None = None
     # In request order: a LoRA that fails is reported as ``lora[<index>].model``.
     loras: tuple[LoraUse, ...] = ()
+    # Textual inversions and a VAE override, for this request only (engine.embeddings, engine.vae).
+    embeddings: tuple[Any, ...] = ()
+    vae: Any = None
+    on_step: Callable[[int, int, Any], None] | None = field(default=None, compare=False)
+    """Called on the worker thread after each denoising step with (step, steps, latents): progress items."""
 
     @property
     def mode(self) -> str:
@@ -88,7 +95,22 @@ class GenerationStopped(EngineStopped):
 
 
 class StableDiffusionModel:
-    """A loaded SD-1.x model and its derived task pipelines."""
+    """A loaded SD-1.x model and its derived task pipelines.
+
+    The family-specific parts are the class attributes and the two hooks
+    below; :class:`engine.pipelines.stable_diffusion_xl.StableDiffusionXLModel`
+    overrides them and inherits everything else (variants, scheduler swap,
+    seeds, LoRA sets, stopping), so both families run one code path.
+    """
+
+    PIPELINES: ClassVar[dict[str, str]] = {
+        "txt2img": "StableDiffusionPipeline",
+        "img2img": "StableDiffusionImg2ImgPipeline",
+        "inpaint": "StableDiffusionInpaintPipeline",
+    }
+    """The diffusers pipeline class of each task (by name: diffusers is imported lazily)."""
+    LOAD_KWARGS: ClassVar[dict[str, Any]] = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    """Extra ``from_pretrained``/``from_single_file`` arguments: wisp runs no safety checker."""
 
     def __init__(self, base: Any, device: str) -> None:
         self.base = base
@@ -97,35 +119,49 @@ class StableDiffusionModel:
         self._variants: dict[str, Any] = {"txt2img": base}
         self._scheduler_config = base.scheduler.config
         self._default_scheduler = base.scheduler
-        self.loras = LoraAdapters(base, lambda: hidden_text_model_alias(base.text_encoder))
+        self.loras = LoraAdapters(base, self._lora_loading_context(base))
+
+    # family hooks
+    @classmethod
+    def pipeline_class(cls, mode: str = "txt2img") -> Any:
+        import diffusers
+
+        return getattr(diffusers, cls.PIPELINES[mode])
+
+    @staticmethod
+    def _adapt(pipe: Any) -> None:
+        """Fix-ups on a freshly loaded base pipeline: SD-1.x needs the clip_skip alias."""
+        _alias_text_model(pipe.text_encoder)
+
+    @staticmethod
+    def _lora_loading_context(base: Any) -> Callable[[], AbstractContextManager[None]]:
+        """What wraps each LoRA load: SD-1.x hides the alias.  Holds ``base``, never ``self``:
+        a model → adapters → model cycle would keep dropped models alive until a full GC."""
+        return lambda: hidden_text_model_alias(base.text_encoder)
 
     # 1. load
     @classmethod
-    def from_pipeline(cls, pipe: Any, device: str) -> "StableDiffusionModel":
+    def from_pipeline(cls, pipe: Any, device: str) -> Self:
         """Wrap a freshly loaded base pipeline (from a folder or a single file)."""
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
-        _alias_text_model(pipe.text_encoder)
+        cls._adapt(pipe)
         return cls(pipe, device)
 
     @classmethod
-    def load(cls, folder: Path, device: str = "cpu", dtype: Any = None) -> "StableDiffusionModel":
+    def load(cls, folder: Path, device: str = "cpu", dtype: Any = None) -> Self:
         """Load a diffusers-format folder (the built-in models)."""
         import torch
-        from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(folder), local_files_only=True, dtype=dtype or torch.float32, safety_checker=None, requires_safety_checker=False
+        pipe = cls.pipeline_class().from_pretrained(
+            str(folder), local_files_only=True, dtype=dtype or torch.float32, **cls.LOAD_KWARGS
         )
         return cls.from_pipeline(pipe, device)
 
     def _variant(self, mode: str) -> Any:
         pipe = self._variants.get(mode)
         if pipe is None:
-            from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
-
-            cls = StableDiffusionImg2ImgPipeline if mode == "img2img" else StableDiffusionInpaintPipeline
-            pipe = cls.from_pipe(self.base)
+            pipe = self.pipeline_class(mode).from_pipe(self.base)
             pipe.set_progress_bar_config(disable=True)
             self._variants[mode] = pipe
         return pipe
@@ -170,8 +206,9 @@ class StableDiffusionModel:
 
         with self.lock:
             self.loras.activate(spec.loras, [f"lora[{i}].model" for i in range(len(spec.loras))])
-            with torch.inference_mode():
-                return self._generate(spec, should_stop)
+            with vae_override(lambda: self._variants.values(), self.base, spec.vae), textual_inversions(self.base, spec) as spec:
+                with torch.inference_mode():
+                    return self._generate(spec, should_stop)
 
     def _generate(self, spec: GenerationSpec, should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
         """The diffusers call itself (caller holds the lock)."""
@@ -179,14 +216,88 @@ class StableDiffusionModel:
         scheduler = make_scheduler(spec.scheduler, self._scheduler_config)
         pipe.scheduler = scheduler if scheduler is not None else self._default_scheduler
         kwargs = self._call_kwargs(spec)
-        if should_stop is not None:
-
-            def check(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-                # Between denoising steps: the only safe point to abandon a run (server shutdown).
-                if should_stop():
-                    raise GenerationStopped("generation stopped: the server is shutting down")
-                return tensors
-
-            kwargs["callback_on_step_end"] = check
+        callback = _step_callback([spec], should_stop)
+        if callback is not None:
+            kwargs["callback_on_step_end"] = callback
         output = pipe(**kwargs)
         return list(output.images)
+
+    # dynamic batching
+    def _prompt_embeds(self, spec: GenerationSpec) -> dict[str, Any]:
+        """One request's text conditioning, computed as the pipeline computes it for that request alone."""
+        pipe = self.base
+        do_cfg = spec.cfg_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+        positive, negative = pipe.encode_prompt(
+            spec.prompt, pipe._execution_device, 1, do_cfg, spec.negative_prompt, clip_skip=spec.clip_skip or None
+        )
+        return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+
+    def run_batch(self, specs: list[GenerationSpec], should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
+        """Several one-image txt2img requests in one pipeline call; one image per spec, in order.
+
+        The specs share everything but prompts and seed (the caller groups them
+        by :func:`batch_key`).  Each request's prompt is encoded on its own and
+        its latents come from its own seeded generator, as in a lone run; the
+        denoising and decoding run batched, so an image equals its lone run up
+        to float rounding (CPU GEMM/conv kernels sum in an order that depends on
+        the batch size).
+        """
+        import torch
+
+        first = specs[0]
+        with self.lock:
+            self.loras.activate(first.loras, [f"lora[{i}].model" for i in range(len(first.loras))])
+            with torch.inference_mode():
+                pipe = self._variant("txt2img")
+                scheduler = make_scheduler(first.scheduler, self._scheduler_config)
+                pipe.scheduler = scheduler if scheduler is not None else self._default_scheduler
+                embeds = [self._prompt_embeds(spec) for spec in specs]
+                kwargs: dict[str, Any] = {
+                    name: None if embeds[0][name] is None else torch.cat([e[name] for e in embeds]) for name in embeds[0]
+                }
+                kwargs.update(
+                    num_inference_steps=first.steps, guidance_scale=first.cfg_scale, width=first.width, height=first.height,
+                    num_images_per_prompt=1, output_type="pil",
+                    generator=[torch.Generator(device="cpu").manual_seed(spec.seeds[0]) for spec in specs],
+                )
+                callback = _step_callback(specs, should_stop)
+                if callback is not None:
+                    kwargs["callback_on_step_end"] = callback
+                return list(pipe(**kwargs).images)
+
+
+def batch_key(spec: GenerationSpec) -> tuple[Any, ...] | None:
+    """What must be equal for requests to share a batch; None: this request always runs alone.
+
+    Only one-image txt2img requests batch (img2img/inpaint carry per-request
+    images and strengths; several images per request already share a call).
+    """
+    if spec.mode != "txt2img" or len(spec.seeds) != 1:
+        return None
+    if spec.embeddings or spec.vae is not None:  # applied per request in ``run`` (engine.embeddings, engine.vae)
+        return None
+    loras = tuple((lora.key, lora.weight) for lora in spec.loras)
+    return (spec.width, spec.height, spec.steps, spec.scheduler, spec.cfg_scale, spec.clip_skip, loras)
+
+
+def _step_callback(
+    specs: list[GenerationSpec], should_stop: Callable[[], bool] | None
+) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None:
+    """diffusers' ``callback_on_step_end``: stop checks, and each spec's progress with its own latents."""
+    reporters = [(i, spec.on_step) for i, spec in enumerate(specs) if spec.on_step is not None]
+    if should_stop is None and not reporters:
+        return None
+    per_spec = len(specs[0].seeds)
+
+    def check(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        # Between denoising steps: the only safe point to abandon a run (server shutdown).
+        if should_stop is not None and should_stop():
+            raise GenerationStopped("generation stopped: the server is shutting down")
+        latents = tensors.get("latents")
+        steps = int(getattr(pipe, "num_timesteps", 0) or specs[0].steps)
+        for i, on_step in reporters:
+            rows = latents[i * per_spec : (i + 1) * per_spec] if latents is not None and len(specs) > 1 else latents
+            on_step(step + 1, steps, rows)  # type: ignore[misc]
+        return tensors
+
+    return check

@@ -1,0 +1,49 @@
+"""SDXL generation: the SD-1.x wrapper with SDXL's diffusers pipelines.
+
+SDXL differs from SD-1.x in what diffusers already handles (two text
+encoders and tokenizers, pooled text and size/crop micro-conditioning), so
+the wrapper only names SDXL's three pipelines and what loading them needs;
+variants, scheduler swap, seeds, clipSkip, LoRA sets and stopping are the
+SD-1.x code (:class:`~engine.pipelines.stable_diffusion.StableDiffusionModel`).
+
+SDXL's ``encode_prompt`` reads clip_skip from ``hidden_states`` only, so the
+SD-1.x ``text_model`` alias (and hiding it during LoRA loads) is not needed.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, ClassVar
+
+from engine.pipelines.stable_diffusion.pipeline import StableDiffusionModel
+
+
+class StableDiffusionXLModel(StableDiffusionModel):
+    """A loaded SDXL model and its derived task pipelines (txt2img, img2img, inpaint)."""
+
+    PIPELINES: ClassVar[dict[str, str]] = {
+        "txt2img": "StableDiffusionXLPipeline",
+        "img2img": "StableDiffusionXLImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLInpaintPipeline",
+    }
+    LOAD_KWARGS: ClassVar[dict[str, Any]] = {"add_watermarker": False}
+    """No invisible watermark: it needs an optional package and changes the pixels it returns."""
+
+    @staticmethod
+    def _adapt(pipe: Any) -> None:
+        """Nothing to fix: SDXL never reaches through ``text_model``."""
+
+    @staticmethod
+    def _lora_loading_context(base: Any) -> Callable[[], AbstractContextManager[None]]:
+        return nullcontext
+
+    def _prompt_embeds(self, spec: Any) -> dict[str, Any]:
+        """SDXL's conditioning adds the pooled text embeddings of the second encoder."""
+        pipe = self.base
+        do_cfg = spec.cfg_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+        positive, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=spec.prompt, device=pipe._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=do_cfg,
+            negative_prompt=spec.negative_prompt, clip_skip=spec.clip_skip or None,
+        )
+        return {"prompt_embeds": positive, "negative_prompt_embeds": negative,
+                "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
