@@ -194,9 +194,20 @@ def read_lora_file(path: Path) -> dict[str, Any]:
         raise LoraLoadError("the LoRA file is missing from the server's library") from exc
     except (SafetensorError, OSError, ValueError) as exc:
         raise LoraLoadError("the LoRA file is not a readable safetensors file") from exc
-    if lora_format(state.keys()) == "kohya":
+    if lora_format(state.keys()) == "kohya" and _mixed_alphas(state):
         state = fold_kohya_alphas(state)
     return state
+
+
+def _mixed_alphas(state: Mapping[str, Any]) -> bool:
+    """Whether the kohya file's layers have different alphas (or a 0 alpha): only then must they be folded.
+
+    diffusers applies one alpha to every layer (see the module docstring), which
+    is right when all are equal; folding then would only cost a float32 copy of
+    every ``lora_up``.
+    """
+    alphas = {float(v) for k, v in state.items() if k.endswith(".alpha")}
+    return len(alphas) > 1 or 0.0 in alphas
 
 
 def count_adapted_layers(state: Mapping[str, Any]) -> int:
