@@ -38,12 +38,14 @@ into the slot's tensors in place (which here alias the cache's), and its
 gain — no ``torch.compile`` recompilation — does not apply to wisp, which
 does not compile.
 
-Kohya alphas are folded into ``lora_up`` before diffusers sees the file:
-diffusers 0.42 builds PEFT's ``alpha_pattern`` for SD-1.x kohya files from
-its intermediate key names (``…processor.to_q_lora.down.weight``), which
-match no module, so a file whose layers have different alphas (LoCon's
-``conv_alpha`` ≠ ``network_alpha``, or any hand-mixed file) gets the most
-common alpha on every layer.
+Kohya alphas that differ between layers are folded into ``lora_up`` before
+diffusers sees the file: diffusers 0.42 builds PEFT's ``alpha_pattern`` for
+SD-1.x kohya files from its intermediate key names
+(``…processor.to_q_lora.down.weight``), which match no module, so a file
+whose layers have different alphas (LoCon's ``conv_alpha`` ≠
+``network_alpha``, or any hand-mixed file) would get the most common alpha on
+every layer.  A file with one alpha throughout is left as it is (diffusers
+gets that right, and folding would cost a float32 copy of every ``lora_up``).
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ def fold_kohya_alphas(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_lora_file(path: Path) -> dict[str, Any]:
-    """The tensors of a ``.safetensors`` LoRA, format-checked, kohya alphas folded.
+    """The tensors of a ``.safetensors`` LoRA, format-checked, mixed kohya alphas folded.
 
     Only safetensors is read: pickled ``.pt``/``.ckpt`` files can run code when
     loaded.  The format check happens before any tensor touches a model.
