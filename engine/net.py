@@ -2,9 +2,13 @@
 
 Only http/https; every host (the first and each redirect's) must resolve to
 public addresses unless private targets are allowed in config; bodies are
-streamed with a byte cap.  Remaining gap, documented: a host that resolves
-differently between the check and the connection (DNS rebinding) is not
-pinned.
+streamed with a byte cap.  The check is also made *where the connection is
+opened*: the clients from :func:`guarded_client` / :func:`guarded_async_client`
+use an httpcore network backend that resolves the host once, refuses it if
+any address is not public, and connects to the address it checked — so a
+name that resolves to a public address for the check and to a private one a
+moment later (DNS rebinding) cannot reach inside.  TLS still verifies the
+certificate against the URL's host name (httpcore passes it as SNI).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from engine.errors import DownloadFailed, URLNotAllowed
@@ -72,9 +77,78 @@ def check_url_sync(url: str, policy: NetPolicy, parameter: str) -> None:
     _check_addresses(hostname, infos, parameter)
 
 
+def _pinned_address(hostname: str, infos: list, policy: NetPolicy, parameter: str) -> str:
+    """The address to connect to: the first one resolved, after every one was checked."""
+    if not infos:
+        raise DownloadFailed(f"{parameter}: host {hostname} does not resolve", parameter=parameter)
+    if not policy.allow_private:
+        _check_addresses(hostname, infos, parameter)
+    return str(infos[0][4][0])
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    """Sync httpcore backend: resolve, check, connect to the checked address (no second lookup)."""
+
+    def __init__(self, policy: NetPolicy, parameter: str) -> None:
+        self.policy, self.parameter = policy, parameter
+        self.inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: object = None) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            raise httpcore.ConnectError(f"{host} does not resolve") from None
+        address = _pinned_address(host, infos, self.policy, self.parameter)
+        return self.inner.connect_tcp(address, port, timeout, local_address, socket_options)  # type: ignore[arg-type]
+
+    def connect_unix_socket(self, *args: object, **kwargs: object) -> httpcore.NetworkStream:
+        raise URLNotAllowed(f"{self.parameter}: unix sockets are not reachable", parameter=self.parameter)
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
+    """The asyncio twin of :class:`_GuardedBackend`."""
+
+    def __init__(self, policy: NetPolicy, parameter: str) -> None:
+        self.policy, self.parameter = policy, parameter
+        self.inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options: object = None) -> httpcore.AsyncNetworkStream:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            raise httpcore.ConnectError(f"{host} does not resolve") from None
+        address = _pinned_address(host, infos, self.policy, self.parameter)
+        return await self.inner.connect_tcp(address, port, timeout, local_address, socket_options)  # type: ignore[arg-type]
+
+    async def connect_unix_socket(self, *args: object, **kwargs: object) -> httpcore.AsyncNetworkStream:
+        raise URLNotAllowed(f"{self.parameter}: unix sockets are not reachable", parameter=self.parameter)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def guarded_client(policy: NetPolicy, parameter: str, timeout: httpx.Timeout | float) -> httpx.Client:
+    """An httpx client whose every connection goes through the address check (no redirects, no env proxies)."""
+    transport = httpx.HTTPTransport(trust_env=False)
+    transport._pool._network_backend = _GuardedBackend(policy, parameter)  # httpx exposes no backend argument
+    return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
+
+
+def guarded_async_client(policy: NetPolicy, parameter: str, timeout: httpx.Timeout | float) -> httpx.AsyncClient:
+    """The asyncio twin of :func:`guarded_client`."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    transport._pool._network_backend = _AsyncGuardedBackend(policy, parameter)
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
+
+
 async def fetch_bytes(url: str, policy: NetPolicy, max_bytes: int, parameter: str) -> bytes:
     """GET ``url`` with the checks above; raises DownloadFailed / URLNotAllowed."""
-    async with httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
+    async with guarded_async_client(policy, parameter, policy.timeout_s) as client:
         for _ in range(policy.max_redirects + 1):
             await check_url(url, policy, parameter)
             try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from engine.net import NetPolicy, check_url
+from engine.net import NetPolicy, check_url, guarded_async_client
 
 log = logging.getLogger("wisp.webhooks")
 
@@ -47,7 +47,7 @@ class WebhookSender:
         if after is not None:
             await asyncio.wait([after])
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
+            self._client = guarded_async_client(self.policy, "webhookURL", self.timeout_s)
         delay = 0.5
         for attempt in range(self.retries + 1):
             try:

@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 import httpx
 
 from engine.errors import DownloadFailed
-from engine.net import NetPolicy, check_url_sync
+from engine.net import NetPolicy, check_url_sync, guarded_client
 
 CHUNK = 1024 * 1024
 
@@ -109,7 +109,7 @@ def _once(
     progress: Callable[[int, int | None], None] | None,
 ) -> Downloaded:
     timeout = httpx.Timeout(policy.timeout_s, connect=min(policy.timeout_s, 10.0))
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+    with guarded_client(policy, parameter, timeout) as client:
         for _ in range(policy.max_redirects + 1):
             check_url_sync(url, policy, parameter)
             try:
