@@ -66,8 +66,8 @@ ARCHITECTURE_DEFAULTS: dict[str, ModelDefaults] = {
     "sdxldistilled": ModelDefaults(steps=25, cfg_scale=7.0),
     "sdxllcm": ModelDefaults(steps=4, cfg_scale=1.5, scheduler="LCM"),
     "sdxlhyper": ModelDefaults(steps=8, cfg_scale=1.0, scheduler="TCD"),
-    "sdxllightning": ModelDefaults(steps=4, cfg_scale=1.0, scheduler="Euler"),
-    "sdxlturbo": ModelDefaults(steps=4, cfg_scale=1.0, scheduler="Euler a", strength=0.5),
+    "sdxllightning": ModelDefaults(steps=4, cfg_scale=1.0, scheduler="Euler trailing"),
+    "sdxlturbo": ModelDefaults(steps=4, cfg_scale=1.0, scheduler="Euler a trailing", strength=0.5),
     "pony": ModelDefaults(steps=25, cfg_scale=7.0, scheduler="Euler a"),
     "illustrious": ModelDefaults(steps=28, cfg_scale=6.0, scheduler="Euler a"),
 }
@@ -77,7 +77,7 @@ The one table of these defaults; an upload's own ``defaultSteps``/``defaultCFG``
 ``defaultScheduler``/``defaultStrength`` win field by field.  Distilled models
 (LCM, Hyper-SD, Lightning, Turbo) are trained for a few steps without
 classifier-free guidance (CFG ≤ 1 switches it off in diffusers) and with the
-sampler their authors name; Pony and Illustrious are SDXL fine-tunes whose
+sampler their authors name (Lightning and Turbo with "trailing" timestep spacing); Pony and Illustrious are SDXL fine-tunes whose
 authors recommend Euler a at the CFG given.
 """
 

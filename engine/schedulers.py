@@ -13,6 +13,8 @@ from typing import Any
 from engine.errors import InvalidInput
 
 _KARRAS = {"use_karras_sigmas": True}
+_TRAILING = {"timestep_spacing": "trailing"}
+"""Timesteps counted back from the last one: what few-step distilled models (Lightning, Turbo) are trained with."""
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "Default": ("", {}),
@@ -20,6 +22,8 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "EulerDiscreteScheduler": ("EulerDiscreteScheduler", {}),
     "Euler Karras": ("EulerDiscreteScheduler", _KARRAS),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Euler trailing": ("EulerDiscreteScheduler", _TRAILING),
+    "Euler a trailing": ("EulerAncestralDiscreteScheduler", _TRAILING),
     "EulerAncestralDiscreteScheduler": ("EulerAncestralDiscreteScheduler", {}),
     "Heun": ("HeunDiscreteScheduler", {}),
     "HeunDiscreteScheduler": ("HeunDiscreteScheduler", {}),

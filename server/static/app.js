@@ -5,7 +5,7 @@ import { WispClient, newUUID, socketURL } from "/static/client.js";
 
 // The server's scheduler names (engine/schedulers.py; matched case-insensitively there).
 const SCHEDULERS = [
-  "Default", "Euler", "Euler Karras", "Euler a", "Heun", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE",
+  "Default", "Euler", "Euler Karras", "Euler a", "Euler trailing", "Euler a trailing", "Heun", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE",
   "DPM++ 2M SDE Karras", "DPM++ 1S", "DPM++ 1S Karras", "DPM2", "DPM2 a", "DDIM", "DDPM", "PNDM", "DEIS", "UniPC", "LCM", "TCD",
 ];
 // Architectures modelUpload accepts (protocol/models.py).

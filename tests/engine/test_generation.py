@@ -119,3 +119,18 @@ async def test_bad_input_images(engine):
 
     with pytest.raises(ImageNotFound):
         await engine.generate(task(seedImage=str(uuid.uuid4())), team="t", owner="a")
+
+
+def test_trailing_schedulers_count_timesteps_from_the_end():
+    from diffusers import EulerDiscreteScheduler
+
+    from engine.schedulers import make_scheduler
+
+    base = EulerDiscreteScheduler().config
+    plain, trailing = make_scheduler("Euler", base), make_scheduler("euler TRAILING", base)
+    plain.set_timesteps(4)
+    trailing.set_timesteps(4)
+    # trailing: evenly spaced back from the last trained timestep, never reaching 0 (what Lightning/Turbo expect)
+    assert [int(t) for t in trailing.timesteps] == [999, 749, 499, 249]
+    assert [int(t) for t in plain.timesteps] != [int(t) for t in trailing.timesteps]
+    assert make_scheduler("Euler a trailing", base).config.timestep_spacing == "trailing"

@@ -363,7 +363,7 @@ async def test_uploaded_turbo_runs_with_turbo_defaults_unless_the_upload_sets_it
     assert (own.defaults.steps, own.defaults.scheduler, own.defaults.cfg_scale) == (6, "DDIM", lightning.cfg_scale)
     no_steps = msgspec.structs.replace(task(model=f"{SOURCE}:turbo@1"), steps=None)
     _, prepared = await engine.prepare(no_steps, TEAM)
-    assert (prepared.steps, prepared.cfg_scale, prepared.scheduler) == (turbo.defaults.steps, turbo.defaults.cfg_scale, "Euler a")
+    assert (prepared.steps, prepared.cfg_scale, prepared.scheduler) == (turbo.defaults.steps, turbo.defaults.cfg_scale, "Euler a trailing")
     results = await engine.generate(no_steps, team=TEAM, owner="a")
     assert results[0].data.startswith(b"\x89PNG")
 
