@@ -232,7 +232,7 @@ class Engine:
             cfg_scale=task.CFGScale if task.CFGScale is not None else entry.defaults.cfg_scale,
             scheduler=scheduler,
             seeds=seeds,
-            clip_skip=task.clipSkip,
+            clip_skip=task.clipSkip if task.clipSkip is not None else entry.defaults.clip_skip,
             init_image=init,
             mask_image=mask,
             strength=task.strength if task.strength is not None else entry.defaults.strength,

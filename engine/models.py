@@ -56,6 +56,8 @@ class ModelDefaults:
     cfg_scale: float = 7.0
     scheduler: str = "Default"
     strength: float = 0.8
+    clip_skip: int | None = None
+    """Text-encoder layers skipped (diffusers/wisp numbering: 1 = A1111's "clip skip 2")."""
 
 
 ARCHITECTURE_DEFAULTS: dict[str, ModelDefaults] = {
@@ -68,8 +70,8 @@ ARCHITECTURE_DEFAULTS: dict[str, ModelDefaults] = {
     "sdxlhyper": ModelDefaults(steps=8, cfg_scale=1.0, scheduler="TCD"),
     "sdxllightning": ModelDefaults(steps=4, cfg_scale=1.0, scheduler="Euler trailing"),
     "sdxlturbo": ModelDefaults(steps=4, cfg_scale=1.0, scheduler="Euler a trailing", strength=0.5),
-    "pony": ModelDefaults(steps=25, cfg_scale=7.0, scheduler="Euler a"),
-    "illustrious": ModelDefaults(steps=28, cfg_scale=6.0, scheduler="Euler a"),
+    "pony": ModelDefaults(steps=25, cfg_scale=7.0, scheduler="Euler a", clip_skip=1),
+    "illustrious": ModelDefaults(steps=28, cfg_scale=6.0, scheduler="Euler a", clip_skip=1),
 }
 """What a request that omits steps/CFGScale/scheduler/strength gets, by declared architecture.
 
@@ -77,8 +79,9 @@ The one table of these defaults; an upload's own ``defaultSteps``/``defaultCFG``
 ``defaultScheduler``/``defaultStrength`` win field by field.  Distilled models
 (LCM, Hyper-SD, Lightning, Turbo) are trained for a few steps without
 classifier-free guidance (CFG ≤ 1 switches it off in diffusers) and with the
-sampler their authors name (Lightning and Turbo with "trailing" timestep spacing); Pony and Illustrious are SDXL fine-tunes whose
-authors recommend Euler a at the CFG given.
+sampler their authors name (Lightning and Turbo with "trailing" timestep
+spacing); Pony and Illustrious are SDXL fine-tunes whose authors recommend
+Euler a at the CFG given and "clip skip 2" (one layer skipped).
 """
 
 
@@ -153,6 +156,7 @@ def _defaults(row: ModelRow) -> ModelDefaults:
         cfg_scale=meta["defaultCFG"] if meta.get("defaultCFG") is not None else base.cfg_scale,
         scheduler=meta.get("defaultScheduler") or base.scheduler,
         strength=meta["defaultStrength"] if meta.get("defaultStrength") is not None else base.strength,
+        clip_skip=base.clip_skip,
     )
 
 

@@ -368,6 +368,14 @@ async def test_uploaded_turbo_runs_with_turbo_defaults_unless_the_upload_sets_it
     assert results[0].data.startswith(b"\x89PNG")
 
 
+async def test_pony_skips_one_clip_layer_unless_the_request_says(engine, files: dict[str, Path]):
+    await upload(engine, files["checkpoint"], f"{SOURCE}:pony@1", "checkpoint", "pony")
+    _, default = await engine.prepare(task(model=f"{SOURCE}:pony@1"), TEAM)
+    _, explicit = await engine.prepare(msgspec.structs.replace(task(model=f"{SOURCE}:pony@1"), clipSkip=0), TEAM)
+    assert default.clip_skip == 1 and default.scheduler == "Euler a"
+    assert explicit.clip_skip == 0
+
+
 def test_other_architectures_are_refused_at_inference(engine):
     row = ModelRow(
         air=f"{SOURCE}:flux@1", team=TEAM, category="checkpoint", architecture="flux1d", format="safetensors", name="f",
