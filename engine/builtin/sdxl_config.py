@@ -24,7 +24,6 @@ from typing import Any
 from engine.builtin.build_once import build_once
 from engine.builtin.sd15_config import (
     CLIP_VOCAB_SIZE,
-    FIRST_CONV_KEY,
     MAX_TOKENS,
     SCHEDULER_CONFIG as SD15_SCHEDULER_CONFIG,
     TEXT_ENCODER_CONFIG as CLIP_L_CONFIG,

@@ -9,7 +9,6 @@ that other test modules check from a client's side.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import socket
 import struct

@@ -11,10 +11,9 @@ import time
 import uuid
 
 import httpx
-import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import RunningServer, create_key, start_server, wisp_cli
+from tests.conftest import RunningServer, start_server, wisp_cli
 
 MODEL = "wisp:tiny-sd15@1"
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer
-from tests.server.test_raw_protocol import PNG_MAGIC, WireClient, inference, new_uuid, open_client
+from tests.server.test_raw_protocol import PNG_MAGIC, WireClient, inference, open_client
 
 TIMEOUT = 60.0
 
