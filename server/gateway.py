@@ -14,7 +14,7 @@ import base64
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Awaitable, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -47,6 +47,7 @@ from server.webhooks import WebhookSender
 from engine.pricing import training_cost
 
 log = logging.getLogger("wisp.server")
+T = TypeVar("T")
 
 
 def _as_success(item: Any) -> Any:
@@ -316,9 +317,9 @@ class Gateway:
             if not is_async:
                 await session.emit(encode_data([item]))
             if webhook:
-                self.webhooks.post(webhook, encode_data([item])[0], sequence=f"{session.team}\x00{record.task_uuid}")
+                self._hook(webhook, session, record.task_uuid, encode_data([item])[0])
 
-        try:
+        async def produce() -> list[Any]:
             if isinstance(task, ImageInference):
                 reporter = _ProgressReporter(session, task) if task.includeProgress else None
                 images = await self.engine.generate(
@@ -326,35 +327,51 @@ class Gateway:
                 )
                 if reporter is not None:
                     await reporter.flush()  # every progress item goes out before the results
-                items: list[Any] = [self._image_item(task, image, ctx) for image in images]
-            elif isinstance(task, ImageUpload):
+                return [self._image_item(task, image, ctx) for image in images]
+            if isinstance(task, ImageUpload):
                 image_uuid, name = await self.engine.upload_image(task.image, ctx.own_hosts)
-                items = [ImageUploadResult(taskType="imageUpload", taskUUID=task.taskUUID, imageUUID=image_uuid, imageURL=f"{ctx.base_url}/images/{name}")]
-            elif isinstance(task, ModelUpload):
+                return [ImageUploadResult(taskType="imageUpload", taskUUID=task.taskUUID, imageUUID=image_uuid, imageURL=f"{ctx.base_url}/images/{name}")]
+            if isinstance(task, ModelUpload):
                 upload = task
 
                 async def phase(status: str, message: str) -> None:
                     await publish(ModelUploadStatus(taskType="modelUpload", taskUUID=upload.taskUUID, status=status, message=message, air=upload.air))
 
                 await self.engine.upload_model(task, session.team, phase, local_source=self._dropped_file(task.downloadURL, session.team, ctx))
-                items = []
-            else:
-                items = [await self.engine.search_models(task, session.team)]
-        except asyncio.CancelledError:
-            self._interrupted(record)
-            raise
-        except BaseException as exc:
-            await self._failed(session, record, exc, webhook)
+                return []
+            return [await self.engine.search_models(task, session.team)]
+
+        items = await self._outcome(session, record, webhook, produce())
+        if items is None:
             return
-        finally:
-            session.in_flight -= 1
         record.succeed(streamed + items)
         self.tasks.finish(record)
         if items and not is_async:
             await session.emit(encode_data(items))
         if webhook:
             for result in items:
-                self.webhooks.post(webhook, encode_data([result])[0], sequence=f"{session.team}\x00{record.task_uuid}")
+                self._hook(webhook, session, record.task_uuid, encode_data([result])[0])
+
+    async def _outcome(self, session: Session, record: TaskRecord, webhook: str | None, work: Awaitable[T]) -> T | None:
+        """The result of a task's work, or None once a failure was recorded and reported.
+
+        A cancelled job (server stopping) is recorded as interrupted.  The
+        session's in-flight count drops whatever happens.
+        """
+        try:
+            return await work
+        except asyncio.CancelledError:
+            self._interrupted(record)
+            raise
+        except BaseException as exc:
+            await self._failed(session, record, exc, webhook)
+            return None
+        finally:
+            session.in_flight -= 1
+
+    def _hook(self, url: str, session: Session, task_uuid: str, frame: bytes) -> None:
+        """POST one frame to a task's webhook, in order with the task's other posts."""
+        self.webhooks.post(url, frame, sequence=f"{session.team}\x00{task_uuid}")
 
     def _interrupted(self, record: TaskRecord) -> None:
         record.fail(wire_error(ErrorCode.TASK_INTERRUPTED, "the server stopped before this task finished; send it again with a new taskUUID",
@@ -372,7 +389,7 @@ class Gateway:
         self.counters["errors"] += 1
         await session.emit(encode_errors([error]))
         if webhook:
-            self.webhooks.post(webhook, encode_errors([error])[0], sequence=f"{session.team}\x00{record.task_uuid}")
+            self._hook(webhook, session, record.task_uuid, encode_errors([error])[0])
 
     async def _run_training(self, session: Session, record: TaskRecord, task: Training, ctx: RequestContext) -> None:
         """A training job: every status goes to the session (pushed) and the webhook; getResponse shows the latest."""
@@ -388,19 +405,12 @@ class Gateway:
             record.items = [item]  # the latest status only: a long job's progress never piles up
             await session.emit(encode_data([item]))
             if webhook and last_status[-1:] != [status]:  # one POST per status change, not per step, in order
-                self.webhooks.post(webhook, encode_data([item])[0], sequence=f"{session.team}\x00{task.taskUUID}")
+                self._hook(webhook, session, task.taskUUID, encode_data([item])[0])
             last_status[:] = [status]
 
-        try:
-            outcome = await self.engine.train(task, session.team, emit, ctx.own_hosts)
-        except asyncio.CancelledError:
-            self._interrupted(record)
-            raise
-        except BaseException as exc:
-            await self._failed(session, record, exc, webhook)
+        outcome = await self._outcome(session, record, webhook, self.engine.train(task, session.team, emit, ctx.own_hosts))
+        if outcome is None:
             return
-        finally:
-            session.in_flight -= 1
         final = TrainingStatus(
             taskType="training", taskUUID=task.taskUUID, status="success", trainingStatus="model_ready",
             message="The trained model is ready for use.", progress=1.0, step=outcome.steps, steps=outcome.steps,
@@ -413,7 +423,7 @@ class Gateway:
         self.tasks.finish(record)
         await session.emit(encode_data([final]))
         if webhook:
-            self.webhooks.post(webhook, encode_data([final])[0], sequence=f"{session.team}\x00{task.taskUUID}")
+            self._hook(webhook, session, task.taskUUID, encode_data([final])[0])
 
     def _cancel(self, session: Session, task: TaskCancel) -> Any:
         record = self.tasks.get(session.team, task.taskUUID)
