@@ -169,10 +169,8 @@ class TrainingRunner:
 
     def kill_all(self) -> None:
         """Server shutdown: stop every training process now."""
-        for job in list(self._jobs.values()):
-            job.cancelled.set()
-            if job.process is not None and job.process.returncode is None:
-                job.process.kill()
+        for key in list(self._jobs):
+            self.cancel(key)
 
     # ---- one job ------------------------------------------------------------
 
