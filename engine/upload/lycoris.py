@@ -39,16 +39,15 @@ and layers whose factor shapes do not fit together or fit no layer kind.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from engine.lora import CONVERTED_AT_UPLOAD, unsupported_kind
+from engine.upload.optimize import ITEMSIZE, header_bytes
 from engine.upload.safetensors_check import InvalidModelFile, SafetensorsInfo, TensorInfo
 
 if TYPE_CHECKING:
@@ -314,7 +313,6 @@ def _lora_tensors(layer: _Layer, get: Any) -> dict[str, "torch.Tensor"]:
 
 # --------------------------------------------------------------------------- write (streamed)
 
-_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
 def _write(info: SafetensorsInfo, layers: list[_Layer], dest: Path) -> None:
@@ -335,19 +333,13 @@ def _write(info: SafetensorsInfo, layers: list[_Layer], dest: Path) -> None:
             (f"{layer.stem}.lora_down.weight", "F32", down),
             (f"{layer.stem}.lora_up.weight", "F32", up),
         ]
-    header: dict[str, Any] = {"__metadata__": dict(sorted({**info.metadata, "wisp_converted_from": "LyCORIS"}.items()))}
-    offset = 0
-    for name, dtype, shape in entries:
-        if dtype not in _ITEMSIZE:
+    for name, dtype, _ in entries:
+        if dtype not in ITEMSIZE:
             raise InvalidModelFile(f"tensor {name[:100]!r} has dtype {dtype}; a LoRA's weights are floats")
-        size = math.prod(shape) * _ITEMSIZE[dtype]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
+    sized = [(name, dtype, shape, math.prod(shape) * ITEMSIZE[dtype]) for name, dtype, shape in entries]
+    header = header_bytes(sized, {**info.metadata, "wisp_converted_from": "LyCORIS"})
     with safe_open(str(info.path), framework="pt") as src, open(dest, "wb") as out:
-        out.write(struct.pack("<Q", len(blob)))
-        out.write(blob)
+        out.write(header)
         written = 0
         for layer in layers:
             if layer.kind == "LoRA":
@@ -358,6 +350,6 @@ def _write(info: SafetensorsInfo, layers: list[_Layer], dest: Path) -> None:
                 data = tensors[name].reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
                 out.write(data)
                 written += len(data)
-        assert written == offset, "the converted LoRA's data does not match its header"
+        assert written == sum(size for *_, size in sized), "the converted LoRA's data does not match its header"
         out.flush()
         os.fsync(out.fileno())

@@ -9,18 +9,39 @@ already in a half-precision dtype untouched.  Reads go through
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
+from typing import Iterable, Mapping, Sequence
 
 from engine.upload.safetensors_check import SafetensorsInfo
 
-_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+
+
+def header_bytes(entries: Iterable[tuple[str, str, Sequence[int], int]], metadata: Mapping[str, str]) -> bytes:
+    """The length-prefixed safetensors header for ``(name, dtype, shape, bytes)`` written in that order.
+
+    Metadata keys are sorted (the same content always gives the same bytes,
+    whatever order a reader or writer kept them in) and the header is padded
+    to 8 bytes, as the reference writer does.
+    """
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    offset = 0
+    for name, dtype, shape, size in entries:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob
 CONVERTIBLE = {"F32", "F64"}
 
 
 def needs_conversion(info: SafetensorsInfo, storage_dtype: str) -> bool:
-    return storage_dtype in _ITEMSIZE and any(t.dtype in CONVERTIBLE and t.dtype != storage_dtype for t in info.tensors.values())
+    return storage_dtype in ITEMSIZE and any(t.dtype in CONVERTIBLE and t.dtype != storage_dtype for t in info.tensors.values())
 
 
 def convert(info: SafetensorsInfo, dest: Path, storage_dtype: str = "F16") -> None:
@@ -30,25 +51,13 @@ def convert(info: SafetensorsInfo, dest: Path, storage_dtype: str = "F16") -> No
 
     torch_dtype = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}[storage_dtype]
     ordered = sorted(info.tensors.values(), key=lambda t: t.begin)
-    header: dict[str, object] = {}
-    if info.metadata:
-        header["__metadata__"] = dict(sorted(info.metadata.items()))  # canonical: same content, same bytes
-    offset = 0
-    plan = []
-    for t in ordered:
-        dtype = storage_dtype if t.dtype in CONVERTIBLE else t.dtype
-        numel = 1
-        for d in t.shape:
-            numel *= d
-        size = numel * _ITEMSIZE[dtype] if dtype in _ITEMSIZE else t.end - t.begin
-        header[t.name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        plan.append((t, dtype))
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
+    plan = [(t, storage_dtype if t.dtype in CONVERTIBLE else t.dtype) for t in ordered]
+    entries = [
+        (t.name, dtype, t.shape, math.prod(t.shape) * ITEMSIZE[dtype] if dtype in ITEMSIZE else t.end - t.begin)
+        for t, dtype in plan
+    ]
     with safe_open(str(info.path), framework="pt") as src, open(dest, "wb") as out:
-        out.write(struct.pack("<Q", len(blob)))
-        out.write(blob)
+        out.write(header_bytes(entries, info.metadata))
         for t, dtype in plan:
             tensor = src.get_tensor(t.name)
             if dtype != t.dtype:
