@@ -11,8 +11,10 @@ scheduler, CFG; different prompts and seeds):
 The same is done against a second server with batching off (``WISP_MAX_BATCH=1``)
 so the table shows what batching itself buys (concurrency alone gains nothing on
 one device thread).  Rounds alternate and the ratio is the median over rounds.
+Every concurrent image is compared with its sequential (lone) twin: batching
+promises bit-for-bit equal images, and the table counts them.
 
-Run: ``.venv/bin/python bench/batching.py [--rounds N] [--size 64] [--steps 8] [--threads 1] [--json]``
+Run: ``.venv/bin/python bench/batching.py [--rounds N] [--size 64] [--steps 8] [--threads 1] [--cfg 7.5] [--json]``
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ from bench._common import create_wisp_key, dump_json, environment, fmt_ratio, lo
 REQUESTS = 8
 
 
-def request(i: int, size: int, steps: int) -> dict[str, Any]:
+def request(i: int, size: int, steps: int, cfg: float) -> dict[str, Any]:
     return {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": "wisp:tiny-sd15@1",
             "positivePrompt": f"a lighthouse at dusk, variant {i}", "width": size, "height": size, "steps": steps,
-            "scheduler": "Euler a", "seed": 100 + i}
+            "scheduler": "Euler a", "seed": 100 + i, "CFGScale": cfg, "outputType": "base64Data"}
 
 
 async def connect(url: str, key: str) -> Any:
@@ -51,28 +53,30 @@ async def connect(url: str, key: str) -> Any:
     return ws
 
 
-async def one(ws: Any, task: dict[str, Any]) -> None:
+async def one(ws: Any, task: dict[str, Any]) -> str:
+    """Send one task and wait for its result; returns the image (base64), to compare runs."""
     await ws.send(json.dumps([task]))
     while True:
         frame = json.loads(await ws.recv())
         if "errors" in frame:
             raise RuntimeError(frame)
-        if any(item.get("taskUUID") == task["taskUUID"] for item in frame["data"]):
-            return
+        for item in frame["data"]:
+            if item.get("taskUUID") == task["taskUUID"]:
+                return str(item["imageBase64Data"])
 
 
-async def measure(url: str, key: str, size: int, steps: int) -> tuple[float, float]:
+async def measure(url: str, key: str, size: int, steps: int, cfg: float) -> tuple[float, float, int]:
+    """Sequential and concurrent seconds for the 8 requests, and how many concurrent images equal their lone ones."""
     sockets = [await connect(url, key) for _ in range(REQUESTS)]
     try:
-        await one(sockets[0], request(99, size, steps))  # warm
+        await one(sockets[0], request(99, size, steps, cfg))  # warm
         started = time.perf_counter()
-        for i in range(REQUESTS):
-            await one(sockets[0], request(i, size, steps))
+        lone = [await one(sockets[0], request(i, size, steps, cfg)) for i in range(REQUESTS)]
         sequential = time.perf_counter() - started
         started = time.perf_counter()
-        await asyncio.gather(*(one(ws, request(i, size, steps)) for i, ws in enumerate(sockets)))
+        together = await asyncio.gather(*(one(ws, request(i, size, steps, cfg)) for i, ws in enumerate(sockets)))
         concurrent = time.perf_counter() - started
-        return sequential, concurrent
+        return sequential, concurrent, sum(a == b for a, b in zip(lone, together))
     finally:
         for ws in sockets:
             await ws.close()
@@ -84,10 +88,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cfg", type=float, default=7.5, help="CFGScale (1: no guidance, one UNet row per request)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    results: dict[str, dict[str, list[float]]] = {"batching on": {"seq": [], "conc": []}, "batching off": {"seq": [], "conc": []}}
+    results: dict[str, dict[str, list[float]]] = {
+        name: {"seq": [], "conc": [], "identical": []} for name in ("batching on", "batching off")
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
@@ -98,24 +105,27 @@ def main() -> None:
             off.wait_idle()
             for round_no in range(args.rounds):
                 for name, server in (("batching on", on), ("batching off", off)):
-                    seq, conc = asyncio.run(measure(f"ws://127.0.0.1:{server.port}/v1", key, args.size, args.steps))
+                    seq, conc, same = asyncio.run(measure(f"ws://127.0.0.1:{server.port}/v1", key, args.size, args.steps, args.cfg))
                     results[name]["seq"].append(seq)
                     results[name]["conc"].append(conc)
-                    log(f"round {round_no + 1} {name}: sequential {seq:.3f} s, concurrent {conc:.3f} s, {seq / conc:.2f}×")
+                    results[name]["identical"].append(same)
+                    log(f"round {round_no + 1} {name}: sequential {seq:.3f} s, concurrent {conc:.3f} s, {seq / conc:.2f}×, "
+                        f"{same}/{REQUESTS} images identical")
     rows = []
     summary: dict[str, float] = {}
     for name, r in results.items():
         ratios = [s / c for s, c in zip(r["seq"], r["conc"])]
         summary[name] = statistics.median(ratios)
         rows.append([name, statistics.median(r["seq"]), statistics.median(r["conc"]),
-                     REQUESTS / statistics.median(r["seq"]), REQUESTS / statistics.median(r["conc"]), fmt_ratio(summary[name])])
+                     REQUESTS / statistics.median(r["seq"]), REQUESTS / statistics.median(r["conc"]), fmt_ratio(summary[name]),
+                     f"{int(sum(r['identical']))}/{REQUESTS * len(r['identical'])}"])
     result = {"environment": environment(), "args": vars(args), "rounds": results, "throughput_ratio": summary,
               "goal": "concurrent/sequential throughput ≥ 1.3× on CPU (≥ 2.5× on a GPU)"}
     if args.json:
         dump_json(result)
         return
-    print(render_table(["8 requests, " + f"{args.size}px {args.steps} steps", "sequential s", "concurrent s",
-                        "seq img/s", "conc img/s", "throughput ratio"], rows))
+    print(render_table(["8 requests, " + f"{args.size}px {args.steps} steps CFG {args.cfg:g}", "sequential s", "concurrent s",
+                        "seq img/s", "conc img/s", "throughput ratio", "images = lone run"], rows))
     verdict = "met" if summary["batching on"] >= 1.3 else "NOT met"
     print(f"verdict: batching on gives {fmt_ratio(summary['batching on'])} (goal ≥ 1.3× on CPU): {verdict}")
 

@@ -52,6 +52,26 @@ def default_torch_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+def effective_max_batch(config: "EngineConfig") -> int:
+    """``config.max_batch``, or 1 where batched images could not equal their lone runs.
+
+    On the CPU a batched image is bit-for-bit its lone run only when every
+    kernel's thread split falls on a vector boundary for both batch sizes,
+    which holds for a power-of-two thread count (1, 2, 4, … measured: see
+    :mod:`engine.pipelines.batch_invariance`); with 3, 6 or 7 threads an
+    elementwise kernel ends a thread's share in its scalar tail at a
+    batch-dependent place.  Batching is then off, said once in the log.
+    """
+    threads = config.torch_threads
+    if config.max_batch > 1 and not config.device.startswith("cuda") and threads & (threads - 1):
+        log.warning(
+            "dynamic batching off: %d torch threads is not a power of two, and batched images would differ from "
+            "lone runs in the last bit; set WISP_TORCH_THREADS to 1, 2, 4, 8, … to batch", threads,
+        )
+        return 1
+    return config.max_batch
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     data_dir: Path
@@ -140,7 +160,7 @@ class Engine:
         )
         self._worker = Worker(
             self.queue, "wisp-device-0", on_start=self._init_thread,
-            max_batch=config.max_batch, batch_window_s=config.batch_window_ms / 1000,
+            max_batch=effective_max_batch(config), batch_window_s=config.batch_window_ms / 1000,
         )
         self._stopping = threading.Event()
         self._started = False

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, Iterator, Self
 from PIL import Image
 
 from engine.errors import EngineStopped
+from engine.pipelines.batch_invariance import decode_image_by_image, per_request_kernels
 from engine.embeddings import textual_inversions
 from engine.lora import LoraAdapters, LoraUse
 from engine.schedulers import make_scheduler
@@ -238,9 +239,10 @@ class StableDiffusionModel:
         The specs share everything but prompts and seed (the caller groups them
         by :func:`batch_key`).  Each request's prompt is encoded on its own and
         its latents come from its own seeded generator, as in a lone run; the
-        denoising and decoding run batched, so an image equals its lone run up
-        to float rounding (CPU GEMM/conv kernels sum in an order that depends on
-        the batch size).
+        denoising runs batched with the batch-size-sensitive layers split per
+        request and the VAE decodes image by image
+        (:mod:`engine.pipelines.batch_invariance`), so each image is
+        bit-for-bit its lone run.
         """
         import torch
 
@@ -263,7 +265,8 @@ class StableDiffusionModel:
                 callback = _step_callback(specs, should_stop)
                 if callback is not None:
                     kwargs["callback_on_step_end"] = callback
-                return list(pipe(**kwargs).images)
+                with per_request_kernels(pipe.unet, len(specs)), decode_image_by_image(pipe.vae):
+                    return list(pipe(**kwargs).images)
 
 
 def batch_key(spec: GenerationSpec) -> tuple[Any, ...] | None:
