@@ -217,3 +217,12 @@ def test_forget_unloads_an_adapter(model, files, base):
     assert "sha-A-kohya" not in model.loras.loaded
     assert png(model.run(spec())) == base
     assert png(model.run(spec(use(files, "A-kohya")))) == a
+
+
+def test_a_batch_with_a_lora_set_gives_each_request_its_lone_image(model, files):
+    # Inside a batch the adapter layers are split per request like the base layers (engine.pipelines.batch_invariance).
+    loras = (use(files, "A-kohya", 0.8), use(files, "B"))
+    specs = [spec(*loras, prompt=f"a red fox {i}", seeds=(20 + i,), scheduler="Euler a") for i in range(3)]
+    together = [png([image]) for image in model.run_batch(specs)]
+    assert together == [png(model.run(s)) for s in specs]
+    assert len(set(together)) == 3
