@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
@@ -101,8 +101,14 @@ class ModelRegistry:
             return None
         return row
 
-    def upsert(self, row: ModelRow) -> None:
-        """Insert or update by AIR, in one transaction, then record today's storage."""
+    def upsert(self, row: ModelRow, guard: Callable[[bool], None] | None = None) -> None:
+        """Insert or update by AIR, in one transaction, then record today's storage.
+
+        ``guard(is_new)`` runs inside the write transaction, before the row is
+        written, and may raise to refuse it: a limit checked there (the team's
+        LoRA quota) holds against concurrent uploads, which a check made before
+        the download cannot promise.
+        """
         from protocol.models import split_air
 
         source, key, version = split_air(row.air)
@@ -110,6 +116,8 @@ class ModelRegistry:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if guard is not None:
+                guard(conn.execute("SELECT 1 FROM models WHERE air=?", (row.air,)).fetchone() is None)
             team_id = conn.execute("SELECT id FROM teams WHERE name=?", (row.team,)).fetchone()[0]
             conn.execute(
                 """INSERT INTO models(air, source, model_key, air_version, team_id, category, type, architecture,

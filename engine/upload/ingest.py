@@ -131,7 +131,9 @@ class ModelIngest:
             name=req.name, version=req.version, unique_identifier=req.uniqueIdentifier, sha256=sha, size_bytes=size,
             private=req.is_private, type=req.type, conditioning=req.conditioning, meta=meta,
         )
-        await asyncio.to_thread(self.registry.upsert, row)
+        quota = TeamSettings(self.registry.db)
+        # Checked again where the row is written: two uploads that both passed the early check cannot both land.
+        await asyncio.to_thread(self.registry.upsert, row, lambda is_new: quota.check_lora_upload(team, req.category, is_new))
         await emit("ready", REUSED_MESSAGES["ready"] if reuse else PHASE_MESSAGES["ready"])
         return row
 
