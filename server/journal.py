@@ -97,6 +97,19 @@ class TaskJournal:
             "errors": json.loads(row[4]), "finished_at": row[5],
         }
 
+    def newest_with(self, team: str, task_type: str, field: str, value: str) -> str | None:
+        """The taskUUID of ``team``'s newest journaled ``task_type`` whose request has ``field`` = ``value``.
+
+        The REST dialects find their tasks by what was asked (stablediffusionapi's
+        load_model_status by model id) after a restart has emptied their memory.
+        """
+        row = self.db.connect().execute(
+            "SELECT task_uuid FROM tasks WHERE team=? AND task_type=? AND json_extract(request, ?)=? "
+            "ORDER BY created_at DESC LIMIT 1",
+            (team, task_type, f"$.{field}", value),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def mark_interrupted(self) -> int:
         """Start-up: tasks left ``processing`` by a crash become failed. Returns how many."""
         conn = self.db.connect()

@@ -114,6 +114,13 @@ class TaskStore:
             return None
         return record
 
+    def newest_with(self, team: str, task_type: str, field: str, value: str) -> TaskRecord | None:
+        """``team``'s newest journaled ``task_type`` whose request has ``field`` = ``value`` (None: none kept)."""
+        if self.journal is None:
+            return None
+        task_uuid = self.journal.newest_with(team, task_type, field, value)
+        return None if task_uuid is None else self.get(team, task_uuid)
+
     def _from_journal(self, team: str, task_uuid: str) -> TaskRecord | None:
         """A task from before this process started (items come back as plain dicts)."""
         if self.journal is None:

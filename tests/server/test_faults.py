@@ -79,8 +79,13 @@ async def test_kill_9_mid_inference_and_mid_download_then_restart(tmp_path):
         ]))
         first = json.loads(await asyncio.wait_for(ws.recv(), 30))  # the upload's `validated`: both are running
         assert first["data"][0]["status"] == "validated"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:  # and a stablediffusionapi load
+            started = (await client.post("/api/v3/load_model", json={
+                "key": server.key, "url": f"http://127.0.0.1:{trickle.server_address[1]}/crash.safetensors",
+                "model_id": "crash-load", "model_category": "lora", "model_format": "safetensors"})).json()
+        assert started["status"] == "success", started
         await asyncio.sleep(1.0)
-        assert any((data / "tmp").glob("upload-*/download.safetensors"))  # the download is under way
+        assert len(list((data / "tmp").glob("upload-*/download.safetensors"))) == 2  # both downloads are under way
         kill9(server)
     finally:
         if server.proc.poll() is None:
@@ -99,6 +104,10 @@ async def test_kill_9_mid_inference_and_mid_download_then_restart(tmp_path):
             assert again == frame  # reported the same way every time, never "processing"
         frame = await ask(ws, {"taskType": "getResponse", "taskUUID": done_uuid})
         assert frame["data"][0]["status"] == "success" and frame["data"][0]["imageURL"] == image_url
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{restarted.port}") as client:  # the new process never saw it
+            load = (await client.post("/api/v3/load_model_status", json={"key": server.key, "model_id": "crash-load"})).json()
+        assert load["status"] == "error" and load["load_status"] == "failed" and load["task_id"] == started["task_id"], load
+        assert "send it again" in load["message"], load
         async with httpx.AsyncClient() as client:
             kept = await client.get(image_url.replace(f":{server.port}/", f":{restarted.port}/"))
         assert kept.status_code == 200 and kept.content.startswith(b"\x89PNG")

@@ -187,6 +187,8 @@ class LoadModel:
         air = await self.air_for(team, req.model_id, create=False)
         task_uuid = self._latest.get((team, air)) if air else None
         record = self.bridge.record(team, task_uuid) if task_uuid else None
+        if record is None and air:  # after a restart: the journal knows the loads this process never saw
+            record = self.bridge.gateway.tasks.newest_with(team, "modelUpload", "air", air)
         if record is not None:
             return self._from_record(req.model_id or "", air or "", record)
         row = await asyncio.to_thread(self.bridge.gateway.engine.registry.visible, air, team) if air else None
