@@ -265,12 +265,14 @@ class Engine:
     async def generate(
         self, task: ImageInference, *, team: str, owner: str, own_hosts: frozenset[str] = frozenset(),
         progress: "Callable[[int, int, list[str] | None], None] | None" = None,
+        on_start: Callable[[], None] | None = None,
     ) -> list[GeneratedImage]:
         """Run an imageInference task; one :class:`GeneratedImage` per seed, stored on disk.
 
         ``progress(step, steps, previews)`` is called on the event loop after
         each denoising step (``previews``: PNG data URIs when the task asked
-        for them, else None).
+        for them, else None); ``on_start()`` when the device takes the task
+        from the queue.
         """
         entry, spec = await self.prepare(task, team, own_hosts)
         if progress is not None:
@@ -283,7 +285,7 @@ class Engine:
                 run=lambda payloads: self._render_batch(entry, payloads),
             )
         return await submit(
-            self.queue, owner, lambda: self._render(entry, spec, task.outputFormat, task.outputQuality), batch=batch
+            self.queue, owner, lambda: self._render(entry, spec, task.outputFormat, task.outputQuality), batch=batch, on_start=on_start
         )
 
     @staticmethod

@@ -26,15 +26,17 @@ log = logging.getLogger("wisp.engine")
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop", "batch")
+    __slots__ = ("fn", "future", "loop", "batch", "on_start")
 
     def __init__(
-        self, fn: Callable[[], Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop, batch: "Batchable | None" = None
+        self, fn: Callable[[], Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop, batch: "Batchable | None" = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
         self.batch = batch
+        self.on_start = on_start
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,12 @@ class Worker:
             if job.batch is not None and self.max_batch > 1:
                 jobs += self.queue.take_compatible(job.batch.key, self.max_batch - 1, self.batch_window_s)
             self.batches[len(jobs)] = self.batches.get(len(jobs), 0) + 1
+            for one in jobs:
+                if one.on_start is not None:  # the job leaves the queue: "queued" becomes "running"
+                    try:
+                        one.loop.call_soon_threadsafe(one.on_start)
+                    except RuntimeError:
+                        pass
             try:
                 if len(jobs) == 1:
                     results, error = [job.fn()], None
@@ -180,9 +188,12 @@ class Worker:
                     log.warning("event loop closed before a job's result could be delivered")
 
 
-async def submit(queue: FairQueue, owner: str, fn: Callable[[], Any], batch: Batchable | None = None) -> Any:
-    """Queue ``fn`` for the worker and wait for its result on the loop (``batch``: it may run batched)."""
+async def submit(
+    queue: FairQueue, owner: str, fn: Callable[[], Any], batch: Batchable | None = None, on_start: Callable[[], None] | None = None
+) -> Any:
+    """Queue ``fn`` for the worker and wait for its result on the loop (``batch``: it may run batched;
+    ``on_start`` is called on the loop when the worker takes the job)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-    queue.put(owner, _Job(fn, future, loop, batch))
+    queue.put(owner, _Job(fn, future, loop, batch, on_start))
     return await future

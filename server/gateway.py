@@ -322,8 +322,14 @@ class Gateway:
         async def produce() -> list[Any]:
             if isinstance(task, ImageInference):
                 reporter = _ProgressReporter(session, task) if task.includeProgress else None
+
+                def progress(step: int, steps: int, previews: list[str] | None) -> None:
+                    record.progress = min(1.0, step / max(1, steps))
+                    if reporter is not None:
+                        reporter.step(step, steps, previews)
+
                 images = await self.engine.generate(
-                    task, team=session.team, owner=session.uuid, own_hosts=ctx.own_hosts, progress=reporter.step if reporter else None
+                    task, team=session.team, owner=session.uuid, own_hosts=ctx.own_hosts, progress=progress, on_start=record.start
                 )
                 if reporter is not None:
                     await reporter.flush()  # every progress item goes out before the results

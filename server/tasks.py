@@ -42,6 +42,10 @@ class TaskRecord:
     request: Any
     session_uuid: str
     created_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    """When the device took the task from the queue (imageInference; None: still queued, or not tracked)."""
+    progress: float = 0.0
+    """Share of the denoising steps done (imageInference), for the dialects' progress fields."""
     finished_at: float | None = None
     items: list[Any] = field(default_factory=list)
     errors: list[WireError] = field(default_factory=list)
@@ -52,6 +56,10 @@ class TaskRecord:
         if self.errors:
             return "error"
         return "processing" if self.finished_at is None else "success"
+
+    def start(self) -> None:
+        if self.started_at is None:
+            self.started_at = time.monotonic()
 
     def succeed(self, items: list[Any]) -> None:
         self.items = items

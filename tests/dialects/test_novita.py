@@ -224,3 +224,24 @@ def test_webhook_gets_the_task_result_payload(http: httpx.Client, dialect_server
     assert event["payload"]["task"]["task_id"] == task_id and event["payload"]["task"]["status"] == "TASK_STATUS_SUCCEED"
     polled = result(http, dialect_server.key, task_id)
     assert event["payload"]["images"] == polled["images"] and event["payload"]["task"] == polled["task"]
+
+
+def test_task_result_tells_queued_from_processing_and_counts_progress(http: httpx.Client, dialect_server: RunningServer):
+    key = dialect_server.key
+    plain = {"model_name": "wisp:tiny-sd15@1", "prompt": "a lighthouse", "width": 64, "height": 64, "sampler_name": "Euler"}
+    slow = submit(http, key, {**plain, "width": 256, "height": 256, "steps": 100, "seed": 1})
+    waiting = submit(http, key, {**plain, "steps": 2, "seed": 2})
+
+    def fetch(task_id: str) -> dict[str, Any]:
+        return http.get("/v3/async/task-result", params={"task_id": task_id}, headers=bearer(key)).json()
+
+    first = fetch(waiting)  # the slow task holds the device: this one waits in line
+    assert first["task"]["status"] == "TASK_STATUS_QUEUED" and first["task"]["progress_percent"] == 0, first
+    assert first["extra"]["debug_info"]["execute_time_ms"] == ""
+    running = poll(lambda: fetch(slow), lambda b: b["task"]["status"] != "TASK_STATUS_QUEUED" and b["task"]["progress_percent"] > 0)
+    assert running["task"]["status"] == "TASK_STATUS_PROCESSING" and 0 < running["task"]["progress_percent"] < 100, running
+    done = result(http, key, waiting)
+    info = done["extra"]["debug_info"]
+    assert done["task"]["status"] == "TASK_STATUS_SUCCEED" and done["task"]["progress_percent"] == 100
+    assert int(info["submit_time_ms"]) <= int(info["execute_time_ms"]) <= int(info["complete_time_ms"]), info
+    assert result(http, key, slow)["task"]["status"] == "TASK_STATUS_SUCCEED"

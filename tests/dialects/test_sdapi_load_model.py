@@ -104,7 +104,7 @@ def test_seed_civitai_example_loads_and_is_found_natively(
     task_id = r.json()["task_id"]
     result = poll(lambda: http.get("/v3/async/task-result", params={"task_id": task_id},
                                    headers={"Authorization": f"Bearer {dialect_server.key}"}).json(),
-                  lambda b: b["task"]["status"] != "TASK_STATUS_PROCESSING")
+                  lambda b: b["task"]["status"] not in ("TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING"))
     assert result["task"]["status"] == "TASK_STATUS_SUCCEED", result
 
 

@@ -1,7 +1,7 @@
 """A native task record → Novita's ``/v3/async/task-result`` body (also its webhook payload).
 
-Status: running → ``TASK_STATUS_PROCESSING`` (wisp does not tell queued from
-running here), finished → ``TASK_STATUS_SUCCEED``, failed →
+Status: waiting for the device → ``TASK_STATUS_QUEUED``, on the device →
+``TASK_STATUS_PROCESSING``, finished → ``TASK_STATUS_SUCCEED``, failed →
 ``TASK_STATUS_FAILED`` with the native error's message as ``task.reason``.
 ``images[].image_url`` is the native ``imageURL``; ``image_url_ttl`` is the
 server's task retention (the task can be polled at least that long);
@@ -33,7 +33,7 @@ def task_result(record: TaskRecord, ttl_s: float) -> dict[str, Any]:
     if error is not None:
         status, reason = "TASK_STATUS_FAILED", str(error.get("message", ""))
     elif record.finished_at is None:
-        status, reason = "TASK_STATUS_PROCESSING", ""
+        status, reason = ("TASK_STATUS_QUEUED" if record.started_at is None else "TASK_STATUS_PROCESSING"), ""
     else:
         status, reason = "TASK_STATUS_SUCCEED", ""
         image_type = _IMAGE_TYPES.get(str(request.get("outputFormat", "PNG")), "png")
@@ -50,7 +50,7 @@ def task_result(record: TaskRecord, ttl_s: float) -> dict[str, Any]:
             "debug_info": {
                 "request_info": json.dumps(request, separators=(",", ":")),
                 "submit_time_ms": _ms(record.created_at),
-                "execute_time_ms": "",
+                "execute_time_ms": _ms(record.started_at),
                 "complete_time_ms": _ms(record.finished_at),
             },
         },
@@ -60,7 +60,7 @@ def task_result(record: TaskRecord, ttl_s: float) -> dict[str, Any]:
             "status": status,
             "reason": reason,
             "eta": 0,
-            "progress_percent": 100 if status == "TASK_STATUS_SUCCEED" else 0,
+            "progress_percent": 100 if status == "TASK_STATUS_SUCCEED" else int(record.progress * 100),
         },
         "images": images,
         "videos": [],
