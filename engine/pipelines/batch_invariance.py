@@ -51,9 +51,10 @@ def per_request_kernels(model: Any, requests: int) -> Iterator[None]:
 
     ``requests`` is how many requests share the call; a layer's batch is
     split into that many parts, each request's own rows in its lone order
-    (two with classifier-free guidance, one without).  Adapter layers added by a LoRA are ``Linear``/``Conv2d``
-    modules too, so an active LoRA set is covered.  The caller holds the
-    model's lock: the patch is on the shared modules.
+    (two with classifier-free guidance, one without).  Adapter layers added
+    by a LoRA are ``Linear``/``Conv2d`` modules too, so an active LoRA set is
+    covered.  The caller holds the model's lock: the patch is on the shared
+    modules.
     """
     import torch
 

@@ -19,9 +19,9 @@ from typing import Any, Callable, ClassVar, Iterator, Self
 from PIL import Image
 
 from engine.errors import EngineStopped
-from engine.pipelines.batch_invariance import decode_image_by_image, per_request_kernels
 from engine.embeddings import textual_inversions
 from engine.lora import LoraAdapters, LoraUse
+from engine.pipelines.batch_invariance import decode_image_by_image, per_request_kernels
 from engine.schedulers import make_scheduler
 from engine.vae import vae_override
 
