@@ -362,18 +362,22 @@ class Gateway:
         """The result of a task's work, or None once a failure was recorded and reported.
 
         A cancelled job (server stopping) is recorded as interrupted.  The
-        session's in-flight count drops whatever happens.
+        session's in-flight count drops whatever happens, and before the
+        failure is reported: a client that hears of it may send its next task
+        at once, and that task must find the slot free.
         """
         try:
-            return await work
+            result = await work
         except asyncio.CancelledError:
+            session.in_flight -= 1
             self._interrupted(record)
             raise
         except BaseException as exc:
+            session.in_flight -= 1
             await self._failed(session, record, exc, webhook)
             return None
-        finally:
-            session.in_flight -= 1
+        session.in_flight -= 1
+        return result
 
     def _hook(self, url: str, session: Session, task_uuid: str, frame: bytes) -> None:
         """POST one frame to a task's webhook, in order with the task's other posts."""
