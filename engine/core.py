@@ -179,6 +179,10 @@ class Engine:
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
 
+    def sweep_store(self, older_than_s: float = 3600.0) -> int:
+        """Start-up: delete stored model files no model row references (see :meth:`ModelStore.sweep`)."""
+        return self.model_store.sweep(self.registry.stored_sha256s(), older_than_s)
+
     def start(self) -> None:
         if not self._started:
             self._worker.start()

@@ -134,6 +134,9 @@ class WispServer:
         interrupted = self.journal.mark_interrupted()
         if interrupted:
             log.warning("%d task(s) were interrupted by the last stop; they are reported as failed", interrupted)
+        swept = self.engine.sweep_store()
+        if swept:
+            log.warning("removed %d stored model file(s) that no model refers to (left by a crash or a refused upload)", swept)
         self.tasks = TaskStore(config.task_retention_s, self.journal)
         self.sessions = SessionRegistry(config.resume_ttl_s)
         self.webhooks = WebhookSender(policy, config.webhook_timeout_s, config.webhook_retries)

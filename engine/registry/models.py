@@ -95,6 +95,10 @@ class ModelRegistry:
         r = self.db.connect().execute(_SELECT + " WHERE m.air = ?", (air,)).fetchone()
         return None if r is None else _row(r)
 
+    def stored_sha256s(self) -> set[str]:
+        """Every file hash a model row points at (what the store must keep)."""
+        return {str(r[0]) for r in self.db.connect().execute("SELECT DISTINCT sha256 FROM models")}
+
     def visible(self, air: str, team: str) -> ModelRow | None:
         row = self.get(air)
         if row is None or (row.private and row.team != team):

@@ -33,6 +33,7 @@ class ModelStore:
         target = self.path_for(sha256)
         if target.is_file():
             tmp_file.unlink(missing_ok=True)
+            os.utime(target)  # in use again: a sweep's age threshold now protects it until it is registered
             return target
         with open(tmp_file, "rb") as f:
             os.fsync(f.fileno())
@@ -40,6 +41,29 @@ class ModelStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp_file, target)
         return target
+
+    def sweep(self, referenced: set[str], older_than_s: float) -> int:
+        """Delete stored files no model references and not touched for ``older_than_s``; returns how many.
+
+        Such files are left by a crash between storing a file and registering
+        it, or by a registration refused at the last moment (the team's LoRA
+        quota filled up by a concurrent upload).  The age threshold keeps a
+        file that another process sharing the data dir has just stored and is
+        about to register (its mtime is when its bytes were written, moments
+        before the rename into place).
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.root.glob("*/*/*.safetensors"):
+            if path.stem in referenced or not _SHA_RE.match(path.stem):
+                continue
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
 
 _PAUSE_ENV = "WISP_TEST_STORE_PAUSE_FILE"

@@ -8,6 +8,8 @@ that passed the first one concurrently.
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import uuid
 from pathlib import Path
 
@@ -57,5 +59,16 @@ def test_concurrent_uploads_cannot_pass_the_lora_quota_together(files: list[Path
     refused = [r for r in results if isinstance(r, QuotaExceeded)]
     assert len(refused) == 1 and "at most 1" in refused[0].message, results
     assert TeamSettings(engine.db).lora_models(team) == 1
+    # The refused upload's file was stored before the refusal; the start-up sweep removes it once it is old enough.
+    (kept,) = [r for r in results if not isinstance(r, BaseException)]
+    ours = {p.stem: p for p in engine.model_store.root.rglob("*.safetensors")}
+    assert kept.sha256 in ours and len(ours) >= 2
+    assert engine.sweep_store(older_than_s=3600) == 0  # too young: another process may be about to register it
+    for path in ours.values():
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    referenced = engine.registry.stored_sha256s()
+    assert engine.sweep_store(older_than_s=3600) == len(set(ours) - referenced) >= 1
+    left = {p.stem for p in engine.model_store.root.rglob("*.safetensors")}
+    assert left == set(ours) & referenced and kept.sha256 in left
     with pytest.raises(QuotaExceeded):  # and the early check still refuses a third
         asyncio.run(engine.upload_model(upload_task(f"{source}:lora-2@1"), team, lambda s, m: asyncio.sleep(0), local_source=files[0]))
