@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from engine.pipelines.stable_diffusion.loading import load_folder
 from engine.vae import VaeUse, load_vae
 from tests.fixtures.embeddings import write_a1111_embedding, write_ldm_vae
 from tests.fixtures.loras import write_lora
+from tests.fixtures.generation import png, spec as generation_spec
 
 
 def test_auto_is_half_on_cuda_and_float32_on_cpu():
@@ -44,15 +44,7 @@ def test_explicit_dtypes():
 
 
 def spec(**fields) -> GenerationSpec:
-    base = dict(prompt="a red fox", negative_prompt=None, width=64, height=64, steps=2, cfg_scale=7.0,
-                scheduler="Euler a", seeds=(7,))
-    return GenerationSpec(**{**base, **fields})
-
-
-def png(images) -> bytes:
-    buf = io.BytesIO()
-    images[0].save(buf, format="PNG")
-    return buf.getvalue()
+    return generation_spec(**{"scheduler": "Euler a", **fields})
 
 
 def test_bfloat16_weights_run_every_feature(engine_data_dir: Path, tmp_path: Path):

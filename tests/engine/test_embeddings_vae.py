@@ -12,7 +12,6 @@ the field.
 
 from __future__ import annotations
 
-import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,21 +36,11 @@ from tests.fixtures.embeddings import (
     write_ldm_vae,
     write_sdxl_embedding,
 )
+from tests.fixtures.generation import png, spec as generation_spec
 
 
 def spec(*embeddings: EmbeddingUse, **fields) -> GenerationSpec:
-    base = dict(
-        prompt="a red fox", negative_prompt=None, width=64, height=64, steps=2, cfg_scale=7.0,
-        scheduler="Default", seeds=(7,), embeddings=tuple(embeddings),
-    )
-    base.update(fields)
-    return GenerationSpec(**base)
-
-
-def png(images) -> bytes:
-    buf = io.BytesIO()
-    images[0].save(buf, format="PNG")
-    return buf.getvalue()
+    return generation_spec(embeddings=tuple(embeddings), **fields)
 
 
 def emb(path: Path, trigger: str = "foxy", kind: str = "positive", weight: float = 1.0, index: int = 0) -> EmbeddingUse:

@@ -6,7 +6,6 @@ with seeded random factors; every comparison is on exact PNG bytes.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -18,21 +17,11 @@ from engine.errors import EngineError
 from engine.lora import LoraLoadError, LoraUse, lora_format
 from engine.pipelines.stable_diffusion import GenerationSpec, StableDiffusionModel
 from tests.fixtures.loras import write_foreign_lora, write_lora, write_loha, write_with_extra_layer
+from tests.fixtures.generation import png, spec as generation_spec
 
 
 def spec(*loras: LoraUse, **fields) -> GenerationSpec:
-    base = dict(
-        prompt="a red fox", negative_prompt=None, width=64, height=64, steps=2, cfg_scale=7.0,
-        scheduler="Default", seeds=(7,), loras=tuple(loras),
-    )
-    base.update(fields)
-    return GenerationSpec(**base)
-
-
-def png(images) -> bytes:
-    buf = io.BytesIO()
-    images[0].save(buf, format="PNG")
-    return buf.getvalue()
+    return generation_spec(loras=tuple(loras), **fields)
 
 
 @pytest.fixture(scope="module")

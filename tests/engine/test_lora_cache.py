@@ -6,7 +6,6 @@ ever saw that one set (or none).
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,11 @@ from engine.lora import LoraAdapters, LoraLoadError, LoraUse
 from engine.lora_cache import LoraCache, default_cache
 from engine.pipelines.stable_diffusion import GenerationSpec, StableDiffusionModel
 from tests.fixtures.loras import write_lora
+from tests.fixtures.generation import png, spec as generation_spec
 
 
 def spec(*loras: LoraUse) -> GenerationSpec:
-    return GenerationSpec(
-        prompt="a red fox", negative_prompt=None, width=64, height=64, steps=2, cfg_scale=7.0,
-        scheduler="Default", seeds=(7,), loras=tuple(loras),
-    )
-
-
-def png(images) -> bytes:
-    buf = io.BytesIO()
-    images[0].save(buf, format="PNG")
-    return buf.getvalue()
+    return generation_spec(loras=tuple(loras))
 
 
 @pytest.fixture(scope="module")

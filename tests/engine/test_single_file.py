@@ -7,7 +7,6 @@ built-in model's images byte for byte.
 
 from __future__ import annotations
 
-import io
 import socket
 from pathlib import Path
 
@@ -18,23 +17,13 @@ from engine.builtin.tiny_sd15 import ensure_tiny_sd15
 from engine.errors import EngineError
 from engine.pipelines.stable_diffusion import GenerationSpec, ModelLoadError, StableDiffusionModel, load_single_file
 from tests.fixtures.checkpoints import perturbed, sd15_original_state_dict, write_sd15_single_file
+from tests.fixtures.generation import pngs, spec as generation_spec
 
 UNET_KEY = "model.diffusion_model.input_blocks.3.1.proj_in.weight"
 
 
 def spec(**fields) -> GenerationSpec:
-    base = dict(prompt="a red fox", negative_prompt=None, width=64, height=64, steps=2, cfg_scale=7.0, scheduler="Default", seeds=(7, 8))
-    base.update(fields)
-    return GenerationSpec(**base)
-
-
-def png(images) -> list[bytes]:
-    out = []
-    for image in images:
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
+    return generation_spec(**{"seeds": (7, 8), **fields})
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +43,7 @@ def fp32_file(builtin: Path, ckpt_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def base_images(builtin: Path) -> list[bytes]:
-    return png(StableDiffusionModel.load(builtin).run(spec()))
+    return pngs(StableDiffusionModel.load(builtin).run(spec()))
 
 
 def test_writer_uses_the_original_layout(builtin: Path):
@@ -76,19 +65,19 @@ def test_single_file_generates_the_builtin_images(fp32_file: Path, builtin: Path
         got, want = getattr(model.base, component).state_dict(), getattr(reference.base, component).state_dict()
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k], want[k]) for k in want), component
-    assert png(model.run(spec())) == base_images
+    assert pngs(model.run(spec())) == base_images
     # the derived img2img pipeline and clip_skip work on a single-file model too
     from PIL import Image
 
     init = Image.new("RGB", (64, 64), (200, 40, 40))
-    assert png(model.run(spec(init_image=init, strength=0.5, clip_skip=2))) == png(
+    assert pngs(model.run(spec(init_image=init, strength=0.5, clip_skip=2))) == pngs(
         reference.run(spec(init_image=init, strength=0.5, clip_skip=2))
     )
 
 
 def test_perturbed_checkpoint_generates_other_images(builtin: Path, ckpt_dir: Path, base_images: list[bytes]):
     other = load_single_file(perturbed(builtin, ckpt_dir / "tiny-perturbed.safetensors", seed=3), builtin)
-    images = png(other.run(spec()))
+    images = pngs(other.run(spec()))
     assert images[0] != base_images[0] and images[1] != base_images[1]
 
 
