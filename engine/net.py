@@ -43,10 +43,34 @@ def _split(url: str, parameter: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def is_public_address(text: str) -> bool:
+    """Whether ``text`` (an IP address) is a public one.
+
+    An IPv6 address that carries an IPv4 address (IPv4-mapped ``::ffff:a.b.c.d``,
+    IPv4-compatible ``::a.b.c.d``, NAT64 ``64:ff9b::a.b.c.d``, 6to4
+    ``2002:AABB:CCDD::``) is judged by that IPv4 address, since a gateway or the
+    kernel may deliver it there; NAT64's local-use prefix is never public.
+    """
+    address = ipaddress.ip_address(text.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and (address in _IPV4_COMPATIBLE or address in _NAT64_WELL_KNOWN):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if address in _NAT64_LOCAL_USE:
+            return False
+        if embedded is not None:
+            return embedded.is_global
+    return address.is_global
+
+
 def _check_addresses(hostname: str, infos: list, parameter: str) -> None:
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global:
+        if not is_public_address(info[4][0]):
             raise URLNotAllowed(
                 f"{parameter}: {hostname} resolves to a private or local address, which this server refuses",
                 parameter=parameter,
