@@ -3,8 +3,11 @@
 The body is ``{"data": [item]}`` for a result and ``{"errors": [error]}`` for a
 failure, the same objects the socket carries.  Each POST is retried with
 backoff (``webhook_retries`` times) on a network error or a 5xx answer.
-Targets pass the same URL guard as downloads.  Deliveries are tracked tasks:
-a failure is logged, never lost silently.
+Targets pass the same URL guard as downloads.  Only the status line counts:
+at most :data:`MAX_RESPONSE_BYTES` of a response body are read (a hook that
+answers with an endless body is hung up on), and each attempt has a total
+deadline.  Deliveries are tracked tasks: a failure is logged, never lost
+silently.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import httpx
 from engine.net import NetPolicy, check_url, guarded_async_client
 
 log = logging.getLogger("wisp.webhooks")
+
+MAX_RESPONSE_BYTES = 64 * 1024
+"""The most of a webhook's response body that is read (the body itself is unused)."""
 
 
 class WebhookSender:
@@ -52,18 +58,31 @@ class WebhookSender:
         for attempt in range(self.retries + 1):
             try:
                 await check_url(url, self.policy, "webhookURL")
-                response = await self._client.post(url, content=body, headers={"content-type": "application/json"})
-                if response.status_code < 500:
-                    if response.status_code >= 400:
-                        log.warning("webhook %s answered %s; not retried", url, response.status_code)
+                async with asyncio.timeout(self.timeout_s * 2):
+                    status = await self._post_once(url, body)
+                if status < 500:
+                    if status >= 400:
+                        log.warning("webhook %s answered %s; not retried", url, status)
                     return
-                reason: Any = f"HTTP {response.status_code}"
+                reason: Any = f"HTTP {status}"
             except Exception as exc:  # network errors and refused targets alike
                 reason = exc
             if attempt < self.retries:
                 await asyncio.sleep(delay)
                 delay *= 2
         log.warning("webhook %s failed after %d attempts: %s", url, self.retries + 1, reason)
+
+    async def _post_once(self, url: str, body: bytes) -> int:
+        """POST once; the status code, after reading at most MAX_RESPONSE_BYTES of the body."""
+        assert self._client is not None
+        headers = {"content-type": "application/json"}
+        async with self._client.stream("POST", url, content=body, headers=headers) as response:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= MAX_RESPONSE_BYTES:
+                    break  # leaving the block closes the connection instead of draining it
+            return response.status_code
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         if self._tasks:
