@@ -114,6 +114,54 @@ def validation_error(exc: msgspec.ValidationError, task_type: str) -> WireError:
     return wire_error(ErrorCode.INVALID_PARAMETER, f"Invalid value for `{label}`: {msg}", parameter=label, **bounds)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Unpaired(dict):  # type: ignore[type-arg]
+    """A task object that held text with an unpaired UTF-16 surrogate, scrubbed.
+
+    The standard-library parser (the fallback of :func:`_parse`) admits a lone
+    ``\\ud800`` escape; such a string can be neither encoded back to a client
+    nor stored.  The element keeps its shape with each one replaced by U+FFFD
+    (so its taskType and taskUUID can still route an error), and ``path``
+    names the first field that held one: the task is refused with
+    ``invalidParameter`` there.
+    """
+
+    path: str = ""
+
+
+def _scrub(value: Any, path: str, found: list[str]) -> Any:
+    """``value`` with every lone surrogate replaced by U+FFFD; the path of each string that had one goes to ``found``."""
+    if isinstance(value, str):
+        if _LONE_SURROGATE.search(value) is None:
+            return value
+        found.append(path)
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_scrub(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            key = _scrub(k, path, found) if _LONE_SURROGATE.search(k) else k
+            out[key] = _scrub(v, f"{path}.{key}" if path else key, found)
+        return out
+    return value
+
+
+def _mark_unpaired(element: Any) -> Any:
+    """An element of a frame the fallback parser read: as is, or scrubbed (see :class:`_Unpaired`)."""
+    found: list[str] = []
+    clean = _scrub(element, "", found)
+    if not found:
+        return element
+    if not isinstance(clean, dict):
+        return clean  # not a task object: refused as such, nothing of it is echoed
+    marked = _Unpaired(clean)
+    marked.path = found[0] or "task"
+    return marked
+
+
 def _decode_element(index: int, element: Any) -> DecodedTask:
     if not isinstance(element, dict):
         err = wire_error(ErrorCode.INVALID_TASK, f"task {index} is not a JSON object", taskIndex=index)
@@ -127,6 +175,14 @@ def _decode_element(index: int, element: Any) -> DecodedTask:
         err = msgspec.structs.replace(err.for_task(task_type, task_uuid), taskIndex=index)
         return DecodedTask(index, None, err, task_type, task_uuid, element)
 
+    if isinstance(element, _Unpaired):
+        return fail(
+            wire_error(
+                ErrorCode.INVALID_PARAMETER,
+                f"`{element.path}` holds an unpaired UTF-16 surrogate (a lone \\ud800-\\udfff escape), which is not text",
+                parameter=element.path,
+            )
+        )
     if task_type is None:
         return fail(wire_error(ErrorCode.MISSING_PARAMETER, "every task needs a string `taskType`", parameter="taskType"))
     cls = TASK_TYPES.get(task_type)
@@ -156,7 +212,8 @@ def _parse(frame: bytes | str) -> Any:
     msgspec is the fast path.  It refuses some valid JSON (numbers beyond
     float range such as ``1e400``, lone surrogate escapes); the standard
     library parser then gets a second look so each task can still be
-    answered under its own taskUUID.  Invalid UTF-8 is a malformed frame.
+    answered under its own taskUUID; a task holding a lone surrogate comes
+    back marked (see :class:`_Unpaired`).  Invalid UTF-8 is a malformed frame.
     """
     try:
         return _decoder.decode(frame)
@@ -165,7 +222,8 @@ def _parse(frame: bytes | str) -> Any:
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         first = exc
     try:
-        return json.loads(frame)
+        parsed = json.loads(frame)
+        return [_mark_unpaired(e) for e in parsed] if isinstance(parsed, list) else _mark_unpaired(parsed)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return wire_error(ErrorCode.INVALID_FRAME, f"frame is not valid JSON: {str(first)[:200]}")
 

@@ -1,0 +1,127 @@
+"""Red-team findings on what a client sends (issue 18): each must be refused clearly, socket kept.
+
+Pure protocol tests drive ``decode_frame`` with literal bytes; the server
+tests talk to a real ``wisp serve`` on loopback (the shared ``wisp_server``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from protocol import decode_frame, encode_errors
+from protocol.errors import ErrorCode
+from tests.conftest import RunningServer
+
+LONE = "\\ud800"
+"""A lone surrogate as a JSON escape (msgspec refuses it; the standard parser admits it)."""
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def poisoned(task: dict[str, Any], marker: str = "@@LONE@@") -> bytes:
+    """The frame ``[task]`` with every ``marker`` in it turned into a lone-surrogate escape."""
+    return json.dumps([task]).replace(marker, LONE).encode()
+
+
+def one(frame: bytes):
+    decoded = decode_frame(frame)
+    assert isinstance(decoded, list) and len(decoded) == 1, decoded
+    return decoded[0]
+
+
+async def session(server: RunningServer):
+    ws = await connect(server.ws_url, max_size=None)
+    await ws.send(json.dumps([{"taskType": "authentication", "apiKey": server.key}]))
+    reply = json.loads(await ws.recv())
+    assert "data" in reply, reply
+    return ws
+
+
+async def answer(ws, frame: bytes | str, task_uuid: str) -> dict[str, Any]:
+    """Send a frame; the first item or error that names ``task_uuid``."""
+    await ws.send(frame)
+    while True:
+        reply = json.loads(await ws.recv())
+        for part in reply.get("data", []) + reply.get("errors", []):
+            if part.get("taskUUID") == task_uuid:
+                return part
+
+
+async def still_open(ws) -> None:
+    await ws.send(json.dumps([{"taskType": "ping", "ping": True}]))
+    assert json.loads(await ws.recv()) == {"data": [{"taskType": "ping", "pong": True}]}
+
+
+# ---- 12: lone surrogates ------------------------------------------------------
+
+SURROGATE_CASES = [
+    ({"taskType": "imageInference", "model": "wisp:tiny-sd15@1@@LONE@@", "positivePrompt": "a cat"}, "model"),
+    ({"taskType": "imageInference", "model": "wisp:tiny-sd15@1", "positivePrompt": "a @@LONE@@ cat"}, "positivePrompt"),
+    ({"taskType": "imageInference", "model": "wisp:tiny-sd15@1", "positivePrompt": "a", "negativePrompt": "@@LONE@@"}, "negativePrompt"),
+    ({"taskType": "imageInference", "model": "wisp:tiny-sd15@1", "positivePrompt": "a",
+      "lora": [{"model": "x:y@1"}, {"model": "a:b@@LONE@@"}]}, "lora[1].model"),
+    ({"taskType": "modelSearch", "search": "@@LONE@@"}, "search"),
+    ({"taskType": "modelSearch", "tags": ["ok", "@@LONE@@"]}, "tags[1]"),
+    ({"taskType": "imageInference", "model": "wisp:tiny-sd15@1", "positivePrompt": "a", "controlNet": {"k@@LONE@@": 1}}, "controlNet"),
+]
+
+
+@pytest.mark.parametrize(("task", "parameter"), SURROGATE_CASES)
+def test_lone_surrogate_is_an_invalid_parameter_naming_the_field(task: dict[str, Any], parameter: str):
+    task_uuid = new_uuid()
+    item = one(poisoned({**task, "taskUUID": task_uuid}))
+    assert item.task is None and item.error is not None
+    assert item.error.code == ErrorCode.INVALID_PARAMETER
+    assert item.error.parameter.startswith(parameter)
+    assert item.error.taskUUID == task_uuid
+    encode_errors([item.error])  # the error itself is encodable (no surrogate echoed back)
+    json.dumps(item.raw, ensure_ascii=False).encode()  # so is what getTaskDetails would keep
+
+
+def test_lone_surrogate_in_task_type_or_uuid_is_answered():
+    item = one(poisoned({"taskType": "imageInference@@LONE@@", "taskUUID": new_uuid()}))
+    assert item.error is not None and item.error.code == ErrorCode.INVALID_PARAMETER and item.error.parameter == "taskType"
+    encode_errors([item.error])
+    item = one(poisoned({"taskType": "getTaskDetails", "taskUUID": "@@LONE@@"}))
+    assert item.error is not None and item.error.parameter == "taskUUID"
+    encode_errors([item.error])
+
+
+def test_paired_surrogates_are_ordinary_text():
+    frame = json.dumps([{"taskType": "modelSearch", "taskUUID": new_uuid(), "search": "\U0001F600"}]).encode()
+    assert b"\\ud83d\\ude00" in frame
+    item = one(frame)
+    assert item.error is None and item.task.search == "\U0001F600"
+
+
+@pytest.mark.parametrize(
+    ("task", "parameter"),
+    [
+        ({"taskType": "imageInference@@LONE@@"}, "taskType"),
+        ({"taskType": "imageInference", "model": "wisp:tiny-sd15@1@@LONE@@", "positivePrompt": "a"}, "model"),
+        ({"taskType": "imageInference", "model": "wisp:tiny-sd15@1", "positivePrompt": "a @@LONE@@", "width": 64,
+          "height": 64, "steps": 1}, "positivePrompt"),
+        ({"taskType": "modelSearch", "search": "@@LONE@@"}, "search"),
+    ],
+)
+async def test_lone_surrogates_keep_the_socket(wisp_server: RunningServer, task: dict[str, Any], parameter: str):
+    ws = await session(wisp_server)
+    try:
+        task_uuid = new_uuid()
+        error = await answer(ws, poisoned({**task, "taskUUID": task_uuid}), task_uuid)
+        assert error["code"] == "invalidParameter" and error["parameter"] == parameter, error
+        await still_open(ws)
+        # getTaskDetails with a poisoned id: answered, socket kept.
+        await ws.send(poisoned({"taskType": "getTaskDetails", "taskUUID": "@@LONE@@"}).decode())
+        reply = json.loads(await ws.recv())
+        assert reply["errors"][0]["parameter"] == "taskUUID", reply
+        await still_open(ws)
+    finally:
+        await ws.close()
