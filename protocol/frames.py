@@ -42,6 +42,7 @@ TASK_TYPES: dict[str, type[Task] | type[LenientTask]] = {
 _UUID_RE = re.compile(UUID_PATTERN)
 _ERROR_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _FIELD_RE = re.compile(r"field `(?P<field>[^`]+)`")
+_INDEX_RE = re.compile(r"\[\d+\]")
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -64,21 +65,49 @@ class DecodedTask:
     raw: Any
 
 
+def _type_bounds(t: Any) -> dict[str, Any]:
+    """``min``/``max`` of one msgspec type: a number's range, a string's or list's length."""
+    if isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
+        bounds = {"min": t.ge, "max": t.le}
+    elif isinstance(t, (msgspec.inspect.StrType, msgspec.inspect.ListType)):
+        bounds = {"min": t.min_length, "max": t.max_length}
+    else:
+        return {}
+    return {k: v for k, v in bounds.items() if v is not None}
+
+
 def _constraints(cls: type) -> dict[str, dict[str, Any]]:
-    """Read ``ge``/``le`` bounds off a struct's fields, keyed by wire name."""
+    """Read bounds off a struct's fields, keyed by wire path.
+
+    Nested structs and lists are walked, so ``lora[].weight`` (a list index
+    written ``[]``) has its range too.  A number's range wins over a string's
+    or list's length where a field's union has both.
+    """
     found: dict[str, dict[str, Any]] = {}
-    info = msgspec.inspect.type_info(cls)
-    for field in getattr(info, "fields", ()):
-        types = [field.type]
+
+    def walk(info: Any, prefix: str, seen: frozenset[type]) -> None:
+        for field in getattr(info, "fields", ()):
+            visit(field.type, f"{prefix}{field.encode_name}", seen, field.default)
+
+    def visit(t: Any, path: str, seen: frozenset[type], default: Any = msgspec.NODEFAULT) -> None:
+        types = [t]
         while types:
             t = types.pop()
             if isinstance(t, msgspec.inspect.UnionType):
                 types.extend(t.types)
-            elif isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
-                bounds = {"min": t.ge, "max": t.le}
-                found[field.encode_name] = {k: v for k, v in bounds.items() if v is not None}
-                if not isinstance(field.default, msgspec.UnsetType | type(msgspec.NODEFAULT)) and field.default is not None:
-                    found[field.encode_name]["default"] = field.default
+                continue
+            if isinstance(t, msgspec.inspect.ListType):
+                visit(t.item_type, f"{path}[]", seen)
+            elif isinstance(t, msgspec.inspect.StructType) and t.cls not in seen:
+                walk(t, f"{path}.", seen | {t.cls})
+            bounds = _type_bounds(t)
+            numeric = isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType))
+            if bounds and (numeric or path not in found):
+                found[path] = bounds
+                if not isinstance(default, msgspec.UnsetType | type(msgspec.NODEFAULT)) and default is not None:
+                    found[path]["default"] = default
+
+    walk(msgspec.inspect.type_info(cls), "", frozenset({cls}))
     return found
 
 
@@ -109,7 +138,7 @@ def validation_error(exc: msgspec.ValidationError, task_type: str) -> WireError:
         )
     if path == "taskUUID":
         return wire_error(ErrorCode.INVALID_TASK_UUID, "taskUUID must be a UUID string", parameter="taskUUID")
-    bounds = _BOUNDS.get(task_type, {}).get(path, {})
+    bounds = _BOUNDS.get(task_type, {}).get(_INDEX_RE.sub("[]", path), {})
     label = path or "task"
     return wire_error(ErrorCode.INVALID_PARAMETER, f"Invalid value for `{label}`: {msg}", parameter=label, **bounds)
 

@@ -125,3 +125,24 @@ async def test_lone_surrogates_keep_the_socket(wisp_server: RunningServer, task:
         await still_open(ws)
     finally:
         await ws.close()
+
+
+# ---- 19: nested range errors carry their bounds ---------------------------------
+
+INFERENCE = {"taskType": "imageInference", "model": "wisp:tiny-sd15@1", "positivePrompt": "a cat"}
+
+
+@pytest.mark.parametrize(
+    ("task", "parameter", "low", "high"),
+    [
+        ({**INFERENCE, "lora": [{"model": "a:b@1", "weight": 9}]}, "lora[0].weight", -4, 4),
+        ({**INFERENCE, "lora": [{"model": "a:b@1"}, {"model": "a:c@1", "weight": -5.5}]}, "lora[1].weight", -4, 4),
+        ({**INFERENCE, "embeddings": [{"model": "a:b@1", "weight": 100}]}, "embeddings[0].weight", -4, 4),
+        ({**INFERENCE, "steps": 0}, "steps", 1, 100),  # top level, as before
+    ],
+)
+def test_nested_range_errors_carry_min_and_max(task: dict[str, Any], parameter: str, low: Any, high: Any):
+    item = one(json.dumps([{**task, "taskUUID": new_uuid()}]).encode())
+    assert item.error is not None and item.error.code == ErrorCode.INVALID_PARAMETER
+    assert item.error.parameter == parameter
+    assert (item.error.min, item.error.max) == (low, high)
