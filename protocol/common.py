@@ -26,8 +26,14 @@ OutputQuality = Annotated[int, msgspec.Meta(ge=20, le=99)]
 LoraWeight = Annotated[float, msgspec.Meta(ge=-4, le=4)]
 MaskMargin = Annotated[int, msgspec.Meta(ge=32, le=128)]
 Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=3000)]
+NegativePrompt = Annotated[str, msgspec.Meta(max_length=3000)]
+"""Every prompt-like text (negative prompts, training prompts, trigger words): Runware's 3000 characters."""
 ModelAIR = Annotated[str, msgspec.Meta(min_length=1, max_length=400)]
 URLString = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+Keyword = Annotated[str, msgspec.Meta(max_length=100)]
+"""A name picked from a list (scheduler, architecture, conditioning, mode): 100 characters."""
+MAX_IMAGE_REF_CHARS = 48 * 1024 * 1024
+"""An image given inline: base64 of the largest input image (32 MiB) with line breaks and a data-URI header fits."""
 
 
 class Task(msgspec.Struct, tag_field="taskType", kw_only=True, forbid_unknown_fields=True):

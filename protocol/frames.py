@@ -43,6 +43,7 @@ _UUID_RE = re.compile(UUID_PATTERN)
 _ERROR_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _FIELD_RE = re.compile(r"field `(?P<field>[^`]+)`")
 _INDEX_RE = re.compile(r"\[\d+\]")
+_KIND_RE = re.compile(r"Expected `(str|array)`")
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -81,7 +82,9 @@ def _constraints(cls: type) -> dict[str, dict[str, Any]]:
 
     Nested structs and lists are walked, so ``lora[].weight`` (a list index
     written ``[]``) has its range too.  A number's range wins over a string's
-    or list's length where a field's union has both.
+    or list's length where a field's union has both; a string's and a list's
+    lengths are also kept as ``path#str`` and ``path#array``, for the error
+    that says which one it expected.
     """
     found: dict[str, dict[str, Any]] = {}
 
@@ -102,6 +105,8 @@ def _constraints(cls: type) -> dict[str, dict[str, Any]]:
                 walk(t, f"{path}.", seen | {t.cls})
             bounds = _type_bounds(t)
             numeric = isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType))
+            if bounds and not numeric:
+                found[f"{path}#{'str' if isinstance(t, msgspec.inspect.StrType) else 'array'}"] = dict(bounds)
             if bounds and (numeric or path not in found):
                 found[path] = bounds
                 if not isinstance(default, msgspec.UnsetType | type(msgspec.NODEFAULT)) and default is not None:
@@ -138,7 +143,11 @@ def validation_error(exc: msgspec.ValidationError, task_type: str) -> WireError:
         )
     if path == "taskUUID":
         return wire_error(ErrorCode.INVALID_TASK_UUID, "taskUUID must be a UUID string", parameter="taskUUID")
-    bounds = _BOUNDS.get(task_type, {}).get(_INDEX_RE.sub("[]", path), {})
+    known = _BOUNDS.get(task_type, {})
+    key = _INDEX_RE.sub("[]", path)
+    kind = _KIND_RE.match(msg)
+    bounds = known.get(f"{key}#{kind.group(1)}", {}) if kind else {}
+    bounds = bounds or known.get(key, {})
     label = path or "task"
     return wire_error(ErrorCode.INVALID_PARAMETER, f"Invalid value for `{label}`: {msg}", parameter=label, **bounds)
 

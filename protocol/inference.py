@@ -18,8 +18,11 @@ from protocol.common import (
     ClipSkip,
     Dimension,
     LoraWeight,
+    Keyword,
     MaskMargin,
+    MAX_IMAGE_REF_CHARS,
     ModelAIR,
+    NegativePrompt,
     NumberResults,
     OutputQuality,
     Prompt,
@@ -35,7 +38,7 @@ from protocol.errors import ErrorCode, WireError, wire_error
 OutputType = Literal["URL", "base64Data", "dataURI"]
 OutputFormat = Literal["PNG", "JPG", "WEBP"]
 DeliveryMethod = Literal["sync", "async"]
-ImageRef = Annotated[str, msgspec.Meta(min_length=1, description="imageUUID, URL, data URI or base64")]
+ImageRef = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IMAGE_REF_CHARS, description="imageUUID, URL, data URI or base64")]
 
 # Fields of Runware's imageInference that wisp refuses for now (each would
 # change the picture; ignoring one would hand back a wrong result).
@@ -81,7 +84,7 @@ class EmbeddingRef(msgspec.Struct, forbid_unknown_fields=True):
 class Safety(msgspec.Struct, forbid_unknown_fields=True):
     checkContent: bool = False
     checkInputs: bool = False
-    mode: str | None = None
+    mode: Keyword | None = None
     tolerance: bool | None = None
 
 
@@ -91,12 +94,12 @@ class ImageInference(Task, tag="imageInference"):
     taskUUID: TaskUUID
     model: ModelAIR
     positivePrompt: Prompt
-    negativePrompt: str | None = None
+    negativePrompt: NegativePrompt | None = None
     width: Dimension = 512
     height: Dimension = 512
     steps: Steps | None = None
     CFGScale: Guidance | None = None
-    scheduler: str | None = None
+    scheduler: Keyword | None = None
     seed: Seed | None = None
     clipSkip: ClipSkip | None = None
     numberResults: NumberResults = 1
@@ -210,7 +213,7 @@ class ImageUpload(Task, tag="imageUpload"):
     """Store an image (data URI, bare base64 or URL) for later use by imageUUID."""
 
     taskUUID: TaskUUID
-    image: Annotated[str, msgspec.Meta(min_length=1)]
+    image: ImageRef
 
 
 class ImageResult(msgspec.Struct, omit_defaults=True):

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from protocol.common import Steps, Task, TaskUUID, URLString
+from protocol.common import Keyword, NegativePrompt, Steps, Task, TaskUUID, URLString
 from protocol.errors import ErrorCode, WireError, wire_error
 
 AIR_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}:[A-Za-z0-9][A-Za-z0-9_-]{0,63}@[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
@@ -43,6 +43,8 @@ ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=400)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=400)]
 Description = Annotated[str, msgspec.Meta(min_length=2, max_length=40000)]
 Comment = Annotated[str, msgspec.Meta(min_length=2, max_length=1000)]
+TriggerWords = NegativePrompt | Annotated[list[Tag], msgspec.Meta(max_length=100)]
+"""One string of up to 3000 characters, or up to 100 words of up to 400."""
 Retry = Annotated[int, msgspec.Meta(ge=0, le=10)]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
 Offset = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
@@ -65,15 +67,15 @@ class ModelUpload(Task, tag="modelUpload"):
     taskUUID: TaskUUID
     air: AIR
     category: Category
-    architecture: str
+    architecture: Keyword
     downloadURL: URLString
     uniqueIdentifier: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     name: ShortText
     version: ShortText
     format: ModelFormat = "safetensors"
     type: ModelType | None = None
-    conditioning: str | None = None
-    defaultScheduler: str | None = None
+    conditioning: Keyword | None = None
+    defaultScheduler: Keyword | None = None
     defaultSteps: Steps | None = None
     defaultCFG: DefaultCFG | None = None
     defaultGuidanceScale: DefaultCFG | None = None
@@ -82,8 +84,8 @@ class ModelUpload(Task, tag="modelUpload"):
     private: bool | None = None
     heroImageURL: URLString | None = None
     tags: list[Tag] | None = None
-    positiveTriggerWords: str | list[str] | None = None
-    negativeTriggerWords: str | list[str] | None = None
+    positiveTriggerWords: TriggerWords | None = None
+    negativeTriggerWords: TriggerWords | None = None
     shortDescription: Description | None = None
     comment: Comment | None = None
     webhookURL: URLString | None = None
@@ -99,8 +101,8 @@ class ModelUpload(Task, tag="modelUpload"):
         return True if self.private is None else self.private
 
     def check(self) -> WireError | None:
-        def bad(parameter: str, message: str, code: str = ErrorCode.INVALID_PARAMETER) -> WireError:
-            return wire_error(code, message, parameter=parameter)
+        def bad(parameter: str, message: str, code: str = ErrorCode.INVALID_PARAMETER, **extra: object) -> WireError:
+            return wire_error(code, message, parameter=parameter, **extra)
 
         if self.architecture not in ARCHITECTURES:
             return bad("architecture", f"unknown architecture {self.architecture[:40]!r}; known: {', '.join(ARCHITECTURES)}")
@@ -151,15 +153,15 @@ class ModelUploadStatus(msgspec.Struct):
 class ModelSearch(Task, tag="modelSearch"):
     taskUUID: TaskUUID
     search: Annotated[str, msgspec.Meta(max_length=400)] | None = None
-    tags: list[Tag] | None = None
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=100)] | None = None
     category: Category | None = None
     type: ModelType | None = None
-    architecture: str | None = None
-    conditioning: str | None = None
+    architecture: Keyword | None = None
+    conditioning: Keyword | None = None
     visibility: Literal["public", "private", "all"] = "all"
     limit: Limit = 20
     offset: Offset = 0
-    customTaskUUID: str | None = None
+    customTaskUUID: Keyword | None = None
     retry: int | None = None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from protocol.common import LenientTask, SessionUUID, Task, TaskUUID
@@ -10,7 +12,7 @@ from protocol.common import LenientTask, SessionUUID, Task, TaskUUID
 class Authentication(LenientTask, tag="authentication"):
     """First message of every socket; ``connectionSessionUUID`` resumes a session."""
 
-    apiKey: str | msgspec.UnsetType = msgspec.UNSET
+    apiKey: Annotated[str, msgspec.Meta(max_length=1024)] | msgspec.UnsetType = msgspec.UNSET
     connectionSessionUUID: SessionUUID | None = None
 
 
@@ -18,7 +20,7 @@ class Ping(LenientTask, tag="ping"):
     """Keep-alive; answered with ``pong`` ahead of any queued work."""
 
     ping: bool = True
-    taskUUID: str | None = None
+    taskUUID: Annotated[str, msgspec.Meta(max_length=100)] | None = None
 
 
 class GetResponse(Task, tag="getResponse"):

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from protocol.common import ModelAIR, Task, TaskUUID, URLString
+from protocol.common import MAX_IMAGE_REF_CHARS, Keyword, ModelAIR, NegativePrompt, Task, TaskUUID, URLString
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.models import AIR, ShortText
 
@@ -52,9 +52,9 @@ LearningRate = Annotated[float, msgspec.Meta(gt=0, le=1)]
 Rank = Annotated[int, msgspec.Meta(ge=1, le=128)]
 Resolution = Annotated[int, msgspec.Meta(ge=64, le=1024, multiple_of=8)]
 BatchSize = Annotated[int, msgspec.Meta(ge=1, le=8)]
-Text = Annotated[str, msgspec.Meta(max_length=3000)]
+Text = NegativePrompt
 NumberLike = int | Annotated[str, msgspec.Meta(max_length=20)]
-DatasetItem = Annotated[str, msgspec.Meta(min_length=1)]
+DatasetItem = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IMAGE_REF_CHARS)]
 
 
 class ImportModel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -67,7 +67,7 @@ class ImportModel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     private: bool | None = None
     heroImageURL: URLString | None = None
     shortDescription: Annotated[str, msgspec.Meta(min_length=2, max_length=40000)] | None = None
-    architecture: str | None = None
+    architecture: Keyword | None = None
     category: Literal["lora", "lycoris"] | None = None
 
 
@@ -130,14 +130,14 @@ class Training(Task, tag="training"):
     class_prompt: Text | None = None
     base_model_type: Literal["normal", "sdxl"] | None = None
     negative_prompt: Text | None = None
-    images: list[DatasetItem] | None = None
+    images: Annotated[list[DatasetItem], msgspec.Meta(max_length=MAX_DATASET_ITEMS)] | None = None
     training_type: Literal["men", "male", "women", "female", "couple", "null"] | None = None
     lora_type: Literal["lora", "lycoris"] | None = None
     max_train_steps: NumberLike | None = None
     seed: NumberLike | None = None
     webhook: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     """The seed APIs send ``""`` or ``null`` for "no webhook"."""
-    wandb_key: str | None = None
+    wandb_key: Annotated[str, msgspec.Meta(max_length=400)] | None = None
     """Accepted and ignored: wisp reports progress itself and never calls out to wandb."""
 
     def check(self) -> WireError | None:

@@ -146,3 +146,82 @@ def test_nested_range_errors_carry_min_and_max(task: dict[str, Any], parameter: 
     assert item.error is not None and item.error.code == ErrorCode.INVALID_PARAMETER
     assert item.error.parameter == parameter
     assert (item.error.min, item.error.max) == (low, high)
+
+
+# ---- 14: every free-text field has a documented length limit --------------------
+
+LONG = 5 * 1024 * 1024
+"""The red team's 5 MB prompt."""
+
+UPLOAD = {"taskType": "modelUpload", "air": "a:b@1", "category": "lora", "architecture": "sd1x",
+          "downloadURL": "http://example.com/x.safetensors", "uniqueIdentifier": "u", "name": "n", "version": "1"}
+TRAINING = {"taskType": "training", "deliveryMethod": "async", "inputs": {"dataset": ["x"]}}
+IMPORT = {"air": "a:b@1", "name": "n", "uniqueIdentifier": "u", "version": "1"}
+
+TEXT_FIELDS = [
+    # (task, field path, where to put the long value, the documented limit)
+    (INFERENCE, "positivePrompt", 3000),
+    (INFERENCE, "negativePrompt", 3000),
+    (INFERENCE, "scheduler", 100),
+    (INFERENCE, "model", 400),
+    (INFERENCE, "vae", 400),
+    (INFERENCE, "webhookURL", 4096),
+    ({**INFERENCE, "safety": {}}, "safety.mode", 100),
+    ({**INFERENCE, "lora": [{"model": ""}]}, "lora[0].model", 400),
+    (UPLOAD, "architecture", 100),
+    (UPLOAD, "defaultScheduler", 100),
+    (UPLOAD, "conditioning", 100),
+    (UPLOAD, "positiveTriggerWords", 3000),
+    (UPLOAD, "negativeTriggerWords", 3000),
+    ({**UPLOAD, "positiveTriggerWords": ["a", ""]}, "positiveTriggerWords[1]", 400),
+    (UPLOAD, "name", 400),
+    (UPLOAD, "comment", 1000),
+    (UPLOAD, "shortDescription", 40000),
+    ({"taskType": "modelSearch"}, "search", 400),
+    ({"taskType": "modelSearch"}, "architecture", 100),
+    ({"taskType": "modelSearch"}, "conditioning", 100),
+    ({"taskType": "modelSearch"}, "customTaskUUID", 100),
+    ({"taskType": "modelSearch", "tags": [""]}, "tags[0]", 400),
+    (TRAINING, "negative_prompt", 3000),
+    (TRAINING, "instance_prompt", 3000),
+    (TRAINING, "class_prompt", 3000),
+    (TRAINING, "triggerWord", 200),
+    (TRAINING, "wandb_key", 400),
+    ({**TRAINING, "importModel": IMPORT}, "importModel.architecture", 100),
+    ({**TRAINING, "importModel": IMPORT}, "importModel.name", 400),
+]
+
+
+def _with(task: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    task = json.loads(json.dumps(task))
+    node: Any = task
+    parts = path.replace("[", ".[").split(".")
+    for part in parts[:-1]:
+        node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+    last = parts[-1]
+    if last.startswith("["):
+        node[int(last[1:-1])] = value
+    else:
+        node[last] = value
+    return task
+
+
+@pytest.mark.parametrize(("task", "path", "limit"), TEXT_FIELDS, ids=[p for _, p, _ in TEXT_FIELDS])
+def test_free_text_fields_have_a_length_limit(task: dict[str, Any], path: str, limit: int):
+    at_limit = one(json.dumps([{**_with(task, path, "x" * limit), "taskUUID": new_uuid()}]).encode())
+    assert at_limit.error is None or at_limit.error.parameter != path or at_limit.error.max != limit, at_limit.error
+    item = one(json.dumps([{**_with(task, path, "x" * (limit + 1)), "taskUUID": new_uuid()}]).encode())
+    assert item.error is not None and item.error.code == ErrorCode.INVALID_PARAMETER, item.error
+    assert item.error.parameter == path and item.error.max == limit, item.error
+
+
+def test_a_5_mb_negative_prompt_is_refused_at_decode():
+    item = one(json.dumps([{**INFERENCE, "taskUUID": new_uuid(), "negativePrompt": "x" * LONG}]).encode())
+    assert item.error is not None and item.error.parameter == "negativePrompt" and item.error.max == 3000
+
+
+@pytest.mark.parametrize(("task", "path", "limit"), [(UPLOAD, "positiveTriggerWords", 100), (UPLOAD, "tags", 100),
+                                                     ({"taskType": "modelSearch"}, "tags", 100)])
+def test_lists_of_words_have_a_length_limit(task: dict[str, Any], path: str, limit: int):
+    item = one(json.dumps([{**task, path: [f"w{i}" for i in range(limit + 1)], "taskUUID": new_uuid()}]).encode())
+    assert item.error is not None and item.error.parameter == path and item.error.max == limit, item.error
