@@ -6,7 +6,7 @@ the issue's goals are a switch with the adapter cached of ≤ 10 ms and
 ≤ 0.1× a cold load, and a cold load ≤ 1.5× a raw ``safetensors.load_file``
 of the same file.
 
-Measured in this process, through :class:`engine.lora.LoraAdapters` (the
+Measured in this process, through :class:`engine.lora_adapters.LoraAdapters` (the
 code a request runs), on two adapters A and B of the same shape:
 
 * raw read: ``safetensors.torch.load_file`` of the file (page cache warm);
@@ -122,7 +122,8 @@ def _sd15(data_dir: Path, files_dir: Path) -> tuple[Any, Path, Path]:
 def measure(setup: str, model: Any, path_a: Path, path_b: Path, reps: int) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    from engine.lora import LoraAdapters, LoraUse
+    from engine.lora import LoraUse
+    from engine.lora_adapters import LoraAdapters
     from engine.lora_cache import LoraCache
 
     a, b = LoraUse("bench-a", path_a, 1.0), LoraUse("bench-b", path_b, 1.0)

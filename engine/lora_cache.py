@@ -22,7 +22,7 @@ The tensors handed out are shared, never copied: a model that loads them
 (diffusers assigns them to the new adapter parameters without a copy on
 CPU) aliases the cache's memory.  Nothing in wisp writes adapter
 parameters in place (no ``fuse_lora``, no in-place hotswap), which is what
-makes that sharing safe; see :mod:`engine.lora`.
+makes that sharing safe; see :mod:`engine.lora_adapters`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
+
+from engine.lora import count_adapted_layers, read_lora_file
 
 log = logging.getLogger("wisp.engine.lora_cache")
 
@@ -180,8 +182,6 @@ class LoraCache:
     def _read(self, path: Path) -> dict[str, Any]:
         if self._reader is not None:
             return self._reader(path)
-        from engine.lora import read_lora_file
-
         return read_lora_file(path)
 
     def _evict(self, extra: int) -> None:
@@ -193,8 +193,6 @@ class LoraCache:
 
 
 def _entry(key: str, state: dict[str, Any]) -> CachedLora:
-    from engine.lora import count_adapted_layers
-
     return CachedLora(key=key, state=MappingProxyType(state), nbytes=tensor_bytes(state), layers=count_adapted_layers(state))
 
 
@@ -203,7 +201,7 @@ _default_lock = threading.Lock()
 
 
 def default_cache() -> LoraCache:
-    """The process-wide adapter cache that every model's :class:`~engine.lora.LoraAdapters` uses by default.
+    """The process-wide adapter cache that every model's :class:`~engine.lora_adapters.LoraAdapters` uses by default.
 
     One per process, like the host RAM it budgets; :class:`engine.core.Engine`
     sets its budget from ``EngineConfig.lora_cache_bytes``.

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.errors import InvalidInput
+from engine.safetensors_header import ModelLoadError, read_header
 
 FULL_DECODER_WIDTH = 512
 """``decoder.conv_in`` output channels of SD 1.x/SDXL VAEs (block_out_channels[-1])."""
@@ -89,8 +90,6 @@ def load_vae(path: Path, data_dir: Path, family: str, device: str = "cpu", dtype
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from engine.pipelines.stable_diffusion.loading import ModelLoadError, read_header
 
     size = size_class(read_header(path), parameter)
     config = AutoencoderKL.load_config(str(config_folder(data_dir, family, size)))

@@ -157,14 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     from server.teams_cli import add_parser as add_teams
 
     add_teams(sub)
-    loadtest = sub.add_parser("loadtest", help="load-test a Runware-protocol endpoint (code in bench/loadtest.py)")
-    try:
-        from bench.loadtest import add_arguments, cmd_loadtest
-    except ImportError:  # installed without the bench folder
-        loadtest.set_defaults(func=lambda _args: print("wisp loadtest needs the repository's bench/ folder", file=sys.stderr) or 2)
-    else:
-        add_arguments(loadtest)
-        loadtest.set_defaults(func=cmd_loadtest)
+    from server.loadtest import add_arguments, cmd_loadtest
+
+    loadtest = sub.add_parser("loadtest", help="load-test a Runware-protocol endpoint (code in server/loadtest.py)")
+    add_arguments(loadtest)
+    loadtest.set_defaults(func=cmd_loadtest)
     return parser
 
 

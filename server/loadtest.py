@@ -10,6 +10,10 @@ errors by code and reconnects (``--json`` for machines).
 Bounded by design: a duration (≤ 1 h) and/or a task count, and loopback
 targets only unless ``--allow-remote`` (this is a load generator; point it at
 your own servers).
+
+Part of the product (``wisp loadtest``); the benchmarks in ``bench/``
+(``sockets.py``, ``soak.py``) drive :func:`run_load` from here, and
+``python bench/loadtest.py`` is a thin entry to :func:`main`.
 """
 
 from __future__ import annotations
@@ -328,11 +332,18 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     )
 
 
+def _event_loop_runner() -> Any:
+    """``uvloop.run`` when installed (wisp's own loop), else ``asyncio.run``."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run
+    return uvloop.run
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
     check_target(args.url, args.allow_remote)
-    from bench._common import event_loop_runner
-
-    report = event_loop_runner()(run_load(config_from_args(args), progress=not args.json))
+    report = _event_loop_runner()(run_load(config_from_args(args), progress=not args.json))
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 
 
 def _settings(args: argparse.Namespace):
     from engine.registry.db import Database
     from engine.registry.team_settings import TeamSettings
-    from server.cli import _data_dir
+    from server.config import ServerConfig
 
-    return TeamSettings(Database(_data_dir(args.data_dir) / "wisp.db"))
+    # As every ``wisp`` subcommand: ``--data-dir``, else WISP_DATA_DIR / the default.
+    data_dir = Path(args.data_dir) if args.data_dir else ServerConfig.from_env().data_dir
+    return TeamSettings(Database(data_dir / "wisp.db"))
 
 
 def _limit(text: str) -> int | None:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from engine.builtin.build_once import build_once
 from engine.builtin.tiny_sd15 import _bytes_to_unicode, ensure_tiny_sd15
 from engine.errors import InvalidInput
+from engine.safetensors_header import read_header
 
 CONFIG_VERSION = "1"
 """Bump when any value written here changes: a new folder is written beside the old one."""
@@ -234,7 +235,8 @@ def sd1_config_for(data_dir: Path, path: Path) -> Path:
     The UNet's first conv is enough to tell the shipped configurations
     apart.  A file without one gets the SD-1.5 folder, so the loader's
     header check (which runs next) reports what is missing in its own
-    words; an unreadable file raises the loader's ``ModelLoadError``.  A
+    words; an unreadable file raises
+    :class:`~engine.safetensors_header.ModelLoadError`.  A
     first conv of any other shape raises :class:`InvalidInput`: loading it
     with a wrong config could only fail later with a less clear error.
     """
@@ -251,8 +253,6 @@ def config_for_header(path: Path, known: dict[tuple[int, ...], tuple[Callable[[]
     ``known`` maps shape → (makes the folder, label for messages); the first
     entry is the real model, also used for a file without that tensor.
     """
-    from engine.pipelines.stable_diffusion.loading import read_header
-
     shape = read_header(Path(path)).get(FIRST_CONV_KEY)
     full = next(iter(known))
     if shape is None:

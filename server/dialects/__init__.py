@@ -11,6 +11,8 @@ Layout (one job per module):
 
 * :mod:`server.dialects.router` — which path goes to which handler; the only
   thing ``server/app.py`` calls.
+* :mod:`server.dialects.request` — what a dialect is (prefix, routes, error
+  renderer) and the request its handlers receive.
 * :mod:`server.dialects.bridge` — the shared native side: authenticate a key,
   submit a task, read its record, post a webhook.
 * :mod:`server.dialects.errors` — one exception every dialect raises and the

@@ -1,7 +1,7 @@
 """Which dialect path goes to which handler; the one entry point ``server/app.py`` calls.
 
-Each dialect is a :class:`Dialect`: a path prefix, a route table and a
-renderer for its own error shape.  The router owns the parts every route
+Each dialect is a :class:`~server.dialects.request.Dialect`: a path prefix,
+a route table and a renderer for its own error shape.  The router owns the parts every route
 shares: matching, 404/405 in the dialect's shape, and turning a raised
 :class:`DialectError` (or an unexpected exception, logged, never shown)
 into that dialect's error response.
@@ -9,66 +9,26 @@ into that dialect's error response.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
 from urllib.parse import parse_qs
 
 from server.dialects.bridge import NativeBridge
 from server.dialects.errors import DialectError
+from server.dialects.novita import NovitaDialect
+from server.dialects.request import Dialect, DialectRequest, Handler
+from server.dialects.sdapi import SDAPIDialect
 from server.gateway import Gateway, RequestContext
 from server.http import Response
 
+__all__ = ["Dialect", "DialectRequest", "DialectRouter", "Handler"]
+
 log = logging.getLogger("wisp.dialects")
-
-
-@dataclass(frozen=True)
-class DialectRequest:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-    ctx: RequestContext
-    path_arg: str | None = None
-    """The last path segment when the route is ``<route>/<arg>`` (e.g. ``fine_tune_status/<id>``)."""
-
-    def json_object(self) -> dict[str, Any]:
-        """The body as a JSON object; raises :class:`DialectError` otherwise."""
-        try:
-            value = json.loads(self.body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise DialectError("invalidFrame", "the request body is not valid JSON") from None
-        if not isinstance(value, dict):
-            raise DialectError("invalidFrame", "the request body must be a JSON object")
-        return value
-
-    def bearer(self) -> str:
-        auth = self.headers.get("authorization", "")
-        return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-
-
-Handler = Callable[[DialectRequest], Awaitable[Response]]
-
-
-class Dialect(Protocol):
-    name: str
-    prefix: str
-    """Every path under it belongs to this dialect (unknown ones get its 404)."""
-    routes: dict[tuple[str, str], Handler]
-    """``(method, path) → handler``."""
-
-    def render_error(self, error: DialectError) -> Response: ...
 
 
 class DialectRouter:
     def __init__(self, gateway: Gateway, dialects: list[Dialect] | None = None) -> None:
         self.bridge = NativeBridge(gateway)
         if dialects is None:
-            from server.dialects.novita import NovitaDialect
-            from server.dialects.sdapi import SDAPIDialect
-
             dialects = [NovitaDialect(self.bridge), SDAPIDialect(self.bridge)]
         self.dialects = dialects
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine.builtin.tiny_sd15 import ensure_tiny_sd15
-from engine.lora import LoraAdapters, LoraLoadError, LoraUse
+from engine.lora import LoraLoadError, LoraUse
+from engine.lora_adapters import LoraAdapters
 from engine.lora_cache import LoraCache, default_cache
 from engine.pipelines.stable_diffusion import GenerationSpec, StableDiffusionModel
 from tests.fixtures.loras import write_lora

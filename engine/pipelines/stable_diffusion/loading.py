@@ -27,35 +27,23 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from engine.errors import EngineError
 from engine.pipelines.stable_diffusion.pipeline import StableDiffusionModel
-from protocol.errors import ErrorCode
+from engine.pipelines.stable_diffusion_xl.pipeline import StableDiffusionXLModel
+from engine.safetensors_header import ModelLoadError, read_header
+
+__all__ = [
+    "CHECKPOINT_PREFIXES", "FAMILIES", "Family", "ModelLoadError", "check_checkpoint", "family_of",
+    "load_folder", "load_single_file", "read_header",
+]  # fmt: skip
 
 log = logging.getLogger("wisp.engine.loading")
 
 _LIST_AT_MOST = 5
 
 
-class ModelLoadError(EngineError):
-    """A model file cannot be loaded: unreadable, incomplete, or of another architecture."""
-
-    code = ErrorCode.MODEL_LOAD_FAILED
-
-
 def _names(keys: list[str]) -> str:
     shown = ", ".join(keys[:_LIST_AT_MOST])
     return shown + (f" and {len(keys) - _LIST_AT_MOST} more" if len(keys) > _LIST_AT_MOST else "")
-
-
-def read_header(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name → shape of a safetensors file, without reading any tensor data."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path.name} is not a readable safetensors file") from exc
 
 
 @dataclass(frozen=True)
@@ -78,8 +66,6 @@ class Family:
 
     def model_class(self) -> type[StableDiffusionModel]:
         if self.name == "sdxl":
-            from engine.pipelines.stable_diffusion_xl.pipeline import StableDiffusionXLModel
-
             return StableDiffusionXLModel
         return StableDiffusionModel
 

@@ -4,7 +4,7 @@ One base :class:`~diffusers.StableDiffusionPipeline` is loaded per model; the
 img2img and inpaint variants are derived with ``from_pipe`` and share its
 components, so the weights exist once.  ``run`` is called from a worker
 thread, never the event loop; a per-model lock keeps the scheduler swap and
-the call together, and the LoRA set of the request (see :mod:`engine.lora`):
+the call together, and the LoRA set of the request (see :mod:`engine.lora_adapters`):
 adapters live on the shared UNet/text encoder, so every variant sees them.
 """
 
@@ -20,7 +20,8 @@ from PIL import Image
 
 from engine.errors import EngineStopped
 from engine.embeddings import textual_inversions
-from engine.lora import LoraAdapters, LoraUse
+from engine.lora import LoraUse
+from engine.lora_adapters import LoraAdapters
 from engine.pipelines.batch_invariance import decode_image_by_image, per_request_kernels
 from engine.schedulers import make_scheduler
 from engine.vae import vae_override

@@ -13,7 +13,7 @@ from server.dialects.bridge import NativeBridge
 from server.dialects.errors import DialectError
 from server.dialects.names import resolve_model
 from server.dialects.novita import errors, result, translate
-from server.dialects.router import DialectRequest, Handler
+from server.dialects.request import DialectRequest, Handler
 from server.http import Response, json_response
 
 

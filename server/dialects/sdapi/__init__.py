@@ -16,7 +16,7 @@ from typing import Any
 
 from server.dialects.bridge import NativeBridge
 from server.dialects.errors import DialectError
-from server.dialects.router import DialectRequest, Handler
+from server.dialects.request import DialectRequest, Handler
 from server.dialects.sdapi import errors
 from server.dialects.sdapi.load_model import LoadModel
 from server.dialects.sdapi.lora_fine_tune import LoraFineTune
