@@ -29,7 +29,10 @@ from engine.errors import DownloadFailed, URLNotAllowed
 class NetPolicy:
     allow_private: bool = False
     timeout_s: float = 30.0
+    """Longest wait for any one network step (connect, a read)."""
     max_redirects: int = 5
+    fetch_total_s: float = 60.0
+    """Longest a whole :func:`fetch_bytes` may take: a server that trickles a byte per read cannot hold a task."""
 
 
 def _split(url: str, parameter: str) -> tuple[str, int]:
@@ -171,7 +174,15 @@ def guarded_async_client(policy: NetPolicy, parameter: str, timeout: httpx.Timeo
 
 
 async def fetch_bytes(url: str, policy: NetPolicy, max_bytes: int, parameter: str) -> bytes:
-    """GET ``url`` with the checks above; raises DownloadFailed / URLNotAllowed."""
+    """GET ``url`` with the checks above, within ``policy.fetch_total_s``; raises DownloadFailed / URLNotAllowed."""
+    try:
+        async with asyncio.timeout(policy.fetch_total_s):
+            return await _fetch_bytes(url, policy, max_bytes, parameter)
+    except TimeoutError:
+        raise DownloadFailed(f"{parameter}: the download took longer than {policy.fetch_total_s:g} s", parameter=parameter) from None
+
+
+async def _fetch_bytes(url: str, policy: NetPolicy, max_bytes: int, parameter: str) -> bytes:
     async with guarded_async_client(policy, parameter, policy.timeout_s) as client:
         for _ in range(policy.max_redirects + 1):
             await check_url(url, policy, parameter)

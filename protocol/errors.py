@@ -45,6 +45,8 @@ class ErrorCode:
     TOO_MANY_TASKS = "tooManyTasks"
     TOO_MANY_TASKS_IN_FLIGHT = "tooManyTasksInFlight"
     QUEUE_FULL = "queueFull"
+    RESPONSE_TOO_LARGE = "responseTooLarge"
+    TOO_MANY_CONNECTIONS = "tooManyConnections"
     SESSION_NOT_FOUND = "sessionNotFound"
     TIMEOUT = "timeout"
     INTERNAL_ERROR = "internalError"

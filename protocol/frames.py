@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import msgspec
 
@@ -266,11 +266,13 @@ def _parse(frame: bytes | str) -> Any:
         return wire_error(ErrorCode.INVALID_FRAME, f"frame is not valid JSON: {str(first)[:200]}")
 
 
-def decode_frame(frame: bytes | str) -> list[DecodedTask] | WireError:
-    """Decode one client frame.
+def parse_frame(frame: bytes | str) -> list[Any] | WireError:
+    """The elements of one client frame, not yet decoded into tasks.
 
-    Returns a list with one :class:`DecodedTask` per element, in order, or a
-    single :class:`WireError` when the frame is not a non-empty JSON array.
+    Split from :func:`decode_frame` so that a caller can look at how many
+    elements there are (and whether one is an authentication) before paying
+    for a typed decode of each: work then grows with what a limit allows,
+    not with what a peer sends.
     """
     elements = _parse(frame)
     if isinstance(elements, WireError):
@@ -279,40 +281,74 @@ def decode_frame(frame: bytes | str) -> list[DecodedTask] | WireError:
         return wire_error(ErrorCode.INVALID_FRAME, "a frame must be a JSON array of task objects")
     if not elements:
         return wire_error(ErrorCode.INVALID_FRAME, "a frame must hold at least one task")
+    return elements
+
+
+def decode_elements(elements: list[Any]) -> list[DecodedTask]:
+    """One :class:`DecodedTask` per element of a parsed frame, in order."""
     return [_decode_element(i, e) for i, e in enumerate(elements)]
 
 
-def task_heads(frame: bytes | str) -> list[tuple[str | None, str | None]]:
-    """Best-effort (taskType, taskUUID) pairs of a frame, for refusing it whole."""
-    elements = _parse(frame)
+def decode_frame(frame: bytes | str) -> list[DecodedTask] | WireError:
+    """Decode one client frame.
+
+    Returns a list with one :class:`DecodedTask` per element, in order, or a
+    single :class:`WireError` when the frame is not a non-empty JSON array.
+    """
+    elements = parse_frame(frame)
+    if isinstance(elements, WireError):
+        return elements
+    return decode_elements(elements)
+
+
+def element_head(element: Any) -> tuple[str | None, str | None]:
+    """An element's (taskType, taskUUID) where they are strings, for routing an error to it."""
+    if not isinstance(element, dict):
+        return None, None
+    t, u = element.get("taskType"), element.get("taskUUID")
+    return (t if isinstance(t, str) else None, u if isinstance(u, str) else None)
+
+
+def task_heads(frame: bytes | str | list[Any]) -> list[tuple[str | None, str | None]]:
+    """Best-effort (taskType, taskUUID) pairs of a frame (raw, or already parsed), for refusing it whole."""
+    elements = frame if isinstance(frame, list) else _parse(frame)
     if not isinstance(elements, list):
         return []
-    heads = []
-    for e in elements:
-        if isinstance(e, dict):
-            t, u = e.get("taskType"), e.get("taskUUID")
-            heads.append((t if isinstance(t, str) else None, u if isinstance(u, str) else None))
-    return heads
+    return [element_head(e) for e in elements if isinstance(e, dict)]
 
 
 def is_uuid(value: str) -> bool:
     return bool(_UUID_RE.match(value))
 
 
-def _pack(key: bytes, encoded: Iterable[bytes], limit: int) -> list[bytes]:
-    frames: list[bytes] = []
+def _pack_iter(key: bytes, encoded: Iterable[bytes], limit: int) -> Iterator[bytes]:
     chunk: list[bytes] = []
     size = 0
     overhead = len(key) + 6  # {"key":[ ... ]}
     for item in encoded:
         if chunk and size + len(item) + 1 + overhead > limit:
-            frames.append(b"{\"" + key + b"\":[" + b",".join(chunk) + b"]}")
+            yield b"{\"" + key + b"\":[" + b",".join(chunk) + b"]}"
             chunk, size = [], 0
         chunk.append(item)
         size += len(item) + 1
     if chunk:
-        frames.append(b"{\"" + key + b"\":[" + b",".join(chunk) + b"]}")
-    return frames
+        yield b"{\"" + key + b"\":[" + b",".join(chunk) + b"]}"
+
+
+def _pack(key: bytes, encoded: Iterable[bytes], limit: int) -> list[bytes]:
+    return list(_pack_iter(key, encoded, limit))
+
+
+def iter_frames(items: Sequence[Any], errors: Sequence[WireError] = (), limit: int = MAX_OUT_FRAME_BYTES) -> Iterator[bytes]:
+    """The frames of :func:`encode_data` then :func:`encode_errors`, encoded one at a time as they are taken.
+
+    A reply that repeats a large result (a frame of getResponse tasks for one
+    20-image base64 task) then costs one frame of memory at a time, not the
+    whole reply: the writer takes the next frame only when the client has
+    room for it.
+    """
+    yield from _pack_iter(b"data", (_encoder.encode(i) for i in items), limit)
+    yield from _pack_iter(b"errors", (_encoder.encode(e) for e in errors), limit)
 
 
 def encode_data(items: Sequence[Any], limit: int = MAX_OUT_FRAME_BYTES) -> list[bytes]:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Iterable
 from urllib.parse import unquote, urlsplit
 
 import h11
@@ -27,12 +28,14 @@ from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
 from engine.net import NetPolicy
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
+from protocol.errors import ErrorCode
 from server.config import ServerConfig
 from server.connection import SocketConn, request_context
 from server.dialects import DialectRouter
 from server.gateway import Gateway, RequestContext
 from server.files import FILES_PATH, FileDrop, FileSink
 from server.http import BodySink, HTTPProtocol, Response as HTTPResponse, json_response
+from server.limits import ConnectionLimits, default_max_connections, raise_fd_limit
 from server.listener import SniffingConnection
 from server.sessions import Session, SessionRegistry
 from server.journal import TaskJournal
@@ -73,18 +76,34 @@ def _static_response(name: str) -> HTTPResponse:
 class CollectingConn:
     """The gateway's view of one ``POST /v1``: replies are gathered into the body."""
 
-    def __init__(self, session: Session, ctx: RequestContext) -> None:
+    def __init__(self, session: Session, ctx: RequestContext, max_bytes: int) -> None:
         self.session = session
         self.ctx = ctx
         self.frames: list[bytes] = []
+        self.max_bytes = max_bytes
+        """The response body's budget: what a request can make the server hold is bounded in bytes, not tasks."""
+        self.size = 0
+        self.dropped = 0
         session.attach(self)
 
     async def send_frames(self, frames: list[bytes]) -> list[bytes]:
-        self.frames.extend(frames)
+        for frame in frames:
+            self._take(frame)
         return []
 
-    async def reply(self, frames: list[bytes]) -> None:
-        self.frames.extend(frames)
+    def _take(self, frame: bytes) -> bool:
+        """Keep one frame for the body while the body stays under its budget; False once it is over."""
+        if self.size + len(frame) > self.max_bytes:
+            self.dropped += 1
+            return False
+        self.size += len(frame)
+        self.frames.append(frame)
+        return True
+
+    async def reply(self, frames: Iterable[bytes]) -> None:
+        for frame in frames:
+            if not self._take(frame):
+                return
 
     def bind(self, session: Session) -> list[bytes]:
         return []
@@ -96,6 +115,10 @@ class CollectingConn:
             obj = json.loads(frame)
             data.extend(obj.get("data", []))
             errors.extend(obj.get("errors", []))
+        if self.dropped:
+            errors.append({"code": ErrorCode.RESPONSE_TOO_LARGE, "message": (
+                f"the replies to this request passed {self.max_bytes} bytes; {self.dropped} frame(s) of results were left out "
+                "(each result stays available to getResponse: ask for fewer per request, or use a WebSocket)")})
         body: dict = {}
         if data or not errors:
             body["data"] = data
@@ -110,7 +133,7 @@ class WispServer:
         prepare_data_dir(config.data_dir)
         self.db = Database(config.data_dir / "wisp.db")
         self.keys = KeyStore(self.db)
-        policy = NetPolicy(allow_private=config.allow_private_urls)
+        policy = NetPolicy(allow_private=config.allow_private_urls, fetch_total_s=config.fetch_timeout_s)
         self.engine = Engine(
             EngineConfig(
                 data_dir=config.data_dir,
@@ -127,6 +150,8 @@ class WispServer:
                 dtype=config.dtype,
                 lora_cache_bytes=config.lora_cache_bytes,
                 batch_window_ms=config.batch_window_ms,
+                download_threads=config.download_threads,
+                download_timeout_s=config.download_timeout_s,
             ),
             db=self.db,
         )
@@ -143,6 +168,9 @@ class WispServer:
         self.files = FileDrop(config.data_dir / "uploads")
         self.gateway = Gateway(config, self.engine, self.keys, self.tasks, self.sessions, self.webhooks, self.files)
         self.dialects = DialectRouter(self.gateway)
+        fd_limit = raise_fd_limit()
+        self.limits = ConnectionLimits(config.max_connections or default_max_connections(fd_limit),
+                                       config.max_unauthenticated_per_address)
         self.ws_server: Server | None = None
         self.port: int | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -198,7 +226,7 @@ class WispServer:
             return await asyncio.to_thread(_static_response, "index.html" if path in ("/", "/playground") else path[len("/static/"):])
         if path == "/healthz" and method in ("GET", "HEAD"):
             return json_response(200, {"status": "ok", "queue": len(self.engine.queue), "sessions": len(self.sessions),
-                                       "tasks": len(self.tasks), "counters": self.gateway.counters,
+                                       "tasks": len(self.tasks), "counters": self.gateway.counters, "connections": self.limits.stats(),
                                        "modelCache": self.engine.cache_stats()})
         if path.startswith("/images/") and method in ("GET", "HEAD"):
             file = self.engine.images.path_for_name(unquote(path[len("/images/"):]))
@@ -224,7 +252,7 @@ class WispServer:
             status = 429 if team.code == "authRateLimited" else 401
             return json_response(status, {"errors": [msgspec.to_builtins(team)]})
         ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url, peer=peer)
-        conn = CollectingConn(Session(team, resumable=False), ctx)
+        conn = CollectingConn(Session(team, resumable=False), ctx, self.config.max_http_response_bytes)
         jobs = await self.gateway.handle_frame(conn, body)
         if jobs:
             await asyncio.wait(jobs)
@@ -240,13 +268,15 @@ class WispServer:
 
     async def start(self) -> None:
         self.engine.start()
-        http_factory = functools.partial(HTTPProtocol, self._http_handler, self.config.max_http_body_bytes, self._body_sink)
+        http_factory = functools.partial(HTTPProtocol, self._http_handler, self.config.max_http_body_bytes, self._body_sink,
+                                         head_timeout_s=self.config.head_timeout_s, idle_timeout_s=self.config.http_idle_timeout_s)
         self.ws_server = await serve(
             self._ws_handler,
             self.config.host,
             self.config.port,
             process_request=self._process_request,
-            create_connection=functools.partial(SniffingConnection, http_factory=http_factory),
+            create_connection=functools.partial(SniffingConnection, http_factory=http_factory, limits=self.limits,
+                                                head_timeout_s=self.config.head_timeout_s),
             max_size=self.config.hard_frame_bytes,
             compression=None,
             server_header="wisp",

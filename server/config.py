@@ -50,6 +50,24 @@ class ServerConfig:
     resume_ttl_s: float = 120.0
     task_retention_s: float = 3600.0
     max_http_body_bytes: int = 16 * 1024 * 1024
+    max_http_response_bytes: int = 64 * 1024 * 1024
+    head_timeout_s: float = 10.0
+    """A request head (HTTP or WebSocket handshake) must arrive whole this long after it starts."""
+    http_idle_timeout_s: float = 30.0
+    """HTTP: silence allowed within a request body and between keep-alive requests."""
+    auth_timeout_s: float = 30.0
+    """A WebSocket must authenticate this long after it opens, or it is closed (1008)."""
+    max_connections: int = 0
+    """Connections held at once; 0: derived from the open-file limit (which start-up raises to its hard ceiling)."""
+    max_unauthenticated_per_address: int = 64
+    """Connections one address (IPv6: one /64) may hold without having authenticated (HTTP ones always count)."""
+    download_threads: int = 4
+    """Model downloads run at once, on their own threads; more wait their turn."""
+    download_timeout_s: float = 3600.0
+    """Total time one model download may take, retries included."""
+    fetch_timeout_s: float = 60.0
+    """Total time one image or dataset fetch (seedImage, maskImage, training inputs) may take."""
+    """A ``POST /v1`` response body is built in memory: past this many bytes its results are left out (getResponse has them)."""
     max_model_bytes: int = 20 * 1024**3
     """Largest model file a modelUpload may download (or PUT to /v1/files)."""
     allow_private_urls: bool = False
@@ -119,5 +137,14 @@ class ServerConfig:
         c.dtype = os.environ.get("WISP_DTYPE", c.dtype)
         c.batch_window_ms = max(0.0, _env_float("WISP_BATCH_WINDOW_MS", c.batch_window_ms))
         c.max_outgoing_bytes = _env_int("WISP_MAX_OUTGOING_BYTES", c.max_outgoing_bytes)
+        c.max_http_response_bytes = _env_int("WISP_MAX_HTTP_RESPONSE_BYTES", c.max_http_response_bytes)
+        c.head_timeout_s = _env_float("WISP_HEAD_TIMEOUT", c.head_timeout_s)
+        c.http_idle_timeout_s = _env_float("WISP_HTTP_IDLE_TIMEOUT", c.http_idle_timeout_s)
+        c.auth_timeout_s = _env_float("WISP_AUTH_TIMEOUT", c.auth_timeout_s)
+        c.max_connections = _env_int("WISP_MAX_CONNECTIONS", c.max_connections)
+        c.max_unauthenticated_per_address = _env_int("WISP_MAX_UNAUTHENTICATED_PER_ADDRESS", c.max_unauthenticated_per_address)
+        c.download_threads = max(1, _env_int("WISP_DOWNLOAD_THREADS", c.download_threads))
+        c.download_timeout_s = _env_float("WISP_DOWNLOAD_TIMEOUT", c.download_timeout_s)
+        c.fetch_timeout_s = _env_float("WISP_FETCH_TIMEOUT", c.fetch_timeout_s)
         c.send_stall_s = _env_float("WISP_SEND_STALL", c.send_stall_s)
         return c

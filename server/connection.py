@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Iterable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -32,6 +33,8 @@ log = logging.getLogger("wisp.server")
 
 DEFAULT_MAX_OUTGOING_BYTES = 8 * 1024 * 1024
 DEFAULT_SEND_STALL_S = 30.0
+PRE_AUTH_MAX_MESSAGE_BYTES = 1024 * 1024
+"""What websockets will buffer of one message before authentication (the gateway answers frames over 64 KiB with one error)."""
 
 
 def request_context(
@@ -71,32 +74,38 @@ class SocketConn:
     async def send_frames(self, frames: list[bytes]) -> list[bytes]:
         """Send ``frames`` in order; returns those not sent (socket closed or given up as a slow consumer)."""
         for index, frame in enumerate(frames):
-            if self.closed:
+            if not await self._send_one(frame):
                 return frames[index:]
-            if not await self._room_for(len(frame)):
-                if not self.closed:
-                    self._give_up(f"more than {self.max_outgoing_bytes} bytes have waited {self.send_stall_s:g} s "
-                                  "for a client that does not read")
-                return frames[index:]
-            self._queued += len(frame)
-            try:
-                await self._send_lock.acquire()
-            finally:
-                self._queued -= len(frame)
-            try:
-                if self.closed:
-                    return frames[index:]
-                # ws.send writes the frame, then waits for the buffer to drain below its limit.
-                await asyncio.wait_for(self.ws.send(frame, text=True), self.send_stall_s)
-            except TimeoutError:
-                self._give_up(f"a write made no progress for {self.send_stall_s:g} s")
-                return frames[index:]
-            except ConnectionClosed:
-                self.closed = True
-                return frames[index:]
-            finally:
-                self._send_lock.release()
         return []
+
+    async def _send_one(self, frame: bytes) -> bool:
+        """Write one frame once there is room for it; False if the socket is closed or was given up."""
+        if self.closed:
+            return False
+        if not await self._room_for(len(frame)):
+            if not self.closed:
+                self._give_up(f"more than {self.max_outgoing_bytes} bytes have waited {self.send_stall_s:g} s "
+                              "for a client that does not read")
+            return False
+        self._queued += len(frame)
+        try:
+            await self._send_lock.acquire()
+        finally:
+            self._queued -= len(frame)
+        try:
+            if self.closed:
+                return False
+            # ws.send writes the frame, then waits for the buffer to drain below its limit.
+            await asyncio.wait_for(self.ws.send(frame, text=True), self.send_stall_s)
+        except TimeoutError:
+            self._give_up(f"a write made no progress for {self.send_stall_s:g} s")
+            return False
+        except ConnectionClosed:
+            self.closed = True
+            return False
+        finally:
+            self._send_lock.release()
+        return True
 
     async def _room_for(self, size: int) -> bool:
         """Wait until ``size`` more bytes fit under ``max_outgoing_bytes``; False after ``send_stall_s`` without room.
@@ -133,34 +142,61 @@ class SocketConn:
         if transport is not None:
             transport.abort()
 
-    async def reply(self, frames: list[bytes]) -> None:
-        await self.send_frames(frames)
+    async def reply(self, frames: Iterable[bytes]) -> None:
+        """Immediate replies, taken (and so encoded) one frame at a time as the client makes room.
+
+        What cannot be sent is dropped: replies are not kept for a resume
+        (the results they carry stay in the task store).
+        """
+        for frame in frames:
+            if not await self._send_one(frame):
+                return
 
     def bind(self, session: Session) -> list[bytes]:
         if self.session is not None and self.session is not session:
             self.session.detach(self)
+        if self.session is None:
+            # Authenticated: frames may now be as large as the server allows, and the
+            # connection no longer counts against its address's unauthenticated allowance.
+            self.ws.protocol.max_message_size = self.gateway.config.hard_frame_bytes
+            lease = getattr(self.ws, "lease", None)
+            if lease is not None:
+                lease.authenticated()
         self.session = session
         return session.attach(self)
 
-    async def _close_when_idle(self, idle: float) -> None:
-        """Close the socket once no frame has arrived for ``idle`` seconds.
+    async def _close_when_idle(self, idle: float, auth_deadline: float) -> None:
+        """Close the socket once no frame has arrived for ``idle`` seconds, or unauthenticated at ``auth_deadline``.
 
-        One timer per socket that wakes only when the deadline may have
+        One timer per socket that wakes only when a deadline may have
         passed; re-arming a timeout on every frame cost as much as handling
-        a ping (measured in bench/protocol.py).
+        a ping (measured in bench/protocol.py).  Frames (pings included) do
+        not move the authentication deadline: a socket that never proves a
+        key is closed whatever it sends.
         """
         loop = asyncio.get_running_loop()
         while not self.closed:
-            remaining = self.last_seen + idle - loop.time()
+            now = loop.time()
+            if self.session is None and now >= auth_deadline:
+                await self.ws.close(1008, "authenticate within "
+                                    f"{self.gateway.config.auth_timeout_s:g} s of connecting")
+                return
+            remaining = self.last_seen + idle - now
             if remaining <= 0:
                 await self.ws.close(1000, "idle timeout")
                 return
+            if self.session is None:
+                remaining = min(remaining, auth_deadline - now)
             await asyncio.sleep(remaining)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self.last_seen = loop.time()
-        watchdog = loop.create_task(self._close_when_idle(self.gateway.config.idle_timeout_s))
+        # Until it authenticates a peer may send one small frame's worth (an authentication task);
+        # larger frames close the socket (1009) before they are buffered.
+        self.ws.protocol.max_message_size = PRE_AUTH_MAX_MESSAGE_BYTES
+        config = self.gateway.config
+        watchdog = loop.create_task(self._close_when_idle(config.idle_timeout_s, self.last_seen + config.auth_timeout_s))
         try:
             async for message in _frames(self.ws):
                 self.last_seen = loop.time()

@@ -14,7 +14,7 @@ import base64
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Protocol, TypeVar
+from typing import Any, Awaitable, Iterable, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -23,7 +23,9 @@ from engine.core import Engine, GeneratedImage
 from engine.errors import EngineError, QueueFull
 from engine.registry.keys import KeyStore
 from protocol.errors import ErrorCode, WireError, wire_error
-from protocol.frames import DecodedTask, decode_frame, encode_data, encode_errors, task_heads
+from protocol.frames import (
+    DecodedTask, decode_elements, element_head, encode_data, encode_errors, iter_frames, parse_frame, task_heads,
+)
 from protocol.inference import AsyncAck, ImageInference, ImageResult, ImageUpload, ImageUploadResult, ProgressItem
 from protocol.models import ModelSearch, ModelUpload, ModelUploadStatus
 from protocol.training import TaskCancel, TaskCancelResult, Training, TrainingStatus
@@ -96,6 +98,10 @@ class UploadSourceGone(EngineError):
 _PONG_FRAME = encode_data([Pong(taskType="ping", pong=True)])[0]
 _PING_BYTES = b'[{"taskType":"ping","ping":true}]'
 _PING_MAX = 48
+PRE_AUTH_MAX_FRAME_BYTES = 64 * 1024
+"""Before authentication a frame needs room for one authentication task, not for a batch of work."""
+MAX_REFUSAL_ERRORS = 256
+"""A frame refused whole (too large, too many tasks) gets at most this many per-task errors, then one summary."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,8 @@ class Conn(Protocol):
     session: Session | None
     ctx: RequestContext
 
-    async def reply(self, frames: list[bytes]) -> None: ...
+    async def reply(self, frames: Iterable[bytes]) -> None:
+        """Send immediate replies; ``frames`` may be a lazy iterator (encoded as it is taken)."""
 
     def bind(self, session: Session) -> list[bytes]: ...
 
@@ -144,33 +151,55 @@ class Gateway:
     # ---- frames -----------------------------------------------------------
 
     async def handle_frame(self, conn: Conn, frame: bytes | str) -> list[asyncio.Task[None]]:
-        """Answer every task of one frame; returns the jobs it started."""
+        """Answer every task of one frame; returns the jobs it started.
+
+        What a frame costs is bounded before it is paid for.  Before
+        authentication a frame may be small (:data:`PRE_AUTH_MAX_FRAME_BYTES`)
+        and is looked at only for its authentication task: one that holds
+        none gets one error, whatever it holds.  After it, the elements are
+        counted before any is decoded, and a refused frame's per-task errors
+        are capped (:data:`MAX_REFUSAL_ERRORS`).  Replies are encoded frame by
+        frame as the client takes them (``iter_frames``).
+        """
         self.counters["frames"] += 1
         if len(frame) <= _PING_MAX and isinstance(frame, bytes) and frame.replace(b" ", b"") == _PING_BYTES:
             # The SDKs' heartbeat, several per second per socket: answered without the general decoder.
             self.counters["tasks"] += 1
             await conn.reply([_PONG_FRAME])
             return []
+        authenticated = conn.session is not None
+        if not authenticated and len(frame) > PRE_AUTH_MAX_FRAME_BYTES:
+            await self._refuse(conn, [wire_error(
+                ErrorCode.NOT_AUTHENTICATED,
+                f"authenticate first: before authentication a frame may hold at most {PRE_AUTH_MAX_FRAME_BYTES} bytes",
+            )])
+            return []
         if len(frame) > self.config.max_frame_bytes:
             await self._refuse_frame(
                 conn, frame, ErrorCode.FRAME_TOO_LARGE, f"frame of {len(frame)} bytes is over the {self.config.max_frame_bytes}-byte limit"
             )
             return []
-        decoded = decode_frame(frame)
-        if isinstance(decoded, WireError):
-            self.counters["errors"] += 1
-            await conn.reply(encode_errors([decoded]))
+        elements = parse_frame(frame)
+        if isinstance(elements, WireError):
+            await self._refuse(conn, [elements])
             return []
-        if len(decoded) > self.config.max_tasks_per_frame:
+        if not authenticated and not any(isinstance(e, dict) and e.get("taskType") == "authentication" for e in elements):
+            task_type, task_uuid = element_head(elements[0])
+            await self._refuse(conn, [wire_error(
+                ErrorCode.NOT_AUTHENTICATED, "authenticate first: send an authentication task with your apiKey",
+                task_type=task_type, task_uuid=task_uuid,
+            )])
+            return []
+        if len(elements) > self.config.max_tasks_per_frame:
             await self._refuse_frame(
-                conn, frame, ErrorCode.TOO_MANY_TASKS, f"a frame may hold at most {self.config.max_tasks_per_frame} tasks"
+                conn, elements, ErrorCode.TOO_MANY_TASKS, f"a frame may hold at most {self.config.max_tasks_per_frame} tasks"
             )
             return []
         data: list[Any] = []
         errors: list[WireError] = []
         started: list[asyncio.Task[None]] = []
         resumed: list[tuple[Session, list[bytes]]] = []
-        for item in decoded:
+        for item in decode_elements(elements):
             self.counters["tasks"] += 1
             if item.error is not None:
                 errors.append(item.error)
@@ -199,23 +228,24 @@ class Gateway:
                 elif reply is not None:
                     data.append(reply)
         self.counters["errors"] += len(errors)
-        frames: list[bytes] = []
-        if data:
-            frames = encode_data(data)
-        if errors:
-            frames.extend(encode_errors(errors))
-        if frames:
-            await conn.reply(frames)
+        if data or errors:
+            await conn.reply(iter_frames(data, errors))
         for session, pending in resumed:
             # What was kept while no socket was attached goes out after the auth reply.
             await session.emit(pending)
         return started
 
-    async def _refuse_frame(self, conn: Conn, frame: bytes | str, code: str, message: str) -> None:
-        heads = task_heads(frame) if len(frame) <= self.config.hard_frame_bytes else []
-        errors = [wire_error(code, message, task_type=t, task_uuid=u) for t, u in heads] or [wire_error(code, message)]
+    async def _refuse(self, conn: Conn, errors: list[WireError]) -> None:
         self.counters["errors"] += len(errors)
         await conn.reply(encode_errors(errors))
+
+    async def _refuse_frame(self, conn: Conn, frame: bytes | str | list[Any], code: str, message: str) -> None:
+        """Refuse a whole frame: one error per task (routed by its taskUUID), at most :data:`MAX_REFUSAL_ERRORS`."""
+        heads = task_heads(frame) if isinstance(frame, list) or len(frame) <= self.config.hard_frame_bytes else []
+        errors = [wire_error(code, message, task_type=t, task_uuid=u) for t, u in heads[:MAX_REFUSAL_ERRORS]] or [wire_error(code, message)]
+        if len(heads) > MAX_REFUSAL_ERRORS:
+            errors.append(wire_error(code, f"{message}; {len(heads) - MAX_REFUSAL_ERRORS} more tasks of this frame were refused too"))
+        await self._refuse(conn, errors)
 
     # ---- session tasks ----------------------------------------------------
 

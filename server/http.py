@@ -39,10 +39,22 @@ def json_response(status: int, body: Any) -> Response:
 class HTTPProtocol(asyncio.Protocol):
     """asyncio protocol serving one HTTP/1.1 connection with a single handler."""
 
-    def __init__(self, handler: Handler, max_body: int, sink_factory: SinkFactory | None = None) -> None:
+    def __init__(
+        self, handler: Handler, max_body: int, sink_factory: SinkFactory | None = None,
+        head_timeout_s: float = 10.0, idle_timeout_s: float = 30.0,
+    ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.sink_factory = sink_factory
+        self.head_timeout_s = head_timeout_s
+        """A request head must arrive whole this long after its first byte."""
+        self.idle_timeout_s = idle_timeout_s
+        """Silence allowed between requests (keep-alive) and within a body; then the connection is closed."""
+        self.lease: Any = None
+        """The connection's place in the server's counts (:class:`server.limits.Lease`), released when it ends."""
+        self._last_data = 0.0
+        self._head_started: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._sink: BodySink | None = None
         self.peer = ""
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
@@ -56,10 +68,47 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else ""
+        loop = asyncio.get_running_loop()
+        self._last_data = loop.time()
+        self._timer = loop.call_later(min(self.head_timeout_s, self.idle_timeout_s), self._check_deadlines)
 
     def data_received(self, data: bytes) -> None:
+        now = asyncio.get_running_loop().time()
+        self._last_data = now
+        if self._head_started is None and self.conn.their_state is h11.IDLE:
+            self._head_started = now
         self.conn.receive_data(data)
         self._pump()
+
+    def _check_deadlines(self) -> None:
+        """Close a connection whose peer is too slow: a head not whole in time, a silent body, an idle keep-alive.
+
+        A request being answered is never timed out here: that is the
+        server's own work, bounded elsewhere.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        wait = self.idle_timeout_s
+        if not self._busy:
+            if self._head_started is not None and self.conn.their_state is h11.IDLE:
+                left = self._head_started + self.head_timeout_s - now
+                if left <= 0:
+                    self._send_error(408, "the request head did not arrive in time")
+                    return
+                wait = left
+            else:
+                left = self._last_data + self.idle_timeout_s - now
+                if left <= 0:
+                    if self.conn.their_state is h11.SEND_BODY:
+                        self._send_error(408, "the request body stalled")
+                    else:
+                        transport.close()  # an idle keep-alive connection: nothing to answer
+                    return
+                wait = left
+        self._timer = loop.call_later(max(0.05, wait), self._check_deadlines)
 
     def eof_received(self) -> bool | None:
         self.conn.receive_data(b"")
@@ -68,6 +117,11 @@ class HTTPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
         if self._sink is not None:
             self._sink.abort()
             self._sink = None
@@ -85,6 +139,7 @@ class HTTPProtocol(asyncio.Protocol):
                     continue
                 return
             if isinstance(event, h11.Request):
+                self._head_started = None
                 self._request, self._body, self._too_big = event, bytearray(), False
                 self._sink = self.sink_factory(event, self.peer) if self.sink_factory is not None else None
             elif isinstance(event, h11.Data):
@@ -124,6 +179,7 @@ class HTTPProtocol(asyncio.Protocol):
             payload = b""
         self._write(status, headers, payload)
         self._busy = False
+        self._last_data = asyncio.get_running_loop().time()  # keep-alive silence counts from the answer
         if self.transport is not None and self.conn.our_state is h11.MUST_CLOSE:
             self.transport.close()
             return

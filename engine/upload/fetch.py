@@ -77,6 +77,28 @@ class PipelinedHash:
         self._finish()
 
 
+@dataclass(frozen=True)
+class Limits:
+    """When a download must give up: a total time and a stop flag (the engine stopping)."""
+
+    timeout_s: float = float("inf")
+    cancel: threading.Event | None = None
+    deadline: float = float("inf")
+    """Set by :meth:`started`: the clock starts when the download does, not when it was queued."""
+
+    def started(self) -> "Limits":
+        return Limits(self.timeout_s, self.cancel, time.monotonic() + self.timeout_s)
+
+    def check(self, parameter: str) -> float:
+        """Seconds left; raises DownloadFailed once the deadline passed or the flag is set."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise DownloadFailed(f"{parameter}: the server is stopping", parameter=parameter)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DownloadFailed(f"{parameter}: the download ran past its time limit", parameter=parameter)
+        return left
+
+
 def download(
     url: str,
     dest: Path,
@@ -86,17 +108,29 @@ def download(
     retries: int = 2,
     parameter: str = "downloadURL",
     progress: Callable[[int, int | None], None] | None = None,
+    limits: Limits = Limits(),
 ) -> Downloaded:
-    """Fetch ``url`` into ``dest``; returns its SHA-256 and size, or raises DownloadFailed/URLNotAllowed."""
+    """Fetch ``url`` into ``dest``; returns its SHA-256 and size, or raises DownloadFailed/URLNotAllowed.
+
+    ``limits`` are checked between reads and before each retry, so a server
+    that trickles bytes cannot hold the download past its deadline, nor the
+    process past its stop.
+    """
     delay = 0.5
+    limits = limits.started()
     for attempt in range(retries + 1):
         try:
-            return _once(url, dest, policy, max_bytes, parameter, progress)
+            return _once(url, dest, policy, max_bytes, parameter, progress, limits)
         except _Retryable as exc:
             dest.unlink(missing_ok=True)
             if attempt == retries:
                 raise DownloadFailed(f"{parameter}: {exc} (after {retries + 1} attempts)", parameter=parameter) from None
-            time.sleep(delay)
+            if limits.check(parameter) <= delay:
+                raise DownloadFailed(f"{parameter}: {exc}; no time left to retry", parameter=parameter) from None
+            if limits.cancel is not None:
+                limits.cancel.wait(delay)
+            else:
+                time.sleep(delay)
             delay *= 2
         except BaseException:
             dest.unlink(missing_ok=True)
@@ -106,9 +140,10 @@ def download(
 
 def _once(
     url: str, dest: Path, policy: NetPolicy, max_bytes: int, parameter: str,
-    progress: Callable[[int, int | None], None] | None,
+    progress: Callable[[int, int | None], None] | None, limits: Limits,
 ) -> Downloaded:
-    timeout = httpx.Timeout(policy.timeout_s, connect=min(policy.timeout_s, 10.0))
+    step = min(policy.timeout_s, limits.check(parameter))
+    timeout = httpx.Timeout(step, connect=min(step, 10.0))
     with guarded_client(policy, parameter, timeout) as client:
         for _ in range(policy.max_redirects + 1):
             check_url_sync(url, policy, parameter)
@@ -129,12 +164,24 @@ def _once(
                         )
                     size = 0
                     with open(dest, "wb") as out, PipelinedHash() as digest:
-                        for chunk in response.iter_bytes(CHUNK):
-                            size += len(chunk)
+                        pending = bytearray()
+                        # Each network read comes back here, so the limits are checked however slowly bytes arrive.
+                        for piece in response.iter_bytes():
+                            limits.check(parameter)
+                            size += len(piece)
                             if size > max_bytes:
                                 raise DownloadFailed(f"{parameter}: body is over the {max_bytes}-byte limit", parameter=parameter)
-                            digest.update(chunk)
-                            out.write(chunk)
+                            pending += piece
+                            if len(pending) >= CHUNK:
+                                chunk = bytes(pending)
+                                pending.clear()
+                                digest.update(chunk)
+                                out.write(chunk)
+                                if progress is not None:
+                                    progress(size, total)
+                        if pending:
+                            digest.update(bytes(pending))
+                            out.write(pending)
                             if progress is not None:
                                 progress(size, total)
                         out.flush()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -25,9 +26,10 @@ from engine.net import NetPolicy, check_url
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.registry.team_settings import TeamSettings
 from engine.schedulers import canonical_scheduler
-from engine.upload.fetch import copy_and_hash, download
+from engine.upload.fetch import Limits, copy_and_hash, download
 from engine.upload.lycoris import to_kohya_lora
 from engine.upload.optimize import convert, needs_conversion
+from engine.upload.pool import DaemonPool
 from engine.upload.safetensors_check import InvalidModelFile, read_safetensors_info
 from engine.upload.sniff import ARCHITECTURE_FAMILIES, check_declared, sniff_model
 from engine.upload.store import ModelStore
@@ -65,6 +67,12 @@ class IngestConfig:
     max_model_bytes: int = 20 * 1024**3
     storage_dtype: str = "F16"
     policy: NetPolicy = NetPolicy()
+    download_threads: int = 4
+    """Downloads at once (their own daemon threads: :mod:`engine.upload.pool`); more wait in line."""
+    download_timeout_s: float = 3600.0
+    """Total time one download may take, retries included."""
+    cancel: threading.Event | None = None
+    """Set when the engine stops: a download in progress gives up at its next read."""
 
 
 def _sha256_file(path: Path) -> str:
@@ -107,6 +115,7 @@ class ModelIngest:
         self.store = store
         self.config = config
         self.prove_checkpoint = prove_checkpoint
+        self.downloads = DaemonPool(config.download_threads, "wisp-download")
         config.tmp_dir.mkdir(parents=True, exist_ok=True)
 
     async def run(self, req: ModelUpload, team: str, emit: Emit, local_source: Path | None = None) -> ModelRow:
@@ -170,9 +179,10 @@ class ModelIngest:
             if local_source is not None:
                 fetched = await asyncio.to_thread(copy_and_hash, local_source, work / "download.safetensors", self.config.max_model_bytes)
             else:
-                fetched = await asyncio.to_thread(
+                limits = Limits(self.config.download_timeout_s, self.config.cancel)
+                fetched = await self.downloads.run(
                     download, req.downloadURL, work / "download.safetensors", self.config.policy,
-                    max_bytes=self.config.max_model_bytes, retries=2 if req.retry is None else req.retry,
+                    max_bytes=self.config.max_model_bytes, retries=2 if req.retry is None else req.retry, limits=limits,
                 )
             await emit("downloaded", PHASE_MESSAGES["downloaded"])
             final, sha, converted_from = await asyncio.to_thread(self._optimize, req, fetched.path, fetched.sha256, work)
