@@ -96,10 +96,6 @@ class EngineConfig:
     training_max_queued: int = 16
     lora_cache_bytes: int = 0
     """Budget of the host-RAM LoRA adapter cache (engine.lora_cache); 0: derived (4 % of RAM, at least 64 MiB)."""
-    download_threads: int = 4
-    """Model downloads at once, on their own threads (never the default executor)."""
-    download_timeout_s: float = 3600.0
-    """Total time one model download may take."""
 
 
 def inference_dtype(device: str, name: str = "auto") -> Any:
@@ -138,7 +134,6 @@ class Engine:
         self.registry = ModelRegistry(self.db)
         self.model_store = ModelStore(data_dir / "store")
         self.images = ImageStore(data_dir / "images", data_dir / "tmp")
-        self._stopping = threading.Event()
         self.cache = ModelCache(config.device, device_bytes=config.cache_device_bytes, host_bytes=config.cache_host_bytes)
         from engine.lora_cache import default_cache
 
@@ -155,9 +150,6 @@ class Engine:
                 max_model_bytes=config.max_model_bytes,
                 storage_dtype=config.storage_dtype,
                 policy=config.net,
-                download_threads=config.download_threads,
-                download_timeout_s=config.download_timeout_s,
-                cancel=self._stopping,
             ),
             prove_checkpoint=self._prove_checkpoint,
         )
@@ -170,6 +162,7 @@ class Engine:
             self.queue, "wisp-device-0", on_start=self._init_thread,
             max_batch=effective_max_batch(config), batch_window_s=config.batch_window_ms / 1000,
         )
+        self._stopping = threading.Event()
         self._started = False
 
     def _init_thread(self) -> None:
@@ -205,7 +198,6 @@ class Engine:
         from engine.errors import EngineStopped
 
         self._stopping.set()
-        self.ingest.downloads.close()
         self.training.kill_all()
         left = self.queue.close()
         for job in left:
@@ -235,7 +227,19 @@ class Engine:
         for index, ref in enumerate(task.lora):
             self.library.resolve_lora(ref.model, team, entry, f"lora[{index}].model")
         self.library.resolve_extras(task, team, entry)  # embeddings, vae
-        return entry, canonical_scheduler(task.scheduler or entry.defaults.scheduler)
+        scheduler = canonical_scheduler(task.scheduler or entry.defaults.scheduler)
+        if task.seedImage is not None:  # img2img/inpainting: at least one denoising step, the model's defaults included
+            from engine.errors import InvalidInput
+            from engine.models import family
+            from protocol.inference import img2img_steps_error
+
+            strength = task.strength if task.strength is not None else entry.defaults.strength
+            pndm = scheduler in ("PNDM", "PNDMScheduler") or (scheduler == "Default" and family(entry.architecture) == "sd1x")
+            err = img2img_steps_error(task.steps or entry.defaults.steps, strength, strength_given=task.strength is not None,
+                                      extra_step=pndm and task.maskImage is None)
+            if err is not None:
+                raise InvalidInput(err.message, parameter=err.parameter, min=err.min)
+        return entry, scheduler
 
     def _loras(self, task: ImageInference, team: str, entry: ModelEntry) -> tuple[Any, ...]:
         uses = []

@@ -9,6 +9,7 @@ server's own retention removes them) and ``useCache``.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -65,6 +66,40 @@ UNSUPPORTED_INFERENCE_FIELDS: tuple[str, ...] = (
     "promptWeighting",
     "resolution",
 )
+
+
+MAX_STEPS = 100  # the upper bound of protocol.common.Steps
+
+
+def img2img_steps_error(steps: int, strength: float, *, strength_given: bool, extra_step: bool = False) -> WireError | None:
+    """img2img and inpainting denoise for ``int(steps × strength)`` steps (diffusers' rule); zero is refused.
+
+    ``steps`` and ``strength`` are the values the model will run with, its
+    defaults included.  ``extra_step``: img2img (not inpainting) with PNDM,
+    whose PLMS timesteps hold one more than ``steps``, so a zero count still
+    runs one step once ``steps`` ≥ 2.  The error names ``strength`` when the
+    request set it (or when no step count could help), else ``steps``, and
+    its ``min`` is the least value that runs one step.
+    """
+    if int(steps * strength) >= 1 or (extra_step and steps >= 2):
+        return None
+    least_steps = next((n for n in range(steps + 1, MAX_STEPS + 1) if int(n * strength) >= 1), None)
+    if strength_given or least_steps is None:
+        least = math.ceil(10_000 / steps) / 10_000
+        return wire_error(
+            ErrorCode.INVALID_PARAMETER,
+            f"img2img and inpainting denoise for int(steps × strength) steps, which must be at least 1: "
+            f"with steps {steps}, strength must be at least {least}",
+            parameter="strength",
+            min=least,
+        )
+    return wire_error(
+        ErrorCode.INVALID_PARAMETER,
+        f"img2img and inpainting denoise for int(steps × strength) steps, which must be at least 1: "
+        f"with strength {strength} (the model's default), steps must be at least {least_steps}",
+        parameter="steps",
+        min=least_steps,
+    )
 
 
 class LoraRef(msgspec.Struct, forbid_unknown_fields=True):

@@ -225,3 +225,63 @@ def test_a_5_mb_negative_prompt_is_refused_at_decode():
 def test_lists_of_words_have_a_length_limit(task: dict[str, Any], path: str, limit: int):
     item = one(json.dumps([{**task, path: [f"w{i}" for i in range(limit + 1)], "taskUUID": new_uuid()}]).encode())
     assert item.error is not None and item.error.parameter == path and item.error.max == limit, item.error
+
+
+# ---- 13: img2img / inpainting with steps × strength < 1 --------------------------
+
+
+def _png_data_uri(side: int = 64) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 30, 200)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _img2img(**fields: Any) -> dict[str, Any]:
+    task = {**INFERENCE, "taskUUID": new_uuid(), "width": 64, "height": 64, "seedImage": _png_data_uri(), "seed": 1}
+    task.update(fields)
+    return {k: v for k, v in task.items() if v is not None}
+
+
+def test_the_least_strength_offered_always_runs_a_step():
+    from protocol.inference import img2img_steps_error
+
+    assert img2img_steps_error(3, 0.3, strength_given=True, extra_step=True) is None  # PNDM img2img: one more step
+    assert img2img_steps_error(1, 0.5, strength_given=True, extra_step=True) is not None
+    for steps in range(1, 101):
+        err = img2img_steps_error(steps, 0.0, strength_given=True)
+        assert err is not None and int(steps * err.min) >= 1, steps
+        assert img2img_steps_error(steps, err.min, strength_given=True) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "parameter", "least"),
+    [
+        ({"steps": 1, "strength": 0.5}, "strength", 1.0),
+        ({"steps": 1}, "steps", 2),  # the built-in model's default strength is 0.8: int(1 × 0.8) = 0
+        ({"steps": 1, "strength": 0.5, "maskImage": "@mask"}, "strength", 1.0),
+        ({"strength": 0.0, "scheduler": "Euler"}, "strength", 0.05),  # default steps 20
+        ({"steps": 3, "strength": 0.3, "scheduler": "Euler"}, "strength", 0.3334),
+        ({"steps": 3, "strength": 0.3, "maskImage": "@mask"}, "strength", 0.3334),  # inpainting: PNDM adds no step
+    ],
+)
+async def test_too_few_denoising_steps_are_an_invalid_parameter(wisp_server: RunningServer, fields, parameter, least):
+    ws = await session(wisp_server)
+    try:
+        if fields.get("maskImage") == "@mask":
+            fields = {**fields, "maskImage": _png_data_uri()}
+        task = _img2img(**fields)
+        error = await answer(ws, json.dumps([task]), task["taskUUID"])
+        assert error.get("code") == "invalidParameter", error
+        assert error["parameter"] == parameter and error["min"] == least, error
+        await still_open(ws)
+        # The smallest value it offers works.
+        task = _img2img(**{**fields, parameter: least})
+        item = await answer(ws, json.dumps([task]), task["taskUUID"])
+        assert "imageUUID" in item, item
+    finally:
+        await ws.close()
