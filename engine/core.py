@@ -96,6 +96,10 @@ class EngineConfig:
     training_max_queued: int = 16
     lora_cache_bytes: int = 0
     """Budget of the host-RAM LoRA adapter cache (engine.lora_cache); 0: derived (4 % of RAM, at least 64 MiB)."""
+    download_threads: int = 4
+    """Model downloads at once, on their own threads (never the default executor)."""
+    download_timeout_s: float = 3600.0
+    """Total time one model download may take."""
 
 
 def inference_dtype(device: str, name: str = "auto") -> Any:
@@ -134,6 +138,7 @@ class Engine:
         self.registry = ModelRegistry(self.db)
         self.model_store = ModelStore(data_dir / "store")
         self.images = ImageStore(data_dir / "images", data_dir / "tmp")
+        self._stopping = threading.Event()
         self.cache = ModelCache(config.device, device_bytes=config.cache_device_bytes, host_bytes=config.cache_host_bytes)
         from engine.lora_cache import default_cache
 
@@ -150,6 +155,9 @@ class Engine:
                 max_model_bytes=config.max_model_bytes,
                 storage_dtype=config.storage_dtype,
                 policy=config.net,
+                download_threads=config.download_threads,
+                download_timeout_s=config.download_timeout_s,
+                cancel=self._stopping,
             ),
             prove_checkpoint=self._prove_checkpoint,
         )
@@ -162,7 +170,6 @@ class Engine:
             self.queue, "wisp-device-0", on_start=self._init_thread,
             max_batch=effective_max_batch(config), batch_window_s=config.batch_window_ms / 1000,
         )
-        self._stopping = threading.Event()
         self._started = False
 
     def _init_thread(self) -> None:
@@ -198,6 +205,7 @@ class Engine:
         from engine.errors import EngineStopped
 
         self._stopping.set()
+        self.ingest.downloads.close()
         self.training.kill_all()
         left = self.queue.close()
         for job in left:
