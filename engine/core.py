@@ -140,12 +140,12 @@ class Engine:
         self.images = ImageStore(data_dir / "images", data_dir / "tmp")
         self._stopping = threading.Event()
         self.cache = ModelCache(config.device, device_bytes=config.cache_device_bytes, host_bytes=config.cache_host_bytes)
-        from engine.lora_cache import default_cache
+        from engine.lora_cache import LoraCache
 
-        self.lora_cache = default_cache()  # one per process: every model's adapters read through it
-        self.lora_cache.set_budget(config.lora_cache_bytes)
+        self.lora_cache = LoraCache(config.lora_cache_bytes)  # the engine's own; every model's adapters read through it
         self.library = ModelLibrary(
-            data_dir, config.device, self.registry, self.model_store, dtype=inference_dtype(config.device, config.dtype), cache=self.cache
+            data_dir, config.device, self.registry, self.model_store, dtype=inference_dtype(config.device, config.dtype), cache=self.cache,
+            lora_cache=self.lora_cache,
         )
         self.ingest = ModelIngest(
             self.registry,

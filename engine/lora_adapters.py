@@ -86,9 +86,10 @@ class LoraAdapters:
 
     ``loading_context`` wraps each load; the SD family uses it to hide its
     clip_skip shim from diffusers (see ``pipeline.hidden_text_model_alias``).
-    ``cache`` is the host-RAM adapter cache the files are read through
-    (default: the process-wide :func:`engine.lora_cache.default_cache`);
-    ``max_resident`` bounds the adapters kept loaded on this model.
+    ``cache`` is the host-RAM adapter cache the files are read through,
+    shared by every model of an engine (:class:`engine.lora_cache.LoraCache`;
+    None: a cache of this model's own, as for a model loaded outside an
+    engine); ``max_resident`` bounds the adapters kept loaded on this model.
     """
 
     def __init__(
@@ -98,12 +99,8 @@ class LoraAdapters:
         cache: LoraCache | None = None,
         max_resident: int = DEFAULT_MAX_RESIDENT,
     ) -> None:
-        if cache is None:
-            from engine.lora_cache import default_cache
-
-            cache = default_cache()
         self.pipe = pipe
-        self.cache = cache
+        self.cache = cache if cache is not None else LoraCache()
         self.max_resident = max(1, max_resident)
         self._loading_context = loading_context
         self._loaded: OrderedDict[str, str] = OrderedDict()  # key → adapter name, least recently used first

@@ -14,6 +14,11 @@ left to the load itself: it takes a fraction of a millisecond, against tens
 of milliseconds for PEFT's layer injection, and one cached entry then serves
 an SD-1.x and an SDXL pipeline alike.
 
+One per engine: :class:`engine.core.Engine` creates it (budget
+``EngineConfig.lora_cache_bytes``) and hands it to its
+:class:`~engine.models.ModelLibrary`, which gives it to every model it
+loads; nothing finds it implicitly.
+
 Thread-safe.  A file read happens outside the lock; two threads missing the
 same key at once both read it, and the second insert replaces the first (the
 worker is one thread per device, so this is rare and harmless).
@@ -194,20 +199,3 @@ class LoraCache:
 
 def _entry(key: str, state: dict[str, Any]) -> CachedLora:
     return CachedLora(key=key, state=MappingProxyType(state), nbytes=tensor_bytes(state), layers=count_adapted_layers(state))
-
-
-_default: LoraCache | None = None
-_default_lock = threading.Lock()
-
-
-def default_cache() -> LoraCache:
-    """The process-wide adapter cache that every model's :class:`~engine.lora_adapters.LoraAdapters` uses by default.
-
-    One per process, like the host RAM it budgets; :class:`engine.core.Engine`
-    sets its budget from ``EngineConfig.lora_cache_bytes``.
-    """
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = LoraCache()
-        return _default

@@ -23,6 +23,7 @@ from engine.builtin.tiny_sdxl import BUILD_VERSION as TINY_SDXL_VERSION
 from engine.builtin.tiny_sdxl import BUILTIN_SDXL_AIR, ensure_tiny_sdxl
 from engine.cache import ModelCache
 from engine.errors import InvalidInput, ModelNotFound
+from engine.lora_cache import LoraCache
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.upload.sniff import ARCHITECTURE_FAMILIES
 from engine.upload.store import ModelStore
@@ -169,13 +170,17 @@ class ModelLibrary:
         store: ModelStore,
         dtype: Any = None,
         cache: ModelCache | None = None,
+        lora_cache: LoraCache | None = None,
     ) -> None:
+        """``cache``: the engine's model cache; ``lora_cache``: its LoRA adapter cache, given to every model loaded
+        (each None: one of this library's own)."""
         self.data_dir = data_dir
         self.device = device
         self.dtype = dtype
         self.registry = registry
         self.store = store
         self.cache = cache if cache is not None else ModelCache(device)
+        self.lora_cache = lora_cache if lora_cache is not None else LoraCache()
         self._keys: dict[str, str] = {}  # AIR → cache key of the bytes it named last
         self._keys_lock = threading.Lock()
 
@@ -298,11 +303,11 @@ class ModelLibrary:
             if entry.builtin:
                 folder = builtin_folder(entry.air, self.data_dir)
                 with LOAD_LOCK:
-                    return load_folder(folder, self.device, self.dtype)
+                    return load_folder(folder, self.device, self.dtype, self.lora_cache)
             assert entry.file is not None
             config = self.config_folder(entry.architecture, entry.file)
             with LOAD_LOCK:
-                return load_single_file(entry.file, config, self.device, self.dtype)
+                return load_single_file(entry.file, config, self.device, self.dtype, self.lora_cache)
 
         return load
 
@@ -380,7 +385,7 @@ class ModelLibrary:
         folder = self.config_folder(architecture, path)
         check_checkpoint(path, folder)  # names and shapes from the header: clear errors, no weights read
         with LOAD_LOCK:
-            load_single_file(path, folder, self.device, self.dtype)
+            load_single_file(path, folder, self.device, self.dtype, self.lora_cache)
 
 
 def _adapters(model: Any) -> frozenset[str] | None:

@@ -13,7 +13,7 @@ import pytest
 from engine.builtin.tiny_sd15 import ensure_tiny_sd15
 from engine.lora import LoraLoadError, LoraUse
 from engine.lora_adapters import LoraAdapters
-from engine.lora_cache import LoraCache, default_cache
+from engine.lora_cache import LoraCache
 from engine.pipelines.stable_diffusion import GenerationSpec, StableDiffusionModel
 from tests.fixtures.loras import write_lora
 from tests.fixtures.generation import png, spec as generation_spec
@@ -168,8 +168,10 @@ def test_engine_reports_the_adapter_cache(engine_data_dir: Path, monkeypatch):
     engine = Engine(EngineConfig(data_dir=engine_data_dir, torch_threads=1, lora_cache_bytes=5 * 1024**2))
     try:
         stats = engine.cache_stats()["loraCache"]
-        assert stats["budget"] == 5 * 1024**2 and default_cache().budget == 5 * 1024**2
+        assert stats["budget"] == 5 * 1024**2 and engine.lora_cache.budget == 5 * 1024**2
         assert set(stats) >= {"hits", "misses", "evictions", "bytes", "entries"}
+        # The cache is the engine's, handed down: every model the engine loads reads its LoRAs through it.
+        with engine.library.use(engine.library.resolve("wisp:tiny-sd15@1", "team")) as model:
+            assert model.loras.cache is engine.lora_cache
     finally:
         engine.stop()
-        default_cache().set_budget(0)

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
+from engine.lora_cache import LoraCache
 from engine.pipelines.stable_diffusion.pipeline import StableDiffusionModel
 from engine.pipelines.stable_diffusion_xl.pipeline import StableDiffusionXLModel
 from engine.safetensors_header import ModelLoadError, read_header
@@ -104,9 +105,9 @@ def family_of(config_folder: Path) -> Family:
     raise ModelLoadError(f"{config_folder} configures a {name}, which this build cannot load")
 
 
-def load_folder(folder: Path, device: str = "cpu", dtype: Any = None) -> StableDiffusionModel:
-    """Load a diffusers folder (a built-in model) with its family's wrapper."""
-    return family_of(folder).model_class().load(folder, device, dtype)
+def load_folder(folder: Path, device: str = "cpu", dtype: Any = None, lora_cache: LoraCache | None = None) -> StableDiffusionModel:
+    """Load a diffusers folder (a built-in model) with its family's wrapper; ``lora_cache``: the engine's adapter cache."""
+    return family_of(folder).model_class().load(folder, device, dtype, lora_cache)
 
 
 def _expected_shapes(config_folder: Path, family: Family) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -208,7 +209,9 @@ def check_checkpoint(path: Path, config_folder: Path) -> None:
             )
 
 
-def load_single_file(path: Path, config_folder: Path, device: str = "cpu", dtype: Any = None) -> StableDiffusionModel:
+def load_single_file(
+    path: Path, config_folder: Path, device: str = "cpu", dtype: Any = None, lora_cache: LoraCache | None = None
+) -> StableDiffusionModel:
     """Load an original-layout ``.safetensors`` checkpoint (SD-1.x or SDXL), configured by ``config_folder``.
 
     ``config_folder`` is a diffusers folder of the same architecture (the
@@ -216,7 +219,9 @@ def load_single_file(path: Path, config_folder: Path, device: str = "cpu", dtype
     provides the component configs, the scheduler and the tokenizer(s), and
     its model_index.json decides the family.  Weights come only from
     ``path``.  ``dtype`` defaults to float32, which also upcasts fp16 files
-    (CPU inference in fp16 is slow or unsupported).  Never touches the network.
+    (CPU inference in fp16 is slow or unsupported).  ``lora_cache`` is the
+    engine's adapter cache the model's LoRAs are read through (None: the
+    model's own).  Never touches the network.
     """
     import torch
 
@@ -244,4 +249,4 @@ def load_single_file(path: Path, config_folder: Path, device: str = "cpu", dtype
         left = [k for k, v in model.state_dict().items() if v.device.type == "meta"]
         if left:
             raise ModelLoadError(f"{path.name} left {len(left)} {component.title} tensor(s) unset: {_names(left)}")
-    return model_class.from_pipeline(pipe, device)
+    return model_class.from_pipeline(pipe, device, lora_cache)

@@ -22,6 +22,7 @@ from engine.errors import EngineStopped
 from engine.embeddings import textual_inversions
 from engine.lora import LoraUse
 from engine.lora_adapters import LoraAdapters
+from engine.lora_cache import LoraCache
 from engine.pipelines.batch_invariance import decode_image_by_image, per_request_kernels
 from engine.schedulers import make_scheduler
 from engine.vae import vae_override
@@ -114,14 +115,15 @@ class StableDiffusionModel:
     LOAD_KWARGS: ClassVar[dict[str, Any]] = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     """Extra ``from_pretrained``/``from_single_file`` arguments: wisp runs no safety checker."""
 
-    def __init__(self, base: Any, device: str) -> None:
+    def __init__(self, base: Any, device: str, lora_cache: LoraCache | None = None) -> None:
+        """``lora_cache``: the engine's adapter cache (None: one of this model's own)."""
         self.base = base
         self.device = device
         self.lock = threading.Lock()
         self._variants: dict[str, Any] = {"txt2img": base}
         self._scheduler_config = base.scheduler.config
         self._default_scheduler = base.scheduler
-        self.loras = LoraAdapters(base, self._lora_loading_context(base))
+        self.loras = LoraAdapters(base, self._lora_loading_context(base), cache=lora_cache)
 
     # family hooks
     @classmethod
@@ -143,22 +145,22 @@ class StableDiffusionModel:
 
     # 1. load
     @classmethod
-    def from_pipeline(cls, pipe: Any, device: str) -> Self:
+    def from_pipeline(cls, pipe: Any, device: str, lora_cache: LoraCache | None = None) -> Self:
         """Wrap a freshly loaded base pipeline (from a folder or a single file)."""
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
         cls._adapt(pipe)
-        return cls(pipe, device)
+        return cls(pipe, device, lora_cache)
 
     @classmethod
-    def load(cls, folder: Path, device: str = "cpu", dtype: Any = None) -> Self:
+    def load(cls, folder: Path, device: str = "cpu", dtype: Any = None, lora_cache: LoraCache | None = None) -> Self:
         """Load a diffusers-format folder (the built-in models)."""
         import torch
 
         pipe = cls.pipeline_class().from_pretrained(
             str(folder), local_files_only=True, dtype=dtype or torch.float32, **cls.LOAD_KWARGS
         )
-        return cls.from_pipeline(pipe, device)
+        return cls.from_pipeline(pipe, device, lora_cache)
 
     def _variant(self, mode: str) -> Any:
         pipe = self._variants.get(mode)
