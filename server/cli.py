@@ -89,10 +89,15 @@ def cmd_sources_create(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", args.name):
         print("a source name is lowercase letters, digits, '-' and '_' (at most 64)", file=sys.stderr)
         return 2
+    from engine.registry.models import ReservedSource
+
     try:
         _registry(args).create_source(args.name, args.team)
     except sqlite3.IntegrityError:
         print(f"source {args.name!r} already exists", file=sys.stderr)
+        return 1
+    except ReservedSource as exc:
+        print(exc.message, file=sys.stderr)
         return 1
     print(f"source {args.name!r} belongs to team {args.team!r}")
     return 0

@@ -1,7 +1,10 @@
 """Sources and uploaded models in SQLite.
 
 A source (the ``source`` of ``source:id@version``) belongs to one team; only
-that team may upload under it.  A model row points at a content-addressed
+that team may upload under it.  ``wisp`` names the built-in models and is
+reserved: it cannot be created, and a ``wisp`` row an older version let in
+grants nothing and lists nothing.  An AIR is unique across all teams (the
+``models.air`` column is), so no two teams can publish the same one.  A model row points at a content-addressed
 file by SHA-256; the row is written only after the file is in the store.
 Privacy is enforced here, in the queries: a private model of another team is
 never returned, so it looks exactly like a missing one everywhere.
@@ -16,10 +19,28 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from engine.errors import EngineError
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
+from protocol.errors import ErrorCode
 
 USD_PER_GB_MONTH = 0.05
+
+RESERVED_SOURCES = frozenset({"wisp"})
+"""Sources no team may hold (``wisp`` names the built-in models)."""
+_NOT_RESERVED = f"m.source NOT IN ({', '.join(repr(s) for s in sorted(RESERVED_SOURCES))})"
+
+
+class ReservedSource(EngineError):
+    """A reserved source name (``wisp``) was asked for."""
+
+    code = ErrorCode.SOURCE_NOT_ALLOWED
+
+
+def check_source_name(name: str) -> None:
+    """Raise :class:`ReservedSource` for a name no team may hold."""
+    if name in RESERVED_SOURCES:
+        raise ReservedSource(f"the source {name!r} is reserved for wisp's built-in models", parameter="air")
 
 
 @dataclass
@@ -75,10 +96,13 @@ class ModelRegistry:
     # ---- sources ----------------------------------------------------------
 
     def create_source(self, name: str, team: str) -> None:
+        check_source_name(name)
         team_id = self.keys.ensure_team(team)
         self.db.connect().execute("INSERT INTO sources(name, team_id) VALUES (?, ?)", (name, team_id))
 
     def source_team(self, name: str) -> str | None:
+        if name in RESERVED_SOURCES:
+            return None
         row = self.db.connect().execute(
             "SELECT t.name FROM sources s JOIN teams t ON t.id = s.team_id WHERE s.name = ?", (name,)
         ).fetchone()
@@ -92,7 +116,7 @@ class ModelRegistry:
 
     def get(self, air: str) -> ModelRow | None:
         """The row for ``air`` whatever its team (callers check visibility)."""
-        r = self.db.connect().execute(_SELECT + " WHERE m.air = ?", (air,)).fetchone()
+        r = self.db.connect().execute(_SELECT + f" WHERE m.air = ? AND {_NOT_RESERVED}", (air,)).fetchone()
         return None if r is None else _row(r)
 
     def stored_sha256s(self) -> set[str]:
@@ -116,6 +140,7 @@ class ModelRegistry:
         from protocol.models import split_air
 
         source, key, version = split_air(row.air)
+        check_source_name(source)
         conn = self.db.connect()
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
@@ -157,7 +182,7 @@ class ModelRegistry:
         limit: int = 20,
         offset: int = 0,
     ) -> tuple[int, list[ModelRow]]:
-        where = ["(m.private = 0 OR t.name = ?)"]
+        where = ["(m.private = 0 OR t.name = ?)", _NOT_RESERVED]
         args: list[Any] = [team]
         if visibility == "public":
             where.append("m.private = 0")

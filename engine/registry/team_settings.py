@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from engine.errors import EngineError
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
+from engine.registry.models import RESERVED_SOURCES as RESERVED_SOURCES, check_source_name
 
 LORA_CATEGORIES = ("lora", "lycoris")
-RESERVED_SOURCES = frozenset({"wisp"})
-"""Sources no team may get by default (``wisp`` names the built-in models)."""
 _SOURCE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
@@ -126,7 +125,8 @@ class TeamSettings:
         raise EngineError("no free source name for this team; an admin can set one with `wisp teams set --default-source`")
 
     def set_default_source(self, team: str, source: str) -> None:
-        """Point the team's default at ``source`` (which must be one of its sources)."""
+        """Point the team's default at ``source`` (which must be one of its sources, never a reserved one)."""
+        check_source_name(source)
         team_id = self.keys.ensure_team(team)
         self.db.connect().execute(
             "INSERT INTO team_settings(team_id, default_source) VALUES (?, ?) "
