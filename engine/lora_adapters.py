@@ -269,7 +269,7 @@ class LoraAdapters:
 
         self._layers = None
         for component in _COMPONENTS:
-            model = getattr(self.pipe, component, None)
+            model: Any = getattr(self.pipe, component, None)
             config = getattr(model, "peft_config", None) or {}
             if name not in config:
                 continue

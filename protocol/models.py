@@ -9,11 +9,11 @@ fields its caller left out, so every optional field accepts ``null``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from protocol.common import Keyword, NegativePrompt, Steps, Task, TaskUUID, URLString
+from protocol.common import Keyword, NegativePrompt, Steps, Task, TaskUUID, URLString, webhook_url_error
 from protocol.errors import ErrorCode, WireError, wire_error
 
 AIR_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}:[A-Za-z0-9][A-Za-z0-9_-]{0,63}@[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
@@ -101,7 +101,7 @@ class ModelUpload(Task, tag="modelUpload"):
         return True if self.private is None else self.private
 
     def check(self) -> WireError | None:
-        def bad(parameter: str, message: str, code: str = ErrorCode.INVALID_PARAMETER, **extra: object) -> WireError:
+        def bad(parameter: str, message: str, code: str = ErrorCode.INVALID_PARAMETER, **extra: Any) -> WireError:
             return wire_error(code, message, parameter=parameter, **extra)
 
         if self.architecture not in ARCHITECTURES:
@@ -130,6 +130,9 @@ class ModelUpload(Task, tag="modelUpload"):
             for name in checkpoint_only:
                 if getattr(self, name) is not None:
                     return bad(name, f"{name} applies only to checkpoints")
+        hook = webhook_url_error(self.webhookURL, "webhookURL")
+        if hook is not None:
+            return hook
         if self.defaultWeight is not None and self.category not in ("lora", "lycoris"):
             return bad("defaultWeight", "defaultWeight applies only to lora and lycoris")
         if self.tags is not None:

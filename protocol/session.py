@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -53,8 +53,8 @@ class Pong(msgspec.Struct, omit_defaults=True):
 
 class TaskDetailsResult(msgspec.Struct):
     taskUUID: str
-    request: list[dict]
-    response: list[dict]
+    request: list[dict[str, Any]]
+    response: list[dict[str, Any]]
     taskType: str = "getTaskDetails"
 
 

@@ -16,11 +16,11 @@ taskUUID and stops it, queued or running.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from protocol.common import MAX_IMAGE_REF_CHARS, Keyword, ModelAIR, NegativePrompt, Task, TaskUUID, URLString
+from protocol.common import MAX_IMAGE_REF_CHARS, Keyword, ModelAIR, NegativePrompt, Task, TaskUUID, URLString, webhook_url_error
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.models import AIR, ShortText
 
@@ -145,9 +145,13 @@ class Training(Task, tag="training"):
         return plan if isinstance(plan, WireError) else None
 
     def plan(self) -> TrainingPlan | WireError:
-        def bad(parameter: str, message: str, code: str = ErrorCode.INVALID_PARAMETER, **extra: object) -> WireError:
+        def bad(parameter: str, message: str, code: str = ErrorCode.INVALID_PARAMETER, **extra: Any) -> WireError:
             return wire_error(code, message, parameter=parameter, **extra)
 
+        for name, url in (("webhookURL", self.webhookURL), ("webhook", self.webhook)):
+            hook = webhook_url_error(url, name)
+            if hook is not None:
+                return hook
         if self.deliveryMethod != "async":
             return bad("deliveryMethod", "training is a long task: send it with deliveryMethod \"async\" and poll getResponse")
         recipe = self.model
@@ -280,5 +284,5 @@ class TrainingStatus(msgspec.Struct, omit_defaults=True):
     steps: int | None = None
     loss: float | None = None
     air: str | None = None
-    outputs: dict | None = None
+    outputs: dict[str, Any] | None = None
     cost: float | None = None

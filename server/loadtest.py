@@ -200,7 +200,7 @@ class Client:
                 async with gate:
                     await self.connect()
                 self.stats.connected += 1
-                jobs = [asyncio.ensure_future(self.reader()), asyncio.ensure_future(self.heartbeat())]
+                jobs: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.reader()), asyncio.ensure_future(self.heartbeat())]
                 if works:
                     jobs.append(asyncio.ensure_future(self.work()))
                 stopper = asyncio.ensure_future(self.stop.wait())

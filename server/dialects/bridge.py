@@ -17,7 +17,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import msgspec
 
@@ -49,7 +49,7 @@ class DialectConn:
                 self.on_frame(frame)
         return []
 
-    async def reply(self, frames: list[bytes]) -> None:
+    async def reply(self, frames: Iterable[bytes]) -> None:
         self.frames.extend(frames)
 
     def bind(self, session: Session) -> list[bytes]:

@@ -160,6 +160,7 @@ class LoadModel:
             return model_id.strip()
         key = model_key(model_id)
         settings = self.bridge.settings
+        source: str | None
         if create:
             source = await asyncio.to_thread(settings.default_source, team)
         else:
