@@ -8,8 +8,11 @@ tag.  Constraint aliases live here so one range is written once and the
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import msgspec
+
+from protocol.errors import ErrorCode, WireError, wire_error
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
@@ -34,6 +37,24 @@ Keyword = Annotated[str, msgspec.Meta(max_length=100)]
 """A name picked from a list (scheduler, architecture, conditioning, mode): 100 characters."""
 MAX_IMAGE_REF_CHARS = 48 * 1024 * 1024
 """An image given inline: base64 of the largest input image (32 MiB) with line breaks and a data-URI header fits."""
+
+
+def webhook_url_error(url: str | None, parameter: str) -> WireError | None:
+    """``urlNotAllowed`` for a webhook that is not an http(s) URL with a host (``""``/None: no webhook).
+
+    Only the form is checked here; where the host resolves to is the server's
+    guard's business, also before the ack.
+    """
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if ok:
+        return None
+    return wire_error(ErrorCode.URL_NOT_ALLOWED, f"{parameter} must be an http(s) URL with a host", parameter=parameter)
 
 
 class Task(msgspec.Struct, tag_field="taskType", kw_only=True, forbid_unknown_fields=True):

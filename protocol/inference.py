@@ -33,6 +33,7 @@ from protocol.common import (
     Task,
     TaskUUID,
     URLString,
+    webhook_url_error,
 )
 from protocol.errors import ErrorCode, WireError, wire_error
 
@@ -215,6 +216,9 @@ class ImageInference(Task, tag="imageInference"):
             return wire_error(
                 ErrorCode.MISSING_PARAMETER, "maskImage needs a seedImage to inpaint", parameter="seedImage"
             )
+        hook = webhook_url_error(self.webhookURL, "webhookURL")
+        if hook is not None:
+            return hook
         if self.maskMargin is not None and self.maskImage is None:
             return wire_error(
                 ErrorCode.INVALID_PARAMETER, "maskMargin applies only with a maskImage", parameter="maskMargin"

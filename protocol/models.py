@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from protocol.common import Keyword, NegativePrompt, Steps, Task, TaskUUID, URLString
+from protocol.common import Keyword, NegativePrompt, Steps, Task, TaskUUID, URLString, webhook_url_error
 from protocol.errors import ErrorCode, WireError, wire_error
 
 AIR_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}:[A-Za-z0-9][A-Za-z0-9_-]{0,63}@[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
@@ -130,6 +130,9 @@ class ModelUpload(Task, tag="modelUpload"):
             for name in checkpoint_only:
                 if getattr(self, name) is not None:
                     return bad(name, f"{name} applies only to checkpoints")
+        hook = webhook_url_error(self.webhookURL, "webhookURL")
+        if hook is not None:
+            return hook
         if self.defaultWeight is not None and self.category not in ("lora", "lycoris"):
             return bad("defaultWeight", "defaultWeight applies only to lora and lycoris")
         if self.tags is not None:

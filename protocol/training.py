@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from protocol.common import MAX_IMAGE_REF_CHARS, Keyword, ModelAIR, NegativePrompt, Task, TaskUUID, URLString
+from protocol.common import MAX_IMAGE_REF_CHARS, Keyword, ModelAIR, NegativePrompt, Task, TaskUUID, URLString, webhook_url_error
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.models import AIR, ShortText
 
@@ -148,6 +148,10 @@ class Training(Task, tag="training"):
         def bad(parameter: str, message: str, code: str = ErrorCode.INVALID_PARAMETER, **extra: Any) -> WireError:
             return wire_error(code, message, parameter=parameter, **extra)
 
+        for name, url in (("webhookURL", self.webhookURL), ("webhook", self.webhook)):
+            hook = webhook_url_error(url, name)
+            if hook is not None:
+                return hook
         if self.deliveryMethod != "async":
             return bad("deliveryMethod", "training is a long task: send it with deliveryMethod \"async\" and poll getResponse")
         recipe = self.model

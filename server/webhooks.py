@@ -3,7 +3,8 @@
 The body is ``{"data": [item]}`` for a result and ``{"errors": [error]}`` for a
 failure, the same objects the socket carries.  Each POST is retried with
 backoff (``webhook_retries`` times) on a network error or a 5xx answer.
-Targets pass the same URL guard as downloads.  Only the status line counts:
+Targets pass the same URL guard as downloads, first before the task is
+acknowledged (:meth:`WebhookSender.refusal`), then at every POST.  Only the status line counts:
 at most :data:`MAX_RESPONSE_BYTES` of a response body are read (a hook that
 answers with an endless body is hung up on), and each attempt has a total
 deadline.  Deliveries are tracked tasks: a failure is logged, never lost
@@ -18,12 +19,19 @@ from typing import Any
 
 import httpx
 
+from engine.errors import DownloadFailed, URLNotAllowed
 from engine.net import NetPolicy, check_url, guarded_async_client
+from protocol.errors import ErrorCode, WireError, wire_error
 
 log = logging.getLogger("wisp.webhooks")
 
 MAX_RESPONSE_BYTES = 64 * 1024
 """The most of a webhook's response body that is read (the body itself is unused)."""
+
+REFUSAL_CHECK_S = 5.0
+"""How long the check before the ack waits for DNS; a host that does not answer by then is checked again at delivery."""
+WEBHOOK_FIELDS = ("webhookURL", "webhook")
+"""Where a task names its webhook (``webhook``: the seed APIs' spelling, on training)."""
 
 
 class WebhookSender:
@@ -34,6 +42,27 @@ class WebhookSender:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last: dict[str, asyncio.Task[None]] = {}
         self._client: httpx.AsyncClient | None = None
+
+    async def refusal(self, task: Any, task_type: str | None, task_uuid: str | None) -> WireError | None:
+        """``urlNotAllowed`` for a task whose webhook the guard refuses, else None; call it before the ack.
+
+        The same check as each POST makes (engine.net, honouring
+        ``--allow-private-urls``); the name is resolved off the event loop.  A
+        host that does not resolve (yet) is not refused here: delivery checks
+        it again and logs what fails.
+        """
+        for parameter in WEBHOOK_FIELDS:
+            url = getattr(task, parameter, None)
+            if not isinstance(url, str) or not url:
+                continue
+            try:
+                async with asyncio.timeout(REFUSAL_CHECK_S):
+                    await check_url(url, self.policy, parameter)
+            except URLNotAllowed as exc:
+                return wire_error(ErrorCode.URL_NOT_ALLOWED, exc.message, task_type=task_type, task_uuid=task_uuid, parameter=parameter)
+            except (DownloadFailed, TimeoutError):
+                continue
+        return None
 
     def post(self, url: str, body: bytes, *, sequence: str | None = None) -> None:
         """Deliver ``body`` in the background; posts with the same ``sequence`` arrive in the order posted.

@@ -108,3 +108,82 @@ async def test_an_endless_webhook_response_is_not_read_to_its_end():
     finally:
         await sender.aclose()
         hook.server.shutdown()
+
+
+# ---- 20: a webhookURL the guard refuses is refused with the task, before its ack ---------
+
+import uuid  # noqa: E402
+
+from protocol import decode_frame  # noqa: E402
+from protocol.errors import ErrorCode  # noqa: E402
+
+UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+INFERENCE = {"taskType": "imageInference", "taskUUID": UUID, "model": "wisp:tiny-sd15@1", "positivePrompt": "a",
+             "deliveryMethod": "async"}
+UPLOAD = {"taskType": "modelUpload", "taskUUID": UUID, "air": "a:b@1", "category": "lora", "architecture": "sd1x",
+          "downloadURL": "http://example.com/x.safetensors", "uniqueIdentifier": "u", "name": "n", "version": "1"}
+TRAINING = {"taskType": "training", "taskUUID": UUID, "deliveryMethod": "async", "inputs": {"dataset": ["x"]}}
+
+
+@pytest.mark.parametrize(
+    ("task", "parameter"),
+    [({**INFERENCE, "webhookURL": "ftp://example.com/hook"}, "webhookURL"),
+     ({**INFERENCE, "webhookURL": "file:///etc/passwd"}, "webhookURL"),
+     ({**UPLOAD, "webhookURL": "gopher://example.com/"}, "webhookURL"),
+     ({**TRAINING, "webhookURL": "http:///no-host"}, "webhookURL"),
+     ({**TRAINING, "webhook": "javascript:alert(1)"}, "webhook")],
+)
+def test_a_webhook_that_is_not_http_is_refused_at_decode(task, parameter):
+    (item,) = decode_frame(json.dumps([task]).encode())
+    assert item.error is not None and item.error.code == ErrorCode.URL_NOT_ALLOWED, item.error
+    assert item.error.parameter == parameter
+
+
+@pytest.mark.parametrize(
+    ("task", "parameter"),
+    [({**INFERENCE, "webhookURL": "http://127.0.0.1:9/hook"}, "webhookURL"),
+     ({**INFERENCE, "webhookURL": "http://[::ffff:10.0.0.1]/hook"}, "webhookURL"),
+     ({**UPLOAD, "webhookURL": "http://169.254.169.254/latest"}, "webhookURL"),
+     ({**TRAINING, "webhook": "http://192.168.1.1/"}, "webhook")],
+)
+async def test_the_guard_refuses_a_private_webhook(task, parameter):
+    (item,) = decode_frame(json.dumps([task]).encode())
+    assert item.task is not None, item.error
+    strict = WebhookSender(NetPolicy(allow_private=False), timeout_s=5, retries=0)
+    error = await strict.refusal(item.task, item.task_type, item.task_uuid)
+    assert error is not None and error.code == ErrorCode.URL_NOT_ALLOWED and error.parameter == parameter, error
+    assert error.taskUUID == UUID and error.taskType == task["taskType"]
+    lenient = WebhookSender(NetPolicy(allow_private=True), timeout_s=5, retries=0)
+    assert await lenient.refusal(item.task, item.task_type, item.task_uuid) is None  # --allow-private-urls
+
+
+async def test_a_task_without_webhook_or_with_a_public_one_passes():
+    strict = WebhookSender(NetPolicy(allow_private=False), timeout_s=5, retries=0)
+    for task in (INFERENCE, {**INFERENCE, "webhookURL": "http://93.184.216.34/hook"}, {**TRAINING, "webhook": ""}):
+        (item,) = decode_frame(json.dumps([task]).encode())
+        assert await strict.refusal(item.task, item.task_type, item.task_uuid) is None
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory):
+    from tests.conftest import start_server, stop_server
+
+    server = start_server(tmp_path_factory.mktemp("strict-hooks") / "data", allow_private=False, env={"WISP_WARM_BUILTIN": "0"})
+    yield server
+    stop_server(server)
+
+
+@pytest.mark.xfail(strict=True, reason="needs server/gateway.py to await WebhookSender.refusal before _dispatch (issue 18 #20)")
+async def test_a_private_webhook_is_refused_before_the_ack(strict_server):
+    from websockets.asyncio.client import connect
+
+    async with connect(strict_server.ws_url) as ws:
+        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": strict_server.key}]))
+        assert "data" in json.loads(await ws.recv())
+        task_uuid = str(uuid.uuid4())
+        task = {**INFERENCE, "taskUUID": task_uuid, "width": 64, "height": 64, "steps": 1,
+                "webhookURL": "http://127.0.0.1:9/hook"}
+        await ws.send(json.dumps([task]))
+        reply = json.loads(await ws.recv())
+        assert reply.get("errors", [{}])[0].get("code") == "urlNotAllowed", reply  # not an ack
+        assert reply["errors"][0]["parameter"] == "webhookURL" and reply["errors"][0]["taskUUID"] == task_uuid
