@@ -216,6 +216,10 @@ class Engine:
             self._worker.thread.join(wait_s)
         return len(left)
 
+    def device_busy(self) -> bool:
+        """True while the device thread is still inside a job (after :meth:`stop`: a step longer than its wait)."""
+        return self._started and self._worker.thread.is_alive()
+
     async def warm(self, air: str, team: str = "") -> None:
         """Load a model ahead of its first request (builds the built-in one if needed)."""
         entry = self.library.resolve(air, team)

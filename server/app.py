@@ -8,14 +8,16 @@ what is left; every cancelled task is recorded as failed, none vanishes.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, TextIO
 from urllib.parse import unquote, urlsplit
 
 import h11
@@ -43,6 +45,35 @@ from server.tasks import TaskStore
 from server.webhooks import WebhookSender
 
 log = logging.getLogger("wisp.server")
+
+
+class DataDirInUse(Exception):
+    """Another server holds this data directory (its message is one line, for the operator)."""
+
+
+def lock_data_dir(data_dir: Path) -> TextIO:
+    """Hold ``wisp.lock`` in ``data_dir`` for the life of the process, or raise :class:`DataDirInUse`.
+
+    Two servers on one data dir would each clear the other's ``tmp/`` and
+    ``uploads/`` and mark the other's running tasks interrupted.  The lock is
+    an ``flock``: the kernel drops it when the process dies, however it dies,
+    so a crash never leaves a stale lock behind.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "wisp.lock", "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise DataDirInUse(f"the data dir {data_dir} is in use by another wisp server ({holder}); "
+                           "stop it, or give this one its own --data-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -130,6 +161,7 @@ class CollectingConn:
 class WispServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        self._lock = lock_data_dir(config.data_dir)  # before anything in it is cleared
         prepare_data_dir(config.data_dir)
         self.db = Database(config.data_dir / "wisp.db")
         self.keys = KeyStore(self.db)
@@ -162,7 +194,7 @@ class WispServer:
         swept = self.engine.sweep_store()
         if swept:
             log.warning("removed %d stored model file(s) that no model refers to (left by a crash or a refused upload)", swept)
-        self.tasks = TaskStore(config.task_retention_s, self.journal)
+        self.tasks = TaskStore(config.task_retention_s, self.journal, inline_loader=self._stored_image)
         self.sessions = SessionRegistry(config.resume_ttl_s)
         self.webhooks = WebhookSender(policy, config.webhook_timeout_s, config.webhook_retries)
         self.files = FileDrop(config.data_dir / "uploads")
@@ -174,6 +206,11 @@ class WispServer:
         self.ws_server: Server | None = None
         self.port: int | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+
+    def _stored_image(self, image_uuid: str) -> tuple[bytes, str] | None:
+        """A generated image's bytes and mime, for a journaled base64 result read back after a restart."""
+        path = self.engine.images.find(image_uuid)
+        return None if path is None else (path.read_bytes(), self.engine.images.mime_for(path))
 
     # ---- routes -----------------------------------------------------------
 
@@ -216,6 +253,9 @@ class WispServer:
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
         if path.rstrip("/") == FILES_PATH.rstrip("/") and method in ("PUT", "POST"):
             if not isinstance(sink, FileSink):
+                wait = self.gateway.auth_limiter.retry_after(peer)
+                if wait > 0:
+                    return json_response(429, {"errors": [msgspec.to_builtins(self.gateway.rate_limited(wait))]})
                 status = 401
                 code = "invalidApiKey" if "authorization" in headers else "missingApiKey"
                 return json_response(status, {"errors": [{"code": code, "message": "send Authorization: Bearer <apiKey>"}]})
@@ -286,9 +326,19 @@ class WispServer:
         sockets = self.ws_server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+        self._revocations = asyncio.get_running_loop().create_task(self._watch_revocations())
         if self.config.warm_builtin:
             warm = asyncio.get_running_loop().create_task(self.engine.warm(BUILTIN_SD15_AIR))
             warm.add_done_callback(_log_warm_failure)
+
+    async def _watch_revocations(self) -> None:
+        """Every ``revocation_check_s``: sessions whose key was revoked (by any process) are ended."""
+        while True:
+            await asyncio.sleep(self.config.revocation_check_s)
+            try:
+                await self.gateway.enforce_revocations()
+            except Exception:  # a busy database must not end the watch
+                log.exception("revocation check failed")
 
     async def _housekeep(self) -> None:
         while True:
@@ -305,6 +355,7 @@ class WispServer:
             await self.ws_server.wait_closed()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+            self._revocations.cancel()
         jobs = set(self.gateway.jobs)
         if jobs:
             _, pending = await asyncio.wait(jobs, timeout=grace_s)
@@ -345,3 +396,12 @@ async def run_forever(config: ServerConfig, announce: bool = True) -> None:
     await stop.wait()
     print("wisp shutting down", flush=True)
     await server.stop()
+    if server.engine.device_busy():
+        # One denoising step can outlast the grace period (a huge image on a CPU).  Torch must not be
+        # running on a thread while the interpreter tears down (the C++ runtime aborts the process), and
+        # everything worth keeping is already written: the journal is closed, the task marked interrupted.
+        log.warning("the device is still inside a step; exiting without waiting for it (its task is recorded as interrupted)")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import sys
@@ -33,14 +34,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("WISP_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from server.app import run_forever
+    from server.app import DataDirInUse, run_forever
 
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        asyncio.run(run_forever(config))
+        runner = asyncio.run
     else:
-        uvloop.run(run_forever(config))
+        runner = uvloop.run
+    try:
+        runner(run_forever(config))
+    except DataDirInUse as exc:
+        print(f"wisp: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            print(f"wisp: cannot listen on {config.host}:{config.port}: {exc.strerror} "
+                  "(pick another --port, or stop what holds it)", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 

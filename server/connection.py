@@ -152,6 +152,13 @@ class SocketConn:
             if not await self._send_one(frame):
                 return
 
+    def close_for(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` (its session is already gone: nothing is kept for a resume)."""
+        if not self.closed:
+            self.closed = True
+            self.session = None
+            asyncio.ensure_future(self.ws.close(code, reason))
+
     def bind(self, session: Session) -> list[bytes]:
         if self.session is not None and self.session is not session:
             self.session.detach(self)

@@ -252,14 +252,17 @@ class Gateway:
     async def _authenticate(self, conn: Conn, task: Authentication, resumed: list[tuple[Session, list[bytes]]]) -> Any:
         if not isinstance(task.apiKey, str) or not task.apiKey:
             return wire_error(ErrorCode.MISSING_API_KEY, "apiKey is missing", task_type="authentication")
-        team = await self.team_for_key(task.apiKey, conn.ctx.peer)
-        if isinstance(team, WireError):
-            return team
+        found = await self.key_for(task.apiKey, conn.ctx.peer)
+        if isinstance(found, WireError):
+            return found
+        key_id, team = found
         session = None
         if task.connectionSessionUUID:
             session = self.sessions.resume(task.connectionSessionUUID, team)
+            if session is not None:
+                session.key_id = key_id  # the key that holds it now is the one whose revocation ends it
         if session is None:
-            session = self.sessions.create(team)
+            session = self.sessions.create(team, key_id)
         pending = conn.bind(session)
         if pending:
             resumed.append((session, pending))
@@ -267,18 +270,56 @@ class Gateway:
 
     async def team_for_key(self, key: str, peer: str) -> "str | WireError":
         """The key's team, or the error to answer (invalid key, or this address is rate-limited)."""
-        wait = self.auth_limiter.retry_after(peer)
+        found = await self.key_for(key, peer)
+        return found if isinstance(found, WireError) else found[1]
+
+    async def key_for(self, key: str, peer: str) -> "tuple[int, str] | WireError":
+        """(key id, team) of a live key, or the error to answer (invalid key, or this address is rate-limited).
+
+        The attempt is counted before the key is looked at, so a burst of
+        concurrent wrong keys from one address cannot all be checked.
+        """
+        wait = self.auth_limiter.begin(peer)
         if wait > 0:
-            return wire_error(
-                ErrorCode.AUTH_RATE_LIMITED,
-                f"too many failed authentications from this address; retry in {int(wait) + 1} s",
-                task_type="authentication",
-            )
-        team = await asyncio.to_thread(self.keys.team_of, key)
-        if team is None:
-            self.auth_limiter.failed(peer)
+            return self.rate_limited(wait)
+        found = None
+        try:
+            found = await asyncio.to_thread(self.keys.identify, key)
+        finally:
+            self.auth_limiter.end(peer, failed=found is None)
+        if found is None:
             return wire_error(ErrorCode.INVALID_API_KEY, "Invalid API key", task_type="authentication")
-        return team
+        return found
+
+    @staticmethod
+    def rate_limited(wait: float) -> WireError:
+        return wire_error(
+            ErrorCode.AUTH_RATE_LIMITED,
+            f"too many failed authentications from this address; retry in {int(wait) + 1} s",
+            task_type="authentication",
+        )
+
+    async def enforce_revocations(self) -> int:
+        """End every session whose key was revoked since it authenticated; returns how many.
+
+        Keys are revoked by another process (``wisp keys revoke``), so the
+        registry is asked; the server calls this every few seconds.  The
+        session is forgotten (no resume) and its socket closed with 1008;
+        its tasks run on, their results stay in the team's task store.
+        """
+        ids = self.sessions.key_ids()
+        if not ids:
+            return 0
+        revoked = await asyncio.to_thread(self.keys.revoked_among, ids)
+        dropped = self.sessions.drop_keys(revoked) if revoked else []
+        for session in dropped:
+            sink, session.sink = session.sink, None
+            close = getattr(sink, "close_for", None)
+            if close is not None:
+                close(1008, "API key revoked")
+        if dropped:
+            log.warning("closed %d session(s) whose API key was revoked", len(dropped))
+        return len(dropped)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         job = asyncio.ensure_future(coro)

@@ -139,6 +139,11 @@ class HTTPProtocol(asyncio.Protocol):
                     continue
                 return
             if isinstance(event, h11.Request):
+                names = {name for name, _ in event.headers}
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    # RFC 9112 §6.1: the two framings disagree, a sign of request smuggling; refuse and close.
+                    self._send_error(400, "a request may not carry both Content-Length and Transfer-Encoding")
+                    return
                 self._head_started = None
                 self._request, self._body, self._too_big = event, bytearray(), False
                 self._sink = self.sink_factory(event, self.peer) if self.sink_factory is not None else None

@@ -22,6 +22,7 @@ from protocol.errors import ErrorCode
 
 log = logging.getLogger("wisp.journal")
 
+_VACUUM = "PRAGMA incremental_vacuum"
 INTERRUPTED_MESSAGE = "the server stopped while this task was running; send it again with a new taskUUID"
 
 
@@ -50,7 +51,9 @@ class TaskJournal:
         self._queue.put(("DELETE FROM tasks WHERE team=? AND task_uuid=?", (team, task_uuid.lower())))
 
     def prune(self, retention_s: float) -> None:
+        """Drop what retention expired, and give the freed pages back to the file system (the db is auto_vacuum=INCREMENTAL)."""
         self._queue.put(("DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (time.time() - retention_s,)))
+        self._queue.put((_VACUUM, ()))
 
     def _run(self) -> None:
         conn = self.db.connect()
@@ -62,7 +65,7 @@ class TaskJournal:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            statements = [b for b in batch if b is not None]
+            statements = [b for b in batch if b is not None and b[0] != _VACUUM]
             if statements:
                 try:
                     conn.execute("BEGIN")
@@ -75,6 +78,12 @@ class TaskJournal:
                         conn.execute("ROLLBACK")
                     except Exception:
                         pass
+            if any(b is not None and b[0] == _VACUUM for b in batch):
+                try:
+                    # executescript steps the pragma to its end (execute frees a single page) after a commit.
+                    conn.executescript(f"{_VACUUM};")
+                except Exception:
+                    log.exception("task journal vacuum failed")
             if None in batch:
                 return
 

@@ -19,6 +19,8 @@ class AuthLimiter:
         self.window_s = window_s
         self.max_addresses = max_addresses
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._pending: dict[str, int] = {}
+        """Attempts being checked now, per address."""
 
     def _recent(self, address: str, now: float) -> deque[float]:
         times = self._failures.get(address)
@@ -35,6 +37,29 @@ class AuthLimiter:
         if len(times) < self.max_failures:
             return 0.0
         return max(0.0, self.window_s - (now - times[0]))
+
+    def begin(self, address: str) -> float:
+        """Count an attempt about to be checked; returns the seconds to wait instead (0: go ahead, then call :meth:`end`).
+
+        Attempts in flight count as failures until they end, so N concurrent
+        wrong keys from one address are stopped at the limit, not after all
+        N were checked.
+        """
+        now = time.monotonic()
+        times = self._recent(address, now)
+        if len(times) + self._pending.get(address, 0) >= self.max_failures:
+            return max(0.001, self.window_s - (now - times[0])) if len(times) >= self.max_failures else 1.0
+        self._pending[address] = self._pending.get(address, 0) + 1
+        return 0.0
+
+    def end(self, address: str, failed: bool) -> None:
+        left = self._pending.get(address, 0) - 1
+        if left > 0:
+            self._pending[address] = left
+        else:
+            self._pending.pop(address, None)
+        if failed:
+            self.failed(address)
 
     def failed(self, address: str) -> None:
         now = time.monotonic()

@@ -29,9 +29,11 @@ class Sink(Protocol):
 
 
 class Session:
-    def __init__(self, team: str, session_uuid: str | None = None, resumable: bool = True) -> None:
+    def __init__(self, team: str, session_uuid: str | None = None, resumable: bool = True, key_id: int | None = None) -> None:
         self.uuid = session_uuid or str(uuid.uuid4())
         self.team = team
+        self.key_id = key_id
+        """The API key that opened the session: revoking it ends the session (see ``Gateway.enforce_revocations``)."""
         self.resumable = resumable
         self.sink: Sink | None = None
         self.detached_at: float | None = time.monotonic()
@@ -77,10 +79,21 @@ class SessionRegistry:
         self.resume_ttl_s = resume_ttl_s
         self._sessions: dict[str, Session] = {}
 
-    def create(self, team: str) -> Session:
-        session = Session(team)
+    def create(self, team: str, key_id: int | None = None) -> Session:
+        session = Session(team, key_id=key_id)
         self._sessions[session.uuid] = session
         return session
+
+    def key_ids(self) -> set[int]:
+        """The keys behind the sessions held now."""
+        return {s.key_id for s in self._sessions.values() if s.key_id is not None}
+
+    def drop_keys(self, revoked: set[int]) -> list[Session]:
+        """Forget every session opened with one of ``revoked`` (no resume); returns them, so their sockets can be closed."""
+        dropped = [s for s in self._sessions.values() if s.key_id in revoked]
+        for session in dropped:
+            del self._sessions[session.uuid]
+        return dropped
 
     def resume(self, session_uuid: str, team: str) -> Session | None:
         """The live session with that UUID if it belongs to ``team``; None otherwise."""

@@ -9,9 +9,10 @@ are kept ``retention_s`` after they finish (README: one hour by default).
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
@@ -21,6 +22,45 @@ if TYPE_CHECKING:
     from server.journal import TaskJournal
 
 _MAX_KEPT_STRING = 4096
+INLINE_IMAGE_FIELDS = ("imageBase64Data", "imageDataURI")
+_INLINED = "wispInlined"
+"""Journal-only key: which inline image fields an item had (their bytes are in the image store, not the journal)."""
+
+InlineLoader = Callable[[str], "tuple[bytes, str] | None"]
+"""imageUUID → (bytes, mime) of a stored image, or None when it is gone."""
+
+
+def _journal_items(items: list[Any]) -> list[Any]:
+    """Items as the journal keeps them: base64 images replaced by a note of which fields to rebuild.
+
+    A 20-image base64 result is ~34 MB of text; the same images are already
+    files in the image store, so the journal keeps their imageUUIDs only.
+    """
+    out = []
+    for item in msgspec.to_builtins(items):
+        if isinstance(item, dict) and item.get("imageUUID") and any(f in item for f in INLINE_IMAGE_FIELDS):
+            inlined = [f for f in INLINE_IMAGE_FIELDS if f in item]
+            item = {k: v for k, v in item.items() if k not in INLINE_IMAGE_FIELDS}
+            item[_INLINED] = inlined
+        out.append(item)
+    return out
+
+
+def _rebuilt_items(items: list[Any], load: InlineLoader | None) -> list[Any]:
+    """The journal's items with their inline images read back from the store (fields dropped if the image is gone)."""
+    out = []
+    for item in items:
+        if isinstance(item, dict) and _INLINED in item:
+            item = dict(item)
+            fields = item.pop(_INLINED)
+            found = load(item["imageUUID"]) if load is not None else None
+            if found is not None:
+                data, mime = found
+                encoded = base64.b64encode(data).decode("ascii")
+                for name in fields:
+                    item[name] = encoded if name == "imageBase64Data" else f"data:{mime};base64,{encoded}"
+        out.append(item)
+    return out
 
 
 def _trim(value: Any) -> Any:
@@ -73,9 +113,10 @@ class TaskRecord:
 class TaskStore:
     """In memory for speed; mirrored to the :class:`~server.journal.TaskJournal` when given one."""
 
-    def __init__(self, retention_s: float, journal: "TaskJournal | None" = None) -> None:
+    def __init__(self, retention_s: float, journal: "TaskJournal | None" = None, inline_loader: InlineLoader | None = None) -> None:
         self.retention_s = retention_s
         self.journal = journal
+        self.inline_loader = inline_loader
         self._records: dict[tuple[str, str], TaskRecord] = {}
 
     def claim(
@@ -103,7 +144,7 @@ class TaskStore:
         """Persist a task's outcome (call after ``succeed`` or ``fail``)."""
         if self.journal is not None and record.durable:
             self.journal.finished(
-                record.team, record.task_uuid, record.status, msgspec.to_builtins(record.items), msgspec.to_builtins(record.errors)
+                record.team, record.task_uuid, record.status, _journal_items(record.items), msgspec.to_builtins(record.errors)
             )
 
     def release(self, record: TaskRecord) -> None:
@@ -137,7 +178,7 @@ class TaskStore:
         if row is None:
             return None
         record = TaskRecord(team, task_uuid, row["task_type"], row["request"], "")
-        record.items = row["items"]
+        record.items = _rebuilt_items(row["items"], self.inline_loader)
         record.errors = [msgspec.convert(e, WireError) for e in row["errors"]]
         if row["finished_at"] is not None:
             record.finished_at = time.monotonic() - max(0.0, time.time() - row["finished_at"])

@@ -126,3 +126,8 @@ class Database:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            # Incremental: the task journal gives pages back as retention drops rows (server.journal.prune);
+            # switching an existing database over takes one VACUUM.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")

@@ -51,13 +51,33 @@ class KeyStore:
 
     def team_of(self, key: str) -> str | None:
         """The team a live key belongs to, or None for an unknown or revoked key."""
+        found = self.identify(key)
+        return None if found is None else found[1]
+
+    def identify(self, key: str) -> tuple[int, str] | None:
+        """(key id, team) of a live key, or None for an unknown or revoked key."""
         if not key or len(key) > 256:
             return None
         row = self.db.connect().execute(
-            "SELECT t.name FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.key_hash=? AND k.revoked_at IS NULL",
+            "SELECT k.id, t.name FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.key_hash=? AND k.revoked_at IS NULL",
             (_hash(key),),
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def revoked_among(self, ids: set[int]) -> set[int]:
+        """Those of ``ids`` that are revoked (or gone): what open sessions must stop using."""
+        if not ids:
+            return set()
+        wanted = sorted(ids)
+        live: set[int] = set()
+        conn = self.db.connect()
+        for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+            part = wanted[start:start + 500]
+            rows = conn.execute(
+                f"SELECT id FROM api_keys WHERE revoked_at IS NULL AND id IN ({','.join('?' * len(part))})", part
+            ).fetchall()
+            live.update(int(r[0]) for r in rows)
+        return set(wanted) - live
 
     def list(self) -> list[KeyInfo]:
         rows = self.db.connect().execute(

@@ -133,7 +133,7 @@ async def test_traversal_in_names_and_airs(wisp_server):
                                       "downloadURL": "http://127.0.0.1:9/x", "uniqueIdentifier": "u", "name": "n", "version": "1"})
             assert frame["errors"][0]["code"] == "invalidParameter" and frame["errors"][0]["parameter"] == "air", bad
         frame = await answer(ws, {"taskType": "imageInference", "model": "wisp:tiny-sd15@1", "positivePrompt": "x",
-                                  "width": 64, "height": 64, "steps": 1, "seedImage": "../../wisp.db"})
+                                  "width": 64, "height": 64, "steps": 4, "seedImage": "../../wisp.db"})
         assert frame["errors"][0]["code"] == "invalidImage"
     finally:
         await ws.close()
