@@ -34,7 +34,8 @@ from engine.pipelines.stable_diffusion import GenerationSpec
 from engine.pipelines.stable_diffusion.pipeline import batch_key
 from engine.pricing import image_cost
 from engine.schedulers import canonical_scheduler
-from engine.workqueue import Batchable, FairQueue, Worker, submit
+from engine.errors import EngineStopped, JobCancelled, WorkLimitExceeded
+from engine.workqueue import Batchable, FairQueue, Worker, submit, withdraw
 from engine.training.runner import RECIPE_BASES, ImportTarget, TrainingOutcome, TrainingRunner, StatusEmit
 from protocol.training import Training, TrainingPlan
 
@@ -98,8 +99,19 @@ class EngineConfig:
     """Budget of the host-RAM LoRA adapter cache (engine.lora_cache); 0: derived (4 % of RAM, at least 64 MiB)."""
     download_threads: int = 4
     """Model downloads at once, on their own threads (never the default executor)."""
+    max_work: float = 0.0
+    """Per-request work limit in megapixel-steps (width × height / 2^20 × steps × numberResults); 0: by device (see :func:`default_max_work`)."""
     download_timeout_s: float = 3600.0
     """Total time one model download may take."""
+
+
+def default_max_work(device: str) -> float:
+    """Megapixel-steps one request may ask for: 64 on a CPU (512² × 20 steps × 12 images), 4096 on CUDA.
+
+    Without a bound one request (2048² × 100 steps on a CPU) holds the device
+    for hours; set ``WISP_MAX_WORK`` to what the hardware should accept.
+    """
+    return 4096.0 if device.startswith("cuda") else 64.0
 
 
 def inference_dtype(device: str, name: str = "auto") -> Any:
@@ -171,6 +183,9 @@ class Engine:
             max_batch=effective_max_batch(config), batch_window_s=config.batch_window_ms / 1000,
         )
         self._started = False
+        self.max_work = config.max_work or default_max_work(config.device)
+        self._cancels: dict[tuple[str, str], threading.Event] = {}
+        """(team, taskUUID) → the cancel flag of each imageInference not finished yet (taskCancel)."""
 
     def _init_thread(self) -> None:
         from engine.models import LOAD_LOCK
@@ -251,6 +266,14 @@ class Engine:
                                       extra_step=pndm and task.maskImage is None)
             if err is not None:
                 raise InvalidInput(err.message, parameter=err.parameter, min=err.min)
+        steps = task.steps or entry.defaults.steps
+        work = task.width * task.height / 1_048_576 * steps * task.numberResults
+        limit = self.max_work
+        if work > limit:
+            raise WorkLimitExceeded(
+                f"this request is {work:.1f} megapixel-steps (width × height / 2^20 × steps × numberResults); "
+                f"this server allows at most {limit:g} per request: fewer images, steps or pixels", parameter="steps", max=limit,
+            )
         return entry, scheduler
 
     def _loras(self, task: ImageInference, team: str, entry: ModelEntry) -> tuple[Any, ...]:
@@ -302,19 +325,41 @@ class Engine:
         for them, else None); ``on_start()`` when the device takes the task
         from the queue.
         """
-        entry, spec = await self.prepare(task, team, own_hosts)
-        if progress is not None:
-            spec = dataclasses.replace(spec, on_step=self._step_reporter(progress, task.includePreviews, entry))
-        key = batch_key(spec)
-        batch = None
-        if key is not None and self.config.max_batch > 1:
-            batch = Batchable(
-                key=(self.library.cache_key(entry), key), payload=(spec, task.outputFormat, task.outputQuality),
-                run=lambda payloads: self._render_batch(entry, payloads),
+        cancel = threading.Event()
+        cancel_key = (team, task.taskUUID.lower())
+        self._cancels[cancel_key] = cancel
+        try:
+            entry, spec = await self.prepare(task, team, own_hosts)
+            if cancel.is_set():
+                raise JobCancelled("cancelled by taskCancel before it started")
+            if progress is not None:
+                spec = dataclasses.replace(spec, on_step=self._step_reporter(progress, task.includePreviews, entry))
+            key = batch_key(spec)
+            batch = None
+            if key is not None and self.config.max_batch > 1:
+                batch = Batchable(
+                    key=(self.library.cache_key(entry), key), payload=(spec, task.outputFormat, task.outputQuality),
+                    run=lambda payloads: self._render_batch(entry, payloads),
+                )
+            return await submit(
+                self.queue, owner, lambda: self._render(entry, spec, task.outputFormat, task.outputQuality, cancel), batch=batch,
+                on_start=on_start, cancel=cancel,
             )
-        return await submit(
-            self.queue, owner, lambda: self._render(entry, spec, task.outputFormat, task.outputQuality), batch=batch, on_start=on_start
-        )
+        finally:
+            if self._cancels.get(cancel_key) is cancel:
+                del self._cancels[cancel_key]
+
+    def cancel_inference(self, team: str, task_uuid: str) -> bool:
+        """``taskCancel`` of an imageInference: a queued one ends at once, a running one after its current step.
+
+        Returns False when no such task is waiting or running.  Either way
+        the task itself ends with ``taskCancelled``.
+        """
+        cancel = self._cancels.get((team, task_uuid.lower()))
+        if cancel is None:
+            return False
+        withdraw(self.queue, cancel)
+        return True
 
     @staticmethod
     def _step_reporter(
@@ -333,10 +378,22 @@ class Engine:
 
         return on_step
 
-    def _render(self, entry: ModelEntry, spec: GenerationSpec, output_format: str, quality: int) -> list[GeneratedImage]:
-        """Worker thread: generate, encode, store."""
-        with self.library.use(entry) as model, self.library.use_vae(spec) as spec:  # pinned: not evicted while it runs
-            images = model.run(spec, self._stopping.is_set)
+    def _render(
+        self, entry: ModelEntry, spec: GenerationSpec, output_format: str, quality: int, cancel: threading.Event | None = None,
+    ) -> list[GeneratedImage]:
+        """Worker thread: generate, encode, store; stops between steps when the engine stops or ``cancel`` is set."""
+        stopping = self._stopping
+
+        def should_stop() -> bool:
+            return stopping.is_set() or (cancel is not None and cancel.is_set())
+
+        try:
+            with self.library.use(entry) as model, self.library.use_vae(spec) as spec:  # pinned: not evicted while it runs
+                images = model.run(spec, should_stop)
+        except EngineStopped:
+            if cancel is not None and cancel.is_set() and not stopping.is_set():
+                raise JobCancelled("cancelled by taskCancel between denoising steps") from None
+            raise
         return self._store(spec, images, output_format, quality)
 
     def _render_batch(self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, str, int]]) -> list[list[GeneratedImage]]:

@@ -57,3 +57,15 @@ class QueueFull(EngineError):
 
 class EngineStopped(EngineError):
     code = ErrorCode.INTERNAL_ERROR
+
+
+class JobCancelled(EngineError):
+    """A queued or running job withdrawn by ``taskCancel`` (a running one stops between denoising steps)."""
+
+    code = ErrorCode.TASK_CANCELLED
+
+
+class WorkLimitExceeded(EngineError):
+    """A request asks for more work (megapixels × steps × images) than the server's per-request limit."""
+
+    code = ErrorCode.WORK_LIMIT_EXCEEDED

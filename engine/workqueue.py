@@ -20,23 +20,26 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
-from engine.errors import EngineStopped, QueueFull
+from engine.errors import EngineStopped, JobCancelled, QueueFull
 
 log = logging.getLogger("wisp.engine")
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop", "batch", "on_start")
+    __slots__ = ("fn", "future", "loop", "batch", "on_start", "cancel", "owner")
 
     def __init__(
         self, fn: Callable[[], Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop, batch: "Batchable | None" = None,
-        on_start: Callable[[], None] | None = None,
+        on_start: Callable[[], None] | None = None, cancel: threading.Event | None = None,
     ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
         self.batch = batch
         self.on_start = on_start
+        self.cancel = cancel
+        """Set by ``taskCancel``: a queued job is withdrawn, a running one is asked to stop (its own check)."""
+        self.owner = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class FairQueue:
                 raise EngineStopped("the engine is shutting down")
             if self._size >= self.max_depth:
                 raise QueueFull(f"the work queue is full ({self.max_depth} tasks); retry shortly")
+            job.owner = owner
             self._queues.setdefault(owner, deque()).append(job)
             self._size += 1
             self._cond.notify()
@@ -88,24 +92,51 @@ class FairQueue:
                 self._queues[owner] = queue  # back of the line
             return job
 
-    def take_compatible(self, key: Hashable, limit: int, window_s: float = 0.0) -> list[_Job]:
-        """Up to ``limit`` queued jobs batchable under ``key``, oldest first, from any owner.
+    def withdraw(self, cancel: threading.Event) -> "_Job | None":
+        """Take out the queued job carrying ``cancel`` (None: it is not waiting, it runs or ran)."""
+        with self._cond:
+            for owner, queue in self._queues.items():
+                for job in queue:
+                    if job.cancel is cancel:
+                        queue.remove(job)
+                        self._size -= 1
+                        if not queue:
+                            del self._queues[owner]
+                        return job
+        return None
 
-        Waits up to ``window_s`` for more to arrive when fewer are queued
-        (0: take only what is already waiting, so a lone job never waits).
+    def take_compatible(self, key: Hashable, limit: int, window_s: float = 0.0, leader: str | None = None) -> list[_Job]:
+        """Up to ``limit`` queued jobs batchable under ``key``, oldest first.
+
+        Fair between owners: while any owner waits with work that cannot
+        join the batch, companions come only from owners other than the
+        ``leader`` (the owner whose turn it is), one job each — the jobs the
+        round-robin would have run next anyway — so a batch never makes
+        another team wait longer than its turn.  With nobody else waiting,
+        companions come from anyone, any number.  Waits up to ``window_s``
+        for more to arrive when fewer are queued (0: take only what is
+        already waiting, so a lone job never waits).
         """
         taken: list[_Job] = []
+        used: set[str] = set()
         deadline = time.monotonic() + window_s
         with self._cond:
             while True:
+                blocked = any(j.batch is None or j.batch.key != key for q in self._queues.values() for j in q)
                 for owner in list(self._queues):
+                    if blocked and (owner == leader or owner in used):
+                        continue
                     queue = self._queues[owner]
-                    for job in [j for j in queue if j.batch is not None and j.batch.key == key][: limit - len(taken)]:
+                    share = 1 if blocked else limit
+                    for job in [j for j in queue if j.batch is not None and j.batch.key == key][: min(share, limit - len(taken))]:
                         queue.remove(job)
                         self._size -= 1
                         taken.append(job)
+                        used.add(owner)
                     if not queue:
                         del self._queues[owner]
+                    elif blocked and owner in used:
+                        self._queues.move_to_end(owner)  # its turn was this companion: back of the line
                     if len(taken) >= limit:
                         return taken
                 left = deadline - time.monotonic()
@@ -165,7 +196,7 @@ class Worker:
                 return
             jobs = [job]
             if job.batch is not None and self.max_batch > 1:
-                jobs += self.queue.take_compatible(job.batch.key, self.max_batch - 1, self.batch_window_s)
+                jobs += self.queue.take_compatible(job.batch.key, self.max_batch - 1, self.batch_window_s, leader=job.owner)
             self.batches[len(jobs)] = self.batches.get(len(jobs), 0) + 1
             for one in jobs:
                 if one.on_start is not None:  # the job leaves the queue: "queued" becomes "running"
@@ -182,18 +213,36 @@ class Worker:
             except BaseException as exc:  # every failure is answered, none kills the worker
                 results, error = [None] * len(jobs), exc
             for one, result in zip(jobs, results):
+                outcome = error
+                if one.cancel is not None and one.cancel.is_set() and not isinstance(error, JobCancelled):
+                    outcome = JobCancelled("cancelled by taskCancel")  # a batch companion's result is not delivered
                 try:
-                    one.loop.call_soon_threadsafe(_settle, one.future, result, error)
+                    one.loop.call_soon_threadsafe(_settle, one.future, result, outcome)
                 except RuntimeError:
                     log.warning("event loop closed before a job's result could be delivered")
 
 
 async def submit(
-    queue: FairQueue, owner: str, fn: Callable[[], Any], batch: Batchable | None = None, on_start: Callable[[], None] | None = None
+    queue: FairQueue, owner: str, fn: Callable[[], Any], batch: Batchable | None = None, on_start: Callable[[], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> Any:
     """Queue ``fn`` for the worker and wait for its result on the loop (``batch``: it may run batched;
-    ``on_start`` is called on the loop when the worker takes the job)."""
+    ``on_start`` is called on the loop when the worker takes the job; ``cancel``: see :func:`withdraw`)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-    queue.put(owner, _Job(fn, future, loop, batch, on_start))
+    queue.put(owner, _Job(fn, future, loop, batch, on_start, cancel))
     return await future
+
+
+def withdraw(queue: FairQueue, cancel: threading.Event) -> bool:
+    """``taskCancel`` of a job submitted with ``cancel``: set the flag; a queued job is answered at once.
+
+    Returns True when the job was still queued.  A running one sees the flag
+    between its steps (its ``fn`` checks it) and ends with :class:`JobCancelled`.
+    """
+    cancel.set()
+    job = queue.withdraw(cancel)
+    if job is None:
+        return False
+    _settle(job.future, None, JobCancelled("cancelled by taskCancel before it started"))
+    return True

@@ -46,6 +46,7 @@ class ErrorCode:
     TOO_MANY_TASKS_IN_FLIGHT = "tooManyTasksInFlight"
     QUEUE_FULL = "queueFull"
     RESPONSE_TOO_LARGE = "responseTooLarge"
+    WORK_LIMIT_EXCEEDED = "workLimitExceeded"
     TOO_MANY_CONNECTIONS = "tooManyConnections"
     SESSION_NOT_FOUND = "sessionNotFound"
     TIMEOUT = "timeout"

@@ -184,6 +184,7 @@ class WispServer:
                 batch_window_ms=config.batch_window_ms,
                 download_threads=config.download_threads,
                 download_timeout_s=config.download_timeout_s,
+                max_work=config.max_work,
             ),
             db=self.db,
         )

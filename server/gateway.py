@@ -510,10 +510,14 @@ class Gateway:
         record = self.tasks.get(session.team, task.taskUUID)
         if record is None:
             return self._missing("taskCancel", task.taskUUID)
-        if record.task_type != "training":
-            return wire_error(ErrorCode.INVALID_PARAMETER, f"only training tasks can be cancelled; {task.taskUUID} is a {record.task_type}",
+        if record.task_type == "imageInference":
+            cancelled = record.finished_at is None and self.engine.cancel_inference(session.team, task.taskUUID)
+        elif record.task_type == "training":
+            cancelled = record.finished_at is None and self.engine.cancel_training(session.team, task.taskUUID)
+        else:
+            return wire_error(ErrorCode.INVALID_PARAMETER,
+                              f"only imageInference and training tasks can be cancelled; {task.taskUUID} is a {record.task_type}",
                               task_type="taskCancel", task_uuid=task.taskUUID, parameter="taskUUID")
-        cancelled = record.finished_at is None and self.engine.cancel_training(session.team, task.taskUUID)
         return TaskCancelResult(taskType="taskCancel", taskUUID=task.taskUUID, cancelled=cancelled)
 
     def _dropped_file(self, url: str, team: str, ctx: RequestContext) -> Path | None:
