@@ -187,6 +187,18 @@ def _scrub(value: Any, path: str, found: list[str]) -> Any:
     return value
 
 
+def lone_surrogate_path(value: Any) -> str | None:
+    """The path of the first string in ``value`` holding an unpaired surrogate (``""``: ``value`` itself), or None.
+
+    For JSON read by the standard-library parser elsewhere (the REST
+    dialects' bodies): such text cannot be encoded again, so refuse it with
+    ``invalidParameter`` at this path, as :func:`decode_frame` does.
+    """
+    found: list[str] = []
+    _scrub(value, "", found)
+    return found[0] if found else None
+
+
 def _mark_unpaired(element: Any) -> Any:
     """An element of a frame the fallback parser read: as is, or scrubbed (see :class:`_Unpaired`)."""
     found: list[str] = []

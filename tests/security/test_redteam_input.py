@@ -285,3 +285,12 @@ async def test_too_few_denoising_steps_are_an_invalid_parameter(wisp_server: Run
         assert "imageUUID" in item, item
     finally:
         await ws.close()
+
+
+def test_lone_surrogate_path_for_bodies_parsed_elsewhere():
+    from protocol.frames import lone_surrogate_path
+
+    body = json.loads('{"request": {"prompt": "a \\ud800", "loras": [{"model_name": "ok"}]}}')
+    assert lone_surrogate_path(body) == "request.prompt"
+    assert lone_surrogate_path(json.loads('["x", {"k\\udc00": 1}]')) == "[1]"
+    assert lone_surrogate_path({"prompt": "\U0001F600 fine"}) is None
