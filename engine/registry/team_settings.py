@@ -97,14 +97,14 @@ class TeamSettings:
         row = self.db.connect().execute(
             "SELECT s.default_source FROM team_settings s JOIN teams t ON t.id = s.team_id WHERE t.name=?", (team,)
         ).fetchone()
-        return None if row is None or not row[0] else str(row[0])
+        return None if row is None or not row[0] or row[0] in RESERVED_SOURCES else str(row[0])
 
     def default_source(self, team: str) -> str:
         """The team's default source, created on first use (named after the team when free)."""
         conn = self.db.connect()
         team_id = self.keys.ensure_team(team)
         row = conn.execute("SELECT default_source FROM team_settings WHERE team_id=?", (team_id,)).fetchone()
-        if row is not None and row[0]:
+        if row is not None and row[0] and row[0] not in RESERVED_SOURCES:  # a reserved one an older version set is replaced
             return str(row[0])
         base = _slug(team)
         for n in range(1, 1000):

@@ -83,6 +83,12 @@ def test_a_legacy_builtin_source_grants_nothing(tmp_path: Path):
     _legacy_db(tmp_path)
     registry = ModelRegistry(Database(tmp_path / "wisp.db"))
     assert registry.source_team("wisp") is None
+    team_id = registry.keys.ensure_team("default")
+    registry.db.connect().execute("INSERT INTO team_settings(team_id, default_source) VALUES (?, 'wisp')", (team_id,))
+    settings = TeamSettings(registry.db)
+    assert settings.existing_default_source("default") is None
+    assert settings.default_source("default") == "default"  # a fresh one, owned by the team
+    assert registry.source_team("default") == "default"
     assert registry.get(BUILTIN) is None
     total, rows = registry.search("default")
     assert total == 0 and rows == []
