@@ -260,7 +260,12 @@ class WispServer:
                 status = 401
                 code = "invalidApiKey" if "authorization" in headers else "missingApiKey"
                 return json_response(status, {"errors": [{"code": code, "message": "send Authorization: Bearer <apiKey>"}]})
-            token = await asyncio.to_thread(sink.finish)
+            try:
+                token = await asyncio.to_thread(sink.finish)
+            except OSError as exc:  # the last bytes or the fsync did not fit
+                sink.abort()
+                log.warning("PUT /v1/files could not be stored: %s", exc)
+                return json_response(507, {"errors": [{"code": "insufficientStorage", "message": "the server could not store this upload"}]})
             ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url)
             return json_response(201, {"url": f"{ctx.base_url}{FILES_PATH}{token}", "size": sink.size, "expiresIn": int(self.files.ttl_s)})
         if method in ("GET", "HEAD") and (path in ("/", "/playground") or path.startswith("/static/")):

@@ -9,6 +9,7 @@ needs no private-address exception.  Tokens are random and single-team.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -28,6 +29,12 @@ class DroppedFile:
     expires_at: float
 
 
+def _storage_failure(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "the server has no room left to store this upload"
+    return "the server could not store this upload"
+
+
 class FileSink:
     """Streams one request body into ``uploads/<token>.part``."""
 
@@ -38,13 +45,20 @@ class FileSink:
         self.token = secrets.token_urlsafe(24)
         self.part = drop.root / f"{self.token}.part"
         self.size = 0
+        self.failure: str | None = None
+        """Why the body could not be stored (a full disk), as the client is told; None while it could."""
         self._file = open(self.part, "wb")
 
     def write(self, data: bytes) -> bool:
+        """Take a chunk; False when the body is over its limit or could not be stored (then :attr:`failure` says why)."""
         self.size += len(data)
         if self.size > self.max_bytes:
             return False
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.failure = _storage_failure(exc)
+            return False
         return True
 
     def abort(self) -> None:

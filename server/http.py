@@ -169,7 +169,10 @@ class HTTPProtocol(asyncio.Protocol):
 
     async def _respond(self, request: h11.Request | None, body: bytes, sink: BodySink | None) -> None:
         try:
-            if self._too_big:
+            failure = getattr(sink, "failure", None)
+            if self._too_big and failure:
+                response = json_response(507, {"errors": [{"code": "insufficientStorage", "message": failure}]})
+            elif self._too_big:
                 response = json_response(413, {"errors": [{"code": "payloadTooLarge", "message": "request body over the size limit"}]})
             else:
                 assert request is not None
