@@ -10,12 +10,15 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from engine.errors import URLNotAllowed
 from engine.net import NetPolicy, check_url, check_url_sync
+from protocol import decode_frame
+from protocol.errors import ErrorCode
 from server.webhooks import MAX_RESPONSE_BYTES, WebhookSender
 
 STRICT = NetPolicy(allow_private=False)
@@ -111,11 +114,6 @@ async def test_an_endless_webhook_response_is_not_read_to_its_end():
 
 
 # ---- 20: a webhookURL the guard refuses is refused with the task, before its ack ---------
-
-import uuid  # noqa: E402
-
-from protocol import decode_frame  # noqa: E402
-from protocol.errors import ErrorCode  # noqa: E402
 
 UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 INFERENCE = {"taskType": "imageInference", "taskUUID": UUID, "model": "wisp:tiny-sd15@1", "positivePrompt": "a",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from engine.lora import LoraLoadError
@@ -66,14 +68,10 @@ def test_a_missing_file_and_unhashed_names(tmp_path: Path):
 
 # ---- end to end: a LoRA whose tensor bytes were flipped on disk --------------------
 
-import uuid  # noqa: E402
-
-import msgspec  # noqa: E402
-
 WIRED = pytest.mark.xfail(
     strict=True,
-    reason="needs verify_stored_file called where stored files are loaded: engine/lora_cache.py LoraCache.get (before "
-    "_read) and engine/models.py ModelLibrary._loader (before load_single_file) (issue 18 #16)",
+    reason="needs verify_stored_file called where stored files are loaded: engine/lora.py read_lora_file (before "
+    "load_file) and engine/models.py ModelLibrary._loader (before load_single_file) (issue 18 #16)",
 )
 
 
