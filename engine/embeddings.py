@@ -139,6 +139,9 @@ def read_embedding(use: EmbeddingUse) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from engine.registry.integrity import verify_stored_file
+
+    verify_stored_file(use.path, EmbeddingLoadError, use.parameter)
     try:
         tensors = load_file(str(use.path))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -146,6 +146,9 @@ def read_lora_file(path: Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from engine.registry.integrity import verify_stored_file
+
+    verify_stored_file(path, LoraLoadError, None)  # a stored file's bytes still hash to its name (once per process)
     try:
         state = load_file(str(path))
     except FileNotFoundError as exc:

@@ -305,6 +305,10 @@ class ModelLibrary:
                 with LOAD_LOCK:
                     return load_folder(folder, self.device, self.dtype, self.lora_cache)
             assert entry.file is not None
+            from engine.registry.integrity import verify_stored_file
+            from engine.safetensors_header import ModelLoadError
+
+            verify_stored_file(entry.file, ModelLoadError, "model")  # its bytes still hash to its name (once per process)
             config = self.config_folder(entry.architecture, entry.file)
             with LOAD_LOCK:
                 return load_single_file(entry.file, config, self.device, self.dtype, self.lora_cache)

@@ -93,6 +93,9 @@ def load_vae(path: Path, data_dir: Path, family: str, device: str = "cpu", dtype
 
     size = size_class(read_header(path), parameter)
     config = AutoencoderKL.load_config(str(config_folder(data_dir, family, size)))
+    from engine.registry.integrity import verify_stored_file
+
+    verify_stored_file(path, ModelLoadError, parameter)
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -45,7 +45,7 @@ from server.files import FILES_PATH, FileDrop
 from server.ratelimit import AuthLimiter
 from server.sessions import Session, SessionRegistry
 from server.tasks import TaskRecord, TaskStore
-from server.webhooks import WebhookSender
+from server.webhooks import WEBHOOK_FIELDS, WebhookSender
 from engine.pricing import training_cost
 
 log = logging.getLogger("wisp.server")
@@ -100,6 +100,9 @@ _PING_BYTES = b'[{"taskType":"ping","ping":true}]'
 _PING_MAX = 48
 PRE_AUTH_MAX_FRAME_BYTES = 64 * 1024
 """Before authentication a frame needs room for one authentication task, not for a batch of work."""
+PRE_AUTH_PARSED_BYTES = 4096
+_AUTH_MARK = b'"authentication"'
+"""Every frame that can authenticate holds these bytes (the taskType's value, unescaped, as every SDK writes it)."""
 MAX_REFUSAL_ERRORS = 256
 """A frame refused whole (too large, too many tasks) gets at most this many per-task errors, then one summary."""
 
@@ -174,6 +177,14 @@ class Gateway:
                 f"authenticate first: before authentication a frame may hold at most {PRE_AUTH_MAX_FRAME_BYTES} bytes",
             )])
             return []
+        if (not authenticated and len(frame) > PRE_AUTH_PARSED_BYTES
+                and _AUTH_MARK not in (frame if isinstance(frame, bytes) else frame.encode("utf-8", "surrogatepass"))):
+            # Not even the word: refused without parsing (a stranger's junk costs a byte scan, not a decode).
+            # Small frames are parsed, so that a client's task sent too early gets its error under its taskUUID.
+            await self._refuse(conn, [wire_error(
+                ErrorCode.NOT_AUTHENTICATED, "authenticate first: send an authentication task with your apiKey",
+            )])
+            return []
         if len(frame) > self.config.max_frame_bytes:
             await self._refuse_frame(
                 conn, frame, ErrorCode.FRAME_TOO_LARGE, f"frame of {len(frame)} bytes is over the {self.config.max_frame_bytes}-byte limit"
@@ -220,7 +231,11 @@ class Gateway:
                     )
                 )
             else:
-                reply = self._dispatch(conn, conn.session, item, started)
+                reply = None
+                if any(getattr(task, name, None) for name in WEBHOOK_FIELDS):  # a refused webhook fails the task before its ack
+                    reply = await self.webhooks.refusal(task, item.task_type, item.task_uuid)
+                if reply is None:
+                    reply = self._dispatch(conn, conn.session, item, started)
                 if isinstance(reply, WireError):
                     errors.append(reply)
                 elif isinstance(reply, list):

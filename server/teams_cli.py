@@ -38,11 +38,16 @@ def cmd_teams_set(args: argparse.Namespace) -> int:
         print("nothing to set: give --lora-upload-limit and/or --default-source", file=sys.stderr)
         return 2
     if args.default_source is not None:
-        from engine.registry.models import ModelRegistry
+        from engine.registry.models import ModelRegistry, ReservedSource, check_source_name
 
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", args.default_source):
             print("a source name is lowercase letters, digits, '-' and '_' (at most 64)", file=sys.stderr)
             return 2
+        try:
+            check_source_name(args.default_source)
+        except ReservedSource as exc:
+            print(f"wisp: {exc.message}", file=sys.stderr)
+            return 1
         owner = ModelRegistry(settings.db).source_team(args.default_source)
         if owner is None:
             ModelRegistry(settings.db).create_source(args.default_source, args.team)

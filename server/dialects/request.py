@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol
 
+from protocol.frames import lone_surrogate_path
 from server.dialects.errors import DialectError
 from server.gateway import RequestContext
 from server.http import Response
@@ -34,6 +35,9 @@ class DialectRequest:
             raise DialectError("invalidFrame", "the request body is not valid JSON") from None
         if not isinstance(value, dict):
             raise DialectError("invalidFrame", "the request body must be a JSON object")
+        path = lone_surrogate_path(value)
+        if path is not None:  # such text cannot be encoded again: refused here, as decode_frame refuses it
+            raise DialectError("invalidParameter", f"`{path or 'body'}` holds an unpaired surrogate escape", parameter=path or None)
         return value
 
     def bearer(self) -> str:

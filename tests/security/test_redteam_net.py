@@ -171,7 +171,6 @@ def strict_server(tmp_path_factory: pytest.TempPathFactory):
     stop_server(server)
 
 
-@pytest.mark.xfail(strict=True, reason="needs server/gateway.py to await WebhookSender.refusal before _dispatch (issue 18 #20)")
 async def test_a_private_webhook_is_refused_before_the_ack(strict_server):
     from websockets.asyncio.client import connect
 

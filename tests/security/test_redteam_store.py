@@ -68,14 +68,8 @@ def test_a_missing_file_and_unhashed_names(tmp_path: Path):
 
 # ---- end to end: a LoRA whose tensor bytes were flipped on disk --------------------
 
-WIRED = pytest.mark.xfail(
-    strict=True,
-    reason="needs verify_stored_file called where stored files are loaded: engine/lora.py read_lora_file (before "
-    "load_file) and engine/models.py ModelLibrary._loader (before load_single_file) (issue 18 #16)",
-)
 
 
-@WIRED
 async def test_a_lora_flipped_on_disk_is_refused_not_used(tmp_path: Path):
     from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
     from engine.core import Engine, EngineConfig
