@@ -7,7 +7,7 @@ instead of growing, and the client gets a retryable error.
 
 Jobs run on the worker thread; their results are handed back to the event
 loop with ``call_soon_threadsafe``.  Nothing here runs on the loop but
-``submit``.
+``submit`` and :class:`StepRelay`'s loop side.
 """
 
 from __future__ import annotations
@@ -220,6 +220,71 @@ class Worker:
                     one.loop.call_soon_threadsafe(_settle, one.future, result, outcome)
                 except RuntimeError:
                     log.warning("event loop closed before a job's result could be delivered")
+
+
+class StepRelay:
+    """A job's step reports, from the worker thread to ``deliver(step, steps, payload)`` on the event loop.
+
+    Waking the loop from the worker (``call_soon_threadsafe``) costs a
+    cross-thread wake-up and a GIL hand-off between two busy threads: on a
+    2-core VM about 0.7 ms of CPU per denoising step, which was most of what
+    wisp added to a guided request (bench/inference.py, RESULTS.md,
+    2026-12-04).  So a report crosses at once only when ``live`` (someone
+    streams every step: the client asked for progress items).  Otherwise
+    the worker queues it, and the loop fetches what is queued itself: every
+    ``interval_s`` while the job runs (a loop timer, no wake-up from the
+    worker) and once more when the job ends.  Either way every step is
+    delivered, in order, before the job's result is returned.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, deliver: Callable[[int, int, Any], None], *, live: bool, interval_s: float = 0.5
+    ) -> None:
+        self.loop = loop
+        self.deliver = deliver
+        self.live = live
+        self.interval_s = interval_s
+        self._pending: deque[tuple[int, int, Any]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._finished = False
+
+    def report(self, step: int, steps: int, payload: Any = None) -> None:
+        """Worker thread: one step done."""
+        if self.live:
+            self.loop.call_soon_threadsafe(self.deliver, step, steps, payload)
+        else:
+            self._pending.append((step, steps, payload))  # deque append/popleft are thread-safe
+
+    def starting(self, then: Callable[[], None] | None = None) -> Callable[[], None]:
+        """An ``on_start`` for :func:`submit`: begin fetching when the worker takes the job, then call ``then``."""
+
+        def on_start() -> None:
+            self._poll_later()
+            if then is not None:
+                then()
+
+        return on_start
+
+    def finish(self) -> None:
+        """Loop: the job ended (any way); deliver the steps not yet delivered and stop fetching."""
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._fetch()
+
+    def _poll_later(self) -> None:
+        if not self.live and not self._finished and self._timer is None:
+            self._timer = self.loop.call_later(self.interval_s, self._poll)
+
+    def _poll(self) -> None:
+        self._timer = None
+        self._fetch()
+        self._poll_later()
+
+    def _fetch(self) -> None:
+        while self._pending:
+            self.deliver(*self._pending.popleft())
 
 
 async def submit(
