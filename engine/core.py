@@ -1,41 +1,45 @@
-"""The engine facade: what the server (or a test, or a bench) calls.
+"""The engine's front: prepared jobs in, events out (see :mod:`engine.jobs`).
 
 ``Engine`` owns the model library, the image store, the fair work queue and
-the device worker.  It knows nothing of sockets: it takes protocol task types
-and returns plain result objects, raising :mod:`engine.errors` on bad input.
+the device worker.  It knows nothing of sockets.  The server calls
+:meth:`Engine.prepare_job` (a decoded task → a typed, serialisable job,
+resolved once, off the event loop) and :meth:`Engine.run` (a job → events to
+a sink); the work itself lives in one module per kind: :mod:`engine.inference`,
+:mod:`engine.upload.ingest`, :mod:`engine.training.runner`, :mod:`engine.search`.
+``generate``, ``train``, ``upload_model`` and ``search_models`` are the same
+calls for tests and benches that want a return value instead of events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
-import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from protocol.inference import ImageInference
+from protocol.inference import ImageInference, ImageUpload
 
 from engine.cache import ModelCache
-from engine.images.codec import FORMATS, decode_image, encode_image
+from engine.images.codec import decode_image, encode_image
 from engine.images.sources import load_image_bytes
 from engine.images.store import ImageStore
-from engine.models import BUILTIN_MODELS, LoraEntry, ModelEntry, ModelLibrary
+from engine.models import ModelEntry, ModelLibrary
 from engine.net import NetPolicy
 from engine.registry.db import Database
 from engine.registry.models import ModelRegistry, ModelRow
+from engine.search import search_models
 from engine.upload.ingest import Emit, IngestConfig, ModelIngest
 from engine.upload.store import ModelStore
-from protocol.models import ModelInfo, ModelSearch, ModelSearchResult, ModelUpload
+from protocol.models import ModelSearch, ModelSearchResult, ModelUpload
 from engine.pipelines.stable_diffusion import GenerationSpec
-from engine.pipelines.stable_diffusion.pipeline import batch_key
-from engine.pricing import image_cost
-from engine.schedulers import canonical_scheduler
-from engine.errors import EngineStopped, JobCancelled, WorkLimitExceeded
-from engine.workqueue import Batchable, FairQueue, StepRelay, Worker, submit, withdraw
+from engine import jobs
+from engine.errors import JobFailed
+from engine.inference import Inference, failure, model_ref
+from engine.jobs import Job
+from engine.workqueue import FairQueue, Worker, submit
 from engine.training.runner import RECIPE_BASES, ImportTarget, TrainingOutcome, TrainingRunner, StatusEmit
 from protocol.training import Training, TrainingPlan
 
@@ -45,7 +49,6 @@ log = logging.getLogger("wisp.engine")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-MAX_RANDOM_SEED = 2**31 - 1
 
 
 def default_torch_threads() -> int:
@@ -132,14 +135,7 @@ def inference_dtype(device: str, name: str = "auto") -> Any:
     return None if dtype is torch.float32 else dtype
 
 
-@dataclass(frozen=True)
-class GeneratedImage:
-    image_uuid: str
-    file_name: str
-    seed: int
-    data: bytes
-    mime: str
-    cost: float
+GeneratedImage = jobs.GeneratedImage
 
 
 class Engine:
@@ -184,8 +180,8 @@ class Engine:
         )
         self._started = False
         self.max_work = config.max_work or default_max_work(config.device)
-        self._cancels: dict[tuple[str, str], threading.Event] = {}
-        """(team, taskUUID) → the cancel flag of each imageInference not finished yet (taskCancel)."""
+        self.inference = Inference(self.library, self.images, self.queue, config.net, self._stopping, self.max_work,
+                                   batching=config.max_batch > 1)
 
     def _init_thread(self) -> None:
         from engine.models import LOAD_LOCK
@@ -240,181 +236,119 @@ class Engine:
         entry = self.library.resolve(air, team)
         await submit(self.queue, "__warm__", lambda: self.library.pipeline(entry))
 
-    async def _image(self, ref: str, parameter: str, own_hosts: frozenset[str]) -> Any:
-        data = await load_image_bytes(ref, parameter, self.images, self.config.net, own_hosts)
-        return await asyncio.to_thread(decode_image, data, parameter)
+    # ---- the job interface ------------------------------------------------------------
 
-    def check(self, task: ImageInference, team: str) -> tuple[ModelEntry, str]:
-        """Cheap checks with no I/O: the model, LoRAs and scheduler exist for ``team``.
+    async def prepare_job(self, task: Any, team: str, owner: str) -> Job:
+        """A decoded task as the job that runs it, resolved once, or an :class:`EngineError` to answer before any ack.
 
-        The server calls this before acknowledging a task, so an async task
-        with an unknown model fails at once rather than after its ack.
+        Registry reads (models, LoRAs, sources, quotas) happen in a worker
+        thread, never on the event loop.  ``owner`` is whose turn the job
+        takes in the fair queue (a session).
         """
-        entry = self.library.resolve(task.model, team)
-        for index, ref in enumerate(task.lora):
-            self.library.resolve_lora(ref.model, team, entry, f"lora[{index}].model")
-        self.library.resolve_extras(task, team, entry)  # embeddings, vae
-        scheduler = canonical_scheduler(task.scheduler or entry.defaults.scheduler)
-        if task.seedImage is not None:  # img2img/inpainting: at least one denoising step, the model's defaults included
-            from engine.errors import InvalidInput
-            from engine.models import family
-            from protocol.inference import img2img_steps_error
+        if isinstance(task, ImageInference):
+            return await asyncio.to_thread(self.inference.prepare, task, team, owner)
+        if isinstance(task, Training):
+            return await asyncio.to_thread(self._prepare_training, task, team)
+        if isinstance(task, ModelUpload):
+            return jobs.UploadJob(task_uuid=task.taskUUID, team=team, request=task)
+        if isinstance(task, ModelSearch):
+            return jobs.SearchJob(task_uuid=task.taskUUID, team=team, query=task)
+        if isinstance(task, ImageUpload):
+            return jobs.ImageUploadJob(task_uuid=task.taskUUID, team=team, image=task.image)
+        raise TypeError(f"no job for {type(task).__name__}")
 
-            strength = task.strength if task.strength is not None else entry.defaults.strength
-            pndm = scheduler in ("PNDM", "PNDMScheduler") or (scheduler == "Default" and family(entry.architecture) == "sd1x")
-            err = img2img_steps_error(task.steps or entry.defaults.steps, strength, strength_given=task.strength is not None,
-                                      extra_step=pndm and task.maskImage is None)
-            if err is not None:
-                raise InvalidInput(err.message, parameter=err.parameter, min=err.min)
-        steps = task.steps or entry.defaults.steps
-        work = task.width * task.height / 1_048_576 * steps * task.numberResults
-        limit = self.max_work
-        if work > limit:
-            raise WorkLimitExceeded(
-                f"this request is {work:.1f} megapixel-steps (width × height / 2^20 × steps × numberResults); "
-                f"this server allows at most {limit:g} per request: fewer images, steps or pixels", parameter="steps", max=limit,
-            )
-        return entry, scheduler
+    async def run(
+        self, job: Job, sink: jobs.Sink, own_hosts: frozenset[str] = frozenset(), errors: list[BaseException] | None = None,
+    ) -> None:
+        """Run ``job``, reporting to ``sink`` (on the loop, in order); ends with exactly one Finished or Failed.
 
-    def _loras(self, task: ImageInference, team: str, entry: ModelEntry) -> tuple[Any, ...]:
-        uses = []
-        for index, ref in enumerate(task.lora):
-            from engine.lora import LoraUse
+        Failures are events, not exceptions; only cancellation (the server
+        stopping) propagates.  ``own_hosts``: this server's ``host:port``
+        spellings, so a URL of its own ``/images/`` is read from disk.
+        """
+        if isinstance(job, jobs.InferenceJob):
+            await self.inference.run(job, sink, own_hosts, errors)
+            return
+        try:
+            if isinstance(job, jobs.UploadJob):
+                async def phase(status: str, message: str) -> None:
+                    sink(jobs.UploadPhase(job.task_uuid, status, message))
 
-            lora: LoraEntry = self.library.resolve_lora(ref.model, team, entry, f"lora[{index}].model")
-            uses.append(LoraUse(key=lora.sha256, path=lora.path, weight=lora.default_weight if ref.weight is None else ref.weight))
-        return tuple(uses)
+                local = Path(job.local_source) if job.local_source is not None else None
+                row = await self.ingest.run(job.request, job.team, phase, local_source=local)
+                sink(jobs.Finished(task_uuid=job.task_uuid, uploaded=jobs.UploadedModel(air=row.air, sha256=row.sha256)))
+            elif isinstance(job, jobs.SearchJob):
+                sink(jobs.Finished(task_uuid=job.task_uuid, search=await self.search_models(job.query, job.team)))
+            elif isinstance(job, jobs.TrainingJob):
+                async def status(state: str, message: str, **fields: Any) -> None:
+                    sink(jobs.TrainingProgress(task_uuid=job.task_uuid, status=state, message=message, **fields))
+
+                outcome = await self._train(job, status, own_hosts)
+                sink(jobs.Finished(task_uuid=job.task_uuid, trained=jobs.TrainedLora(
+                    air=outcome.air, architecture=outcome.architecture, steps=outcome.steps, loss=outcome.loss,
+                    images=outcome.images, seconds=outcome.seconds)))
+            elif isinstance(job, jobs.ImageUploadJob):
+                image_uuid, name = await self.upload_image(job.image, own_hosts)
+                sink(jobs.Finished(task_uuid=job.task_uuid, images=[jobs.GeneratedImage(
+                    image_uuid=image_uuid, file_name=name, seed=0, data=b"", mime="image/png", cost=0.0)]))
+            else:
+                raise TypeError(f"not a job: {type(job).__name__}")
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if errors is not None:
+                errors.append(exc)
+            sink(failure(job.task_uuid, exc))
+
+    def cancel_inference(self, team: str, task_uuid: str) -> bool:
+        """``taskCancel`` of an imageInference: a queued one ends at once, a running one after its current step."""
+        return self.inference.cancel(team, task_uuid)
+
+    # ---- the same, returning values (tests, benches) ------------------------------------
 
     async def prepare(self, task: ImageInference, team: str, own_hosts: frozenset[str] = frozenset()) -> tuple[ModelEntry, GenerationSpec]:
-        """Check a request against the library and resolve its inputs (no device work)."""
-        entry, scheduler = self.check(task, team)
-        init = await self._image(task.seedImage, "seedImage", own_hosts) if task.seedImage is not None else None
-        mask = await self._image(task.maskImage, "maskImage", own_hosts) if task.maskImage is not None else None
-        if task.seed is not None:
-            seeds = tuple((task.seed + i) % 2**63 for i in range(task.numberResults))
-        else:
-            seeds = tuple(secrets.randbelow(MAX_RANDOM_SEED) for _ in range(task.numberResults))
-        spec = GenerationSpec(
-            prompt=task.positivePrompt,
-            negative_prompt=task.negativePrompt,
-            width=task.width,
-            height=task.height,
-            steps=task.steps or entry.defaults.steps,
-            cfg_scale=task.CFGScale if task.CFGScale is not None else entry.defaults.cfg_scale,
-            scheduler=scheduler,
-            seeds=seeds,
-            clip_skip=task.clipSkip if task.clipSkip is not None else entry.defaults.clip_skip,
-            init_image=init,
-            mask_image=mask,
-            strength=task.strength if task.strength is not None else entry.defaults.strength,
-            mask_margin=task.maskMargin,
-            loras=self._loras(task, team, entry),
-            **self.library.resolve_extras(task, team, entry),
-        )
-        return entry, spec
+        """The library entry and generation spec ``task`` resolves to (its images read; no device work)."""
+        job = await self.inference.load_inputs(await asyncio.to_thread(self.inference.prepare, task, team, ""), own_hosts)
+        return self.inference.entry(job.model), await asyncio.to_thread(self.inference.spec, job)
 
     async def generate(
         self, task: ImageInference, *, team: str, owner: str, own_hosts: frozenset[str] = frozenset(),
         progress: "Callable[[int, int, list[str] | None], None] | None" = None,
         on_start: Callable[[], None] | None = None,
     ) -> list[GeneratedImage]:
-        """Run an imageInference task; one :class:`GeneratedImage` per seed, stored on disk.
+        """Run an imageInference task through the job interface; one image per seed, stored on disk.
 
-        ``progress(step, steps, previews)`` is called on the event loop after
-        each denoising step, in step order, before the results (``previews``:
-        PNG data URIs when the task asked for progress items and previews,
-        else None).  Without ``includeProgress`` the steps are handed over in
-        bunches, every 0.5 s and at the end (:class:`~engine.workqueue.StepRelay`:
-        a wake-up per step cost more CPU than the rest of the request's
-        overhead).  ``on_start()`` when the device takes the task from the queue.
+        ``progress(step, steps, previews)`` is called on the event loop for
+        each step, in order, before the result; ``on_start()`` when the
+        device takes the task.  Failures raise :class:`JobFailed` with the
+        wire code.
         """
-        cancel = threading.Event()
-        cancel_key = (team, task.taskUUID.lower())
-        self._cancels[cancel_key] = cancel
-        relay = StepRelay(asyncio.get_running_loop(), progress, live=task.includeProgress) if progress is not None else None
-        try:
-            entry, spec = await self.prepare(task, team, own_hosts)
-            if cancel.is_set():
-                raise JobCancelled("cancelled by taskCancel before it started")
-            if relay is not None:
-                spec = dataclasses.replace(spec, on_step=self._step_reporter(relay, task.includeProgress and task.includePreviews, entry))
-                on_start = relay.starting(on_start)
-            key = batch_key(spec)
-            batch = None
-            if key is not None and self.config.max_batch > 1:
-                batch = Batchable(
-                    key=(self.library.cache_key(entry), key), payload=(spec, task.outputFormat, task.outputQuality),
-                    run=lambda payloads: self._render_batch(entry, payloads),
-                )
-            return await submit(
-                self.queue, owner, lambda: self._render(entry, spec, task.outputFormat, task.outputQuality, cancel), batch=batch,
-                on_start=on_start, cancel=cancel,
-            )
-        finally:
-            if relay is not None:
-                relay.finish()
-            if self._cancels.get(cancel_key) is cancel:
-                del self._cancels[cancel_key]
+        job = await self.prepare_job(task, team, owner)
+        finished = await self._outcome(job, own_hosts, progress=progress, on_start=on_start)
+        return list(finished.images)
 
-    def cancel_inference(self, team: str, task_uuid: str) -> bool:
-        """``taskCancel`` of an imageInference: a queued one ends at once, a running one after its current step.
+    async def _outcome(
+        self, job: Job, own_hosts: frozenset[str], progress: "Callable[[int, int, list[str] | None], None] | None" = None,
+        on_start: Callable[[], None] | None = None,
+    ) -> jobs.Finished:
+        end: list[jobs.Finished | jobs.Failed] = []
 
-        Returns False when no such task is waiting or running.  Either way
-        the task itself ends with ``taskCancelled``.
-        """
-        cancel = self._cancels.get((team, task_uuid.lower()))
-        if cancel is None:
-            return False
-        withdraw(self.queue, cancel)
-        return True
+        def sink(event: jobs.Event) -> None:
+            if isinstance(event, (jobs.Finished, jobs.Failed)):
+                end.append(event)
+            elif isinstance(event, jobs.Step) and progress is not None:
+                progress(event.step, event.steps, event.previews)
+            elif isinstance(event, jobs.Started) and on_start is not None:
+                on_start()
 
-    @staticmethod
-    def _step_reporter(relay: StepRelay, previews: bool, entry: ModelEntry) -> "Callable[[int, int, Any], None]":
-        """The worker-thread step callback that hands (step, steps, previews) to ``relay``."""
-        from engine.images.previews import preview_data_uris
-        from engine.models import family
-
-        kind = family(entry.architecture)
-
-        def on_step(step: int, steps: int, latents: Any) -> None:
-            images = preview_data_uris(latents, kind) if previews and latents is not None else None
-            relay.report(step, steps, images)
-
-        return on_step
-
-    def _render(
-        self, entry: ModelEntry, spec: GenerationSpec, output_format: str, quality: int, cancel: threading.Event | None = None,
-    ) -> list[GeneratedImage]:
-        """Worker thread: generate, encode, store; stops between steps when the engine stops or ``cancel`` is set."""
-        stopping = self._stopping
-
-        def should_stop() -> bool:
-            return stopping.is_set() or (cancel is not None and cancel.is_set())
-
-        try:
-            with self.library.use(entry) as model, self.library.use_vae(spec) as spec:  # pinned: not evicted while it runs
-                images = model.run(spec, should_stop)
-        except EngineStopped:
-            if cancel is not None and cancel.is_set() and not stopping.is_set():
-                raise JobCancelled("cancelled by taskCancel between denoising steps") from None
-            raise
-        return self._store(spec, images, output_format, quality)
-
-    def _render_batch(self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, str, int]]) -> list[list[GeneratedImage]]:
-        """Worker thread: compatible one-image requests in one pipeline call (dynamic batching)."""
-        with self.library.use(entry) as model:
-            images = model.run_batch([spec for spec, _, _ in payloads], self._stopping.is_set)
-        return [self._store(spec, [image], fmt, quality) for (spec, fmt, quality), image in zip(payloads, images)]
-
-    def _store(self, spec: GenerationSpec, images: list[Any], output_format: str, quality: int) -> list[GeneratedImage]:
-        _, ext, mime = FORMATS[output_format]
-        cost = image_cost(spec.width, spec.height, spec.steps)
-        results = []
-        for seed, image in zip(spec.seeds, images):
-            data = encode_image(image, output_format, quality)
-            image_uuid, name = self.images.put(data, ext)
-            results.append(GeneratedImage(image_uuid, name, seed, data, mime, cost))
-        return results
+        errors: list[BaseException] = []
+        await self.run(job, sink, own_hosts, errors)
+        if isinstance(end[0], jobs.Failed):
+            if errors:
+                raise errors[0]  # in-process: the exception itself, for callers that test its type
+            failed = end[0]
+            raise JobFailed(failed.code, failed.message, parameter=failed.parameter, retryable=failed.retryable, **failed.extra)
+        return end[0]
 
     def cache_stats(self) -> dict[str, Any]:
         """The model cache's counters and occupancy (hits, misses, evictions, bytes per tier...)."""
@@ -464,7 +398,7 @@ class Engine:
         from protocol.models import split_air
 
         plan = task.plan()
-        assert not isinstance(plan, Exception) and isinstance(plan, TrainingPlan)
+        assert not isinstance(plan, Exception) and isinstance(plan, TrainingPlan)  # the decoder refused a bad plan already
         entry = self.library.resolve(plan.base_model or RECIPE_BASES[plan.family], team, parameter="baseModel")
         if family(entry.architecture) != plan.family:
             raise InvalidInput(
@@ -493,31 +427,47 @@ class Engine:
             )
         return plan, entry, target
 
+    def _prepare_training(self, task: Training, team: str) -> jobs.TrainingJob:
+        """Worker thread: the training's plan, base model and target, checked once (the plan is computed once)."""
+        plan, entry, target = self.check_training(task, team)
+        return jobs.TrainingJob(
+            task_uuid=task.taskUUID, team=team, plan=plan, base=model_ref(entry),
+            target=None if target is None else jobs.TrainingTarget(
+                air=target.air, name=target.name, version=target.version, unique_identifier=target.unique_identifier,
+                private=target.private, hero_image_url=target.hero_image_url, short_description=target.short_description),
+        )
+
     async def train(self, task: Training, team: str, emit: StatusEmit, own_hosts: frozenset[str] = frozenset()) -> TrainingOutcome:
-        """Run a training task to a registered LoRA; statuses go to ``emit`` as they happen."""
+        """Run a training task to a registered LoRA; statuses go to ``emit`` as they happen (tests, benches)."""
+        return await self._train(await asyncio.to_thread(self._prepare_training, task, team), emit, own_hosts)
+
+    async def _train(self, job: jobs.TrainingJob, emit: StatusEmit, own_hosts: frozenset[str]) -> TrainingOutcome:
         from engine.training import dataset
 
-        plan, entry, target = self.check_training(task, team)
-        if target is None:
+        plan, entry, team, task_uuid = job.plan, self.inference.entry(job.base), job.team, job.task_uuid
+        if job.target is None:
             from engine.registry.team_settings import TeamSettings
 
             source = await asyncio.to_thread(TeamSettings(self.db).default_source, team)
-            short = task.taskUUID.replace("-", "")[:12].lower()
-            target = ImportTarget(
-                air=f"{source}:lora-{short}@1", name=f"LoRA trained by task {task.taskUUID}"[:400], version="1",
+            short = task_uuid.replace("-", "")[:12].lower()
+            final_target = ImportTarget(
+                air=f"{source}:lora-{short}@1", name=f"LoRA trained by task {task_uuid}"[:400], version="1",
                 unique_identifier="trained", private=True,
             )
-        final_target = target
+        else:
+            t = job.target
+            final_target = ImportTarget(air=t.air, name=t.name, version=t.version, unique_identifier=t.unique_identifier,
+                                        private=t.private, hero_image_url=t.hero_image_url, short_description=t.short_description)
 
         async def read_dataset(resolution: int, folder: Path) -> list[Path]:
             return await dataset.gather(plan.dataset, plan.dataset_parameter, resolution, self.images, self.config.net, own_hosts, folder)
 
         async def register(path: Path, phase: Any) -> None:
             upload = ModelUpload(
-                taskUUID=task.taskUUID, air=final_target.air, category="lora", architecture=entry.architecture,
-                downloadURL=f"training:{task.taskUUID}",
+                taskUUID=task_uuid, air=final_target.air, category="lora", architecture=entry.architecture,
+                downloadURL=f"training:{task_uuid}",
                 # every run is new content: never let the upload path reuse an earlier run's file
-                uniqueIdentifier=f"{final_target.unique_identifier}#{task.taskUUID}"[:256],
+                uniqueIdentifier=f"{final_target.unique_identifier}#{task_uuid}"[:256],
                 name=final_target.name, version=final_target.version, private=final_target.private,
                 heroImageURL=final_target.hero_image_url, shortDescription=final_target.short_description,
                 positiveTriggerWords=plan.trigger_word, tags=["trained", plan.lora_type],
@@ -526,66 +476,12 @@ class Engine:
             await self.ingest.run(upload, team, phase, local_source=path)
 
         return await self.training.run(
-            f"{team}\x00{task.taskUUID}", plan, entry, final_target, read_dataset=read_dataset, register=register, emit=emit
+            f"{team}\x00{task_uuid}", plan, entry, final_target, read_dataset=read_dataset, register=register, emit=emit
         )
 
     def cancel_training(self, team: str, task_uuid: str) -> bool:
         return self.training.cancel(f"{team}\x00{task_uuid}")
 
     async def search_models(self, task: ModelSearch, team: str) -> ModelSearchResult:
-        """modelSearch: the built-in models (public) and every model ``team`` may see."""
-        rows = await asyncio.to_thread(
-            self.registry.search,
-            team,
-            text=task.search,
-            category=task.category,
-            type_=task.type,
-            architectures=(task.architecture,) if task.architecture else None,
-            conditioning=task.conditioning,
-            visibility=task.visibility,
-            tags=task.tags,
-            limit=10**9,
-            offset=0,
-        )
-        found = [_builtin_info(e) for e in BUILTIN_MODELS.values() if _builtin_matches(e, task)]
-        found += [_row_info(r) for r in rows[1]]
-        return ModelSearchResult(
-            taskType="modelSearch",
-            taskUUID=task.taskUUID,
-            totalResults=len(found),
-            results=found[task.offset : task.offset + task.limit],
-        )
-
-
-def _builtin_matches(entry: ModelEntry, task: ModelSearch) -> bool:
-    if task.visibility == "private" or task.tags or task.conditioning:
-        return False
-    if task.category not in (None, entry.category) or task.type not in (None, "base"):
-        return False
-    if task.architecture not in (None, entry.architecture):
-        return False
-    if task.search and task.search.lower() not in f"{entry.air} {entry.name} builtin".lower():
-        return False
-    return True
-
-
-def _builtin_info(entry: ModelEntry) -> ModelInfo:
-    return ModelInfo(
-        air=entry.air, name=entry.name, version="1", category=entry.category, architecture=entry.architecture,
-        tags=["builtin"], heroImage="", private=False, comment="built offline with random weights: draws noise",
-        type="base", defaultSteps=entry.defaults.steps, defaultCFG=entry.defaults.cfg_scale,
-        defaultScheduler=entry.defaults.scheduler, defaultStrength=entry.defaults.strength,
-    )
-
-
-def _row_info(row: ModelRow) -> ModelInfo:
-    meta = row.meta
-    return ModelInfo(
-        air=row.air, name=row.name, version=row.version, category=row.category, architecture=row.architecture,
-        tags=row.tags, heroImage=meta.get("heroImageURL") or "", private=row.private, comment=meta.get("comment") or "",
-        type=row.type, conditioning=row.conditioning, shortDescription=meta.get("shortDescription"),
-        positiveTriggerWords=meta.get("positiveTriggerWords"), negativeTriggerWords=meta.get("negativeTriggerWords"),
-        defaultScheduler=meta.get("defaultScheduler"), defaultSteps=meta.get("defaultSteps"),
-        defaultCFG=meta.get("defaultCFG"), defaultStrength=meta.get("defaultStrength"),
-        defaultWeight=meta.get("defaultWeight"), sizeBytes=row.size_bytes,
-    )
+        """modelSearch: the built-in models (public) and every model ``team`` may see (the registry read in a thread)."""
+        return await asyncio.to_thread(search_models, self.registry, task, team)

@@ -2,8 +2,38 @@
 
 ``EngineError`` is the root; each subclass carries the wire ``code`` it maps
 to and, where one input is at fault, the request ``parameter``.  The server
-turns these into Runware errors in exactly one place; any other exception is
-an internal error whose text never reaches a client.
+turns these into Runware errors in exactly one place (``server.errors``), and
+a job's failure travels as a :class:`engine.jobs.Failed` event with the same
+code; any other exception is an internal error whose text never reaches a
+client (logged, ``internalError``).
+
+Every error, where it lives, and its code:
+
+====================================================  =========================
+``ModelNotFound`` (here)                               ``modelNotFound``
+``InvalidInput`` (here)                                ``invalidParameter``
+``InvalidImage`` (here)                                ``invalidImage``
+``ImageNotFound`` (here)                               ``imageNotFound``
+``URLNotAllowed`` (here)                               ``urlNotAllowed``
+``DownloadFailed`` (here)                              ``downloadFailed``
+``QueueFull`` (here; retryable, the taskUUID is freed)  ``queueFull``
+``EngineStopped`` (here), ``GenerationStopped``        ``internalError`` (recorded
+(engine.pipelines.stable_diffusion.pipeline)           ``taskInterrupted`` by the server)
+``JobCancelled`` (here), ``TrainingCancelled``         ``taskCancelled``
+(engine.training.runner)
+``WorkLimitExceeded`` (here)                           ``workLimitExceeded``
+``JobFailed`` (here: a Failed event raised again)      the event's code
+``ModelLoadError`` (engine.safetensors_header),        ``modelLoadFailed``
+``EmbeddingLoadError`` (engine.embeddings)
+``LoraLoadError`` (engine.lora)                        ``loraLoadFailed``
+``InvalidModelFile`` (engine.upload.safetensors_check)  ``invalidModelFile``
+``UploadRefused`` (engine.upload.ingest)               ``invalidParameter``
+``SourceNotAllowed`` (engine.upload.ingest),           ``sourceNotAllowed``
+``ReservedSource`` (engine.registry.models)
+``QuotaExceeded`` (engine.registry.team_settings)      ``quotaExceeded``
+``TrainingFailed`` (engine.training.runner)            ``trainingFailed``
+``UploadSourceGone`` (server.gateway)                  ``downloadFailed``
+====================================================  =========================
 """
 
 from __future__ import annotations
@@ -63,6 +93,15 @@ class JobCancelled(EngineError):
     """A queued or running job withdrawn by ``taskCancel`` (a running one stops between denoising steps)."""
 
     code = ErrorCode.TASK_CANCELLED
+
+
+class JobFailed(EngineError):
+    """A job's :class:`~engine.jobs.Failed` event raised again where a caller wants an exception (same code and text)."""
+
+    def __init__(self, code: str, message: str, *, parameter: str | None = None, retryable: bool = False, **extra: Any) -> None:
+        super().__init__(message, parameter=parameter, **extra)
+        self.code = code
+        self.retryable = retryable
 
 
 class WorkLimitExceeded(EngineError):

@@ -113,6 +113,8 @@ class ModelEntry:
     builtin: bool
     file: Path | None = None  # stored single-file checkpoint
     row: ModelRow | None = None
+    sha256: str | None = None
+    """The stored file's content hash (None for a built-in model): with the AIR, the cache key."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ class ModelLibrary:
         check_runnable(row.architecture, parameter)
         return ModelEntry(
             air=row.air, name=row.name, category=row.category, architecture=row.architecture,
-            defaults=_defaults(row), builtin=False, file=self.store.path_for(row.sha256), row=row,
+            defaults=_defaults(row), builtin=False, file=self.store.path_for(row.sha256), row=row, sha256=row.sha256,
         )
 
     def resolve_lora(self, air: str, team: str, base: ModelEntry, parameter: str) -> LoraEntry:
@@ -278,7 +280,7 @@ class ModelLibrary:
         """AIR + content: a re-upload of the AIR with other bytes is another key."""
         if entry.builtin:
             return f"{entry.air}|builtin-v{_BUILTIN_FOLDERS[entry.air][1]}"
-        content = entry.row.sha256 if entry.row is not None else str(entry.file)
+        content = entry.sha256 or (entry.row.sha256 if entry.row is not None else str(entry.file))
         return f"{entry.air}|{content}"
 
     def _key(self, entry: ModelEntry) -> str:

@@ -10,25 +10,25 @@ a dropped socket (resume buffer) and are recorded in the team's task store
 from __future__ import annotations
 
 import asyncio
-import base64
+import inspect
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Iterable, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Protocol
 from urllib.parse import urlsplit
 
 import msgspec
 
-from engine.core import Engine, GeneratedImage
-from engine.errors import EngineError, QueueFull
+from engine.core import Engine
+from engine.errors import EngineError
+from engine.jobs import Job
 from engine.registry.keys import KeyStore
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.frames import (
     DecodedTask, decode_elements, element_head, encode_data, encode_errors, iter_frames, parse_frame, task_heads,
 )
-from protocol.inference import AsyncAck, ImageInference, ImageResult, ImageUpload, ImageUploadResult, ProgressItem
-from protocol.models import ModelSearch, ModelUpload, ModelUploadStatus
-from protocol.training import TaskCancel, TaskCancelResult, Training, TrainingStatus
+from protocol.inference import AsyncAck, ImageInference, ImageUpload
+from protocol.models import ModelSearch, ModelUpload
+from protocol.training import TaskCancel, TaskCancelResult, Training
 from protocol.session import (
     Authentication,
     AuthenticationResult,
@@ -40,16 +40,16 @@ from protocol.session import (
     TaskDetailsResult,
 )
 from server.config import ServerConfig
+from server.context import RequestContext
+from server.delivery import Delivery, interrupted_error
 from server.errors import to_wire_error
 from server.files import FILES_PATH, FileDrop
 from server.ratelimit import AuthLimiter
 from server.sessions import Session, SessionRegistry
 from server.tasks import TaskRecord, TaskStore
 from server.webhooks import WEBHOOK_FIELDS, WebhookSender
-from engine.pricing import training_cost
 
 log = logging.getLogger("wisp.server")
-T = TypeVar("T")
 
 
 def _as_success(item: Any) -> Any:
@@ -61,38 +61,9 @@ def _as_success(item: Any) -> Any:
     return item
 
 
-class _ProgressReporter:
-    """Pushes an imageInference's opt-in progress items to its session, in step order.
-
-    Steps arrive on the event loop (``Engine.generate``'s callback); each push
-    waits for the previous one, and :meth:`flush` lets the results wait for all.
-    Progress is never recorded for getResponse: it is a live view only.
-    """
-
-    def __init__(self, session: Session, task: ImageInference) -> None:
-        self.session = session
-        self.task = task
-        self._last: asyncio.Future[None] | None = None
-
-    def step(self, step: int, steps: int, previews: list[str] | None) -> None:
-        item = ProgressItem(
-            taskType="imageInference", taskUUID=self.task.taskUUID, status="processing",
-            progress=round(min(1.0, step / max(1, steps)), 4), step=step, steps=steps,
-            previewImages=previews if previews is not None else msgspec.UNSET,
-        )
-        self._last = asyncio.ensure_future(self._send(self._last, encode_data([item])))
-
-    async def _send(self, previous: "asyncio.Future[None] | None", frames: list[bytes]) -> None:
-        if previous is not None:
-            await previous
-        await self.session.emit(frames)
-
-    async def flush(self) -> None:
-        if self._last is not None:
-            await self._last
-
-
 class UploadSourceGone(EngineError):
+    """A modelUpload named a `/v1/files` URL that has expired or is another team's."""
+
     code = ErrorCode.DOWNLOAD_FAILED
 
 _PONG_FRAME = encode_data([Pong(taskType="ping", pong=True)])[0]
@@ -105,16 +76,6 @@ _AUTH_MARK = b'"authentication"'
 """Every frame that can authenticate holds these bytes (the taskType's value, unescaped, as every SDK writes it)."""
 MAX_REFUSAL_ERRORS = 256
 """A frame refused whole (too large, too many tasks) gets at most this many per-task errors, then one summary."""
-
-
-@dataclass(frozen=True)
-class RequestContext:
-    """What a connection knows about how the client reached us."""
-
-    base_url: str
-    own_hosts: frozenset[str]
-    peer: str = ""
-    """The client's address (failed-authentication limiting)."""
 
 
 class Conn(Protocol):
@@ -149,6 +110,17 @@ class Gateway:
         self.sessions = sessions
         self.webhooks = webhooks
         self.jobs: set[asyncio.Task[None]] = set()
+        self.routes: dict[type, Callable[[Conn, Session, DecodedTask, list[asyncio.Task[None]]], Any]] = {
+            GetResponse: lambda conn, session, item, started: self._get_response(session, item.task),  # type: ignore[arg-type]
+            GetTaskDetails: lambda conn, session, item, started: self._get_task_details(session, item.task),  # type: ignore[arg-type]
+            TaskCancel: lambda conn, session, item, started: self._cancel(session, item.task),  # type: ignore[arg-type]
+            ImageInference: self._submit,
+            ImageUpload: self._submit,
+            ModelUpload: self._submit,
+            ModelSearch: self._submit,
+            Training: self._submit,
+        }
+        """taskType (its struct) → the handler of an authenticated task of that type."""
         self.counters = {"frames": 0, "tasks": 0, "errors": 0}
 
     # ---- frames -----------------------------------------------------------
@@ -235,7 +207,7 @@ class Gateway:
                 if any(getattr(task, name, None) for name in WEBHOOK_FIELDS):  # a refused webhook fails the task before its ack
                     reply = await self.webhooks.refusal(task, item.task_type, item.task_uuid)
                 if reply is None:
-                    reply = self._dispatch(conn, conn.session, item, started)
+                    reply = await self._dispatch(conn, conn.session, item, started)
                 if isinstance(reply, WireError):
                     errors.append(reply)
                 elif isinstance(reply, list):
@@ -347,21 +319,18 @@ class Gateway:
         if not job.cancelled() and job.exception() is not None:
             log.error("background job failed", exc_info=job.exception())
 
-    def _dispatch(self, conn: Conn, session: Session, item: DecodedTask, started: list[asyncio.Task[None]]) -> Any:
+    async def _dispatch(self, conn: Conn, session: Session, item: DecodedTask, started: list[asyncio.Task[None]]) -> Any:
+        """One authenticated task: the handler its type names in :attr:`routes` answers it."""
+        reply = self.routes[type(item.task)](conn, session, item, started)
+        return await reply if inspect.isawaitable(reply) else reply
+
+    async def _submit(self, conn: Conn, session: Session, item: DecodedTask, started: list[asyncio.Task[None]]) -> Any:
+        """A task that is work: prepared into a job once (before any ack), claimed, then run by a :class:`Delivery`."""
         task = item.task
-        if isinstance(task, GetResponse):
-            return self._get_response(session, task)
-        if isinstance(task, GetTaskDetails):
-            return self._get_task_details(session, task)
-        if isinstance(task, TaskCancel):
-            return self._cancel(session, task)
         assert isinstance(task, (ImageInference, ImageUpload, ModelUpload, ModelSearch, Training))
         task_type, task_uuid = item.task_type or "", item.task_uuid or ""
         try:
-            if isinstance(task, ImageInference):
-                self.engine.check(task, session.team)
-            elif isinstance(task, Training):
-                self.engine.check_training(task, session.team)
+            job = await self.engine.prepare_job(task, session.team, session.uuid)
         except EngineError as exc:
             return to_wire_error(exc, task_type, task_uuid)
         if session.in_flight >= self.config.max_in_flight_per_session:
@@ -381,145 +350,28 @@ class Gateway:
                 parameter="taskUUID",
             )
         session.in_flight += 1
-        if isinstance(task, Training):
-            started.append(self._spawn(self._run_training(session, record, task, conn.ctx)))
-            return AsyncAck(taskType=task_type, taskUUID=task_uuid)
-        started.append(self._spawn(self._run(session, record, task, conn.ctx)))
-        if getattr(task, "deliveryMethod", "sync") == "async":
+        delivery = Delivery(self, session, record, task, conn.ctx)
+        prepare: Callable[[Job], Job] | None = None
+        if isinstance(task, ModelUpload):
+            prepare = self._local_source(task, session.team, conn.ctx)
+        started.append(self._spawn(delivery.run(job, prepare)))
+        if isinstance(task, Training) or getattr(task, "deliveryMethod", "sync") == "async":
             return AsyncAck(taskType=task_type, taskUUID=task_uuid)
         return None
 
-    async def _run(
-        self, session: Session, record: TaskRecord, task: ImageInference | ImageUpload | ModelUpload | ModelSearch, ctx: RequestContext
-    ) -> None:
-        is_async = getattr(task, "deliveryMethod", "sync") == "async"
-        webhook: str | None = getattr(task, "webhookURL", None)
-        streamed: list[Any] = []
+    def _local_source(self, task: ModelUpload, team: str, ctx: RequestContext) -> Callable[[Job], Job]:
+        """A modelUpload's last step before it runs: a ``/v1/files`` URL of this server becomes the file it names."""
 
-        async def publish(item: Any) -> None:
-            """Deliver one item of a long task the moment it exists (upload phases)."""
-            streamed.append(item)
-            record.items = list(streamed)
-            if not is_async:
-                await session.emit(encode_data([item]))
-            if webhook:
-                self._hook(webhook, session, record.task_uuid, encode_data([item])[0])
+        def prepare(job: Job) -> Job:
+            path = self._dropped_file(task.downloadURL, team, ctx)
+            return job if path is None else msgspec.structs.replace(job, local_source=str(path))
 
-        async def produce() -> list[Any]:
-            if isinstance(task, ImageInference):
-                reporter = _ProgressReporter(session, task) if task.includeProgress else None
+        return prepare
 
-                def progress(step: int, steps: int, previews: list[str] | None) -> None:
-                    record.progress = min(1.0, step / max(1, steps))
-                    if reporter is not None:
-                        reporter.step(step, steps, previews)
-
-                images = await self.engine.generate(
-                    task, team=session.team, owner=session.uuid, own_hosts=ctx.own_hosts, progress=progress, on_start=record.start
-                )
-                if reporter is not None:
-                    await reporter.flush()  # every progress item goes out before the results
-                return [self._image_item(task, image, ctx) for image in images]
-            if isinstance(task, ImageUpload):
-                image_uuid, name = await self.engine.upload_image(task.image, ctx.own_hosts)
-                return [ImageUploadResult(taskType="imageUpload", taskUUID=task.taskUUID, imageUUID=image_uuid, imageURL=f"{ctx.base_url}/images/{name}")]
-            if isinstance(task, ModelUpload):
-                upload = task
-
-                async def phase(status: str, message: str) -> None:
-                    await publish(ModelUploadStatus(taskType="modelUpload", taskUUID=upload.taskUUID, status=status, message=message, air=upload.air))
-
-                await self.engine.upload_model(task, session.team, phase, local_source=self._dropped_file(task.downloadURL, session.team, ctx))
-                return []
-            return [await self.engine.search_models(task, session.team)]
-
-        items = await self._outcome(session, record, webhook, produce())
-        if items is None:
-            return
-        record.succeed(streamed + items)
+    def interrupted(self, record: TaskRecord) -> None:
+        """Record a task the server stopped before it finished."""
+        record.fail(interrupted_error(record))
         self.tasks.finish(record)
-        if items and not is_async:
-            await session.emit(encode_data(items))
-        if webhook:
-            for result in items:
-                self._hook(webhook, session, record.task_uuid, encode_data([result])[0])
-
-    async def _outcome(self, session: Session, record: TaskRecord, webhook: str | None, work: Awaitable[T]) -> T | None:
-        """The result of a task's work, or None once a failure was recorded and reported.
-
-        A cancelled job (server stopping) is recorded as interrupted.  The
-        session's in-flight count drops whatever happens, and before the
-        failure is reported: a client that hears of it may send its next task
-        at once, and that task must find the slot free.
-        """
-        try:
-            result = await work
-        except asyncio.CancelledError:
-            session.in_flight -= 1
-            self._interrupted(record)
-            raise
-        except BaseException as exc:
-            session.in_flight -= 1
-            await self._failed(session, record, exc, webhook)
-            return None
-        session.in_flight -= 1
-        return result
-
-    def _hook(self, url: str, session: Session, task_uuid: str, frame: bytes) -> None:
-        """POST one frame to a task's webhook, in order with the task's other posts."""
-        self.webhooks.post(url, frame, sequence=f"{session.team}\x00{task_uuid}")
-
-    def _interrupted(self, record: TaskRecord) -> None:
-        record.fail(wire_error(ErrorCode.TASK_INTERRUPTED, "the server stopped before this task finished; send it again with a new taskUUID",
-                               task_type=record.task_type, task_uuid=record.task_uuid))
-        self.tasks.finish(record)
-
-    async def _failed(self, session: Session, record: TaskRecord, exc: BaseException, webhook: str | None) -> None:
-        """A task ended in an error: record it (unless retryable), tell the session and the webhook."""
-        error = to_wire_error(exc, record.task_type, record.task_uuid)
-        if isinstance(exc, QueueFull):
-            self.tasks.release(record)
-        else:
-            record.fail(error)
-            self.tasks.finish(record)
-        self.counters["errors"] += 1
-        await session.emit(encode_errors([error]))
-        if webhook:
-            self._hook(webhook, session, record.task_uuid, encode_errors([error])[0])
-
-    async def _run_training(self, session: Session, record: TaskRecord, task: Training, ctx: RequestContext) -> None:
-        """A training job: every status goes to the session (pushed) and the webhook; getResponse shows the latest."""
-        plan = task.plan()
-        webhook = plan.webhook if not isinstance(plan, WireError) else None
-        last_status: list[str] = []
-
-        async def emit(status: str, message: str, **fields: Any) -> None:
-            item = TrainingStatus(
-                taskType="training", taskUUID=task.taskUUID, status="processing", trainingStatus=status, message=message,
-                progress=fields.get("progress"), step=fields.get("step"), steps=fields.get("steps"), loss=fields.get("loss"),
-            )
-            record.items = [item]  # the latest status only: a long job's progress never piles up
-            await session.emit(encode_data([item]))
-            if webhook and last_status[-1:] != [status]:  # one POST per status change, not per step, in order
-                self._hook(webhook, session, task.taskUUID, encode_data([item])[0])
-            last_status[:] = [status]
-
-        outcome = await self._outcome(session, record, webhook, self.engine.train(task, session.team, emit, ctx.own_hosts))
-        if outcome is None:
-            return
-        final = TrainingStatus(
-            taskType="training", taskUUID=task.taskUUID, status="success", trainingStatus="model_ready",
-            message="The trained model is ready for use.", progress=1.0, step=outcome.steps, steps=outcome.steps,
-            loss=outcome.loss, air=outcome.air,
-            outputs={"air": outcome.air, "architecture": outcome.architecture, "steps": outcome.steps, "loss": outcome.loss,
-                     "images": outcome.images, "seconds": round(outcome.seconds, 3)},
-            cost=training_cost(outcome.steps) if task.includeCost else None,
-        )
-        record.succeed([final])
-        self.tasks.finish(record)
-        await session.emit(encode_data([final]))
-        if webhook:
-            self._hook(webhook, session, task.taskUUID, encode_data([final])[0])
 
     def _cancel(self, session: Session, task: TaskCancel) -> Any:
         record = self.tasks.get(session.team, task.taskUUID)
@@ -544,22 +396,6 @@ class Gateway:
         if path is None:
             raise UploadSourceGone("this file URL has expired or belongs to another team; PUT the file again", parameter="downloadURL")
         return path
-
-    def _image_item(self, task: ImageInference, image: GeneratedImage, ctx: RequestContext) -> ImageResult:
-        fields: dict[str, Any] = {}
-        encoded: str | None = None
-        for kind in task.output_types:
-            if kind == "URL":
-                fields["imageURL"] = f"{ctx.base_url}/images/{image.file_name}"
-                continue
-            encoded = encoded or base64.b64encode(image.data).decode("ascii")
-            if kind == "base64Data":
-                fields["imageBase64Data"] = encoded
-            else:
-                fields["imageDataURI"] = f"data:{image.mime};base64,{encoded}"
-        if task.includeCost:
-            fields["cost"] = image.cost
-        return ImageResult(taskType="imageInference", taskUUID=task.taskUUID, imageUUID=image.image_uuid, seed=image.seed, NSFWContent=False, **fields)
 
     # ---- look-ups ---------------------------------------------------------
 

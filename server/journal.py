@@ -106,6 +106,13 @@ class TaskJournal:
             "errors": json.loads(row[4]), "finished_at": row[5],
         }
 
+    def keys(self, retention_s: float) -> set[tuple[str, str]]:
+        """(team, taskUUID) of every task still within retention: what a restart knows without reading rows."""
+        rows = self.db.connect().execute(
+            "SELECT team, task_uuid FROM tasks WHERE finished_at IS NULL OR finished_at >= ?", (time.time() - retention_s,)
+        ).fetchall()
+        return {(str(team), str(task_uuid)) for team, task_uuid in rows}
+
     def newest_with(self, team: str, task_type: str, field: str, value: str) -> str | None:
         """The taskUUID of ``team``'s newest journaled ``task_type`` whose request has ``field`` = ``value``.
 

@@ -117,6 +117,9 @@ class TaskStore:
         self.retention_s = retention_s
         self.journal = journal
         self.inline_loader = inline_loader
+        self._journaled = journal.keys(retention_s) if journal is not None else set()
+        """Tasks journaled before this process started: only those are ever looked up in SQLite (new taskUUIDs are
+        claimed without a database read on the event loop)."""
         self._records: dict[tuple[str, str], TaskRecord] = {}
 
     def claim(
@@ -172,7 +175,7 @@ class TaskStore:
 
     def _from_journal(self, team: str, task_uuid: str) -> TaskRecord | None:
         """A task from before this process started (items come back as plain dicts)."""
-        if self.journal is None:
+        if self.journal is None or (team, task_uuid.lower()) not in self._journaled:
             return None
         row = self.journal.load(team, task_uuid)
         if row is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
@@ -38,18 +39,18 @@ async def load_image_bytes(
     """
     ref = ref.strip()
     if _UUID_RE.match(ref):
-        path = store.find(ref)
+        path = await asyncio.to_thread(store.find, ref)  # file I/O never on the event loop
         if path is None:
             raise ImageNotFound(f"{parameter}: no image with imageUUID {ref}", parameter=parameter)
-        return path.read_bytes()
+        return await asyncio.to_thread(path.read_bytes)
     if ref.startswith(("http://", "https://")):
         parts = urlsplit(ref)
         own = _OWN_IMAGE_PATH_RE.match(parts.path)
         if own and parts.netloc in own_hosts:
-            path = store.path_for_name(own.group("name"))
+            path = await asyncio.to_thread(store.path_for_name, own.group("name"))
             if path is None:
                 raise ImageNotFound(f"{parameter}: no such image on this server", parameter=parameter)
-            return path.read_bytes()
+            return await asyncio.to_thread(path.read_bytes)
         return await fetch_bytes(ref, policy, MAX_INPUT_BYTES, parameter)
     if ref.startswith("data:"):
         match = _DATA_URI_RE.match(ref)

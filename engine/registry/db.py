@@ -90,6 +90,10 @@ MIGRATIONS: list[str] = [
 ]
 
 
+class RegistryOnEventLoop(RuntimeError):
+    """A database read on a thread that :meth:`Database.forbid_thread` marked: a bug, not a client's error."""
+
+
 class Database:
     """Per-thread connections to ``wisp.db``, migrated on first open."""
 
@@ -97,9 +101,20 @@ class Database:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._forbidden: int | None = None
         self._migrate()
 
+    def forbid_thread(self, ident: int | None) -> None:
+        """Make :meth:`connect` fail on thread ``ident`` (an event loop's): a registry read there is a bug, found loudly.
+
+        The server's event loop must never wait on SQLite; tests put this
+        guard on the loop thread and drive real tasks through the server.
+        """
+        self._forbidden = ident
+
     def connect(self) -> sqlite3.Connection:
+        if self._forbidden is not None and threading.get_ident() == self._forbidden:
+            raise RegistryOnEventLoop(f"{self.path.name} was read on a thread that must not block on it (the event loop)")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)

@@ -126,10 +126,10 @@ async def test_internal_errors_do_not_leak_text(gateway, monkeypatch):
     conn = FakeConn()
     await send(gw, conn, {"taskType": "authentication", "apiKey": key})
 
-    async def explode(*args, **kwargs):
+    def explode(*args, **kwargs):
         raise RuntimeError("secret /etc/path detail")
 
-    monkeypatch.setattr(gw.engine, "generate", explode)
+    monkeypatch.setattr(gw.engine.inference, "_render", explode)  # the device work the job runs
     u = str(uuid.uuid4())
     await asyncio.wait(await send(gw, conn, infer(u)))
     error = conn.frames[-1]["errors"][0]

@@ -1,0 +1,265 @@
+"""imageInference: a task becomes an :class:`~engine.jobs.InferenceJob` once, a job becomes images.
+
+:meth:`Inference.prepare` runs in a worker thread (it reads the registry):
+model, LoRAs, embeddings and VAE are resolved to content hashes, the model's
+defaults applied, the scheduler named, the work limit and the img2img step
+count checked, seeds drawn and the cost known.  :meth:`Inference.load_inputs`
+reads the seed and mask images the request pointed at (network or disk,
+never on the event loop).  :meth:`Inference.run` turns the job into a
+generation spec (paths from hashes: whoever runs the job maps them to its own
+store), queues it for the device (batching compatible jobs) and reports
+``Started`` / ``Step`` / ``Finished`` / ``Failed`` to the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+from typing import Any, Callable
+
+import msgspec
+
+from engine.errors import EngineError, EngineStopped, InvalidInput, JobCancelled, QueueFull, WorkLimitExceeded
+from engine.images.codec import FORMATS, decode_image, encode_image
+from engine.images.sources import load_image_bytes
+from engine.images.store import ImageStore
+from engine.jobs import EmbeddingRef, Failed, Finished, GeneratedImage, InferenceJob, LoraRef, ModelRef, Sink, Started, Step, VaeRef
+from engine.models import BUILTIN_MODELS, ModelEntry, ModelLibrary, architecture_defaults, family
+from engine.net import NetPolicy
+from engine.pipelines.stable_diffusion import GenerationSpec
+from engine.pipelines.stable_diffusion.pipeline import batch_key
+from engine.pricing import image_cost
+from engine.schedulers import canonical_scheduler
+from engine.workqueue import Batchable, FairQueue, StepRelay, submit, withdraw
+from protocol.inference import ImageInference, img2img_steps_error
+
+log = logging.getLogger("wisp.engine")
+
+MAX_RANDOM_SEED = 2**31 - 1
+
+
+def failure(task_uuid: str, exc: BaseException) -> Failed:
+    """The :class:`Failed` event for an exception: engine errors keep their code; anything else is logged, never shown."""
+    if isinstance(exc, EngineError):
+        return Failed(task_uuid=task_uuid, code=exc.code, message=exc.message, parameter=exc.parameter, extra=dict(exc.extra),
+                      retryable=isinstance(exc, QueueFull) or getattr(exc, "retryable", False))
+    log.error("job %s failed", task_uuid, exc_info=exc)
+    return Failed(task_uuid=task_uuid, code="internalError", message="the server failed while running this task; it has been logged")
+
+
+class Inference:
+    def __init__(
+        self, library: ModelLibrary, images: ImageStore, queue: FairQueue, net: NetPolicy, stopping: threading.Event,
+        max_work: float, batching: bool,
+    ) -> None:
+        self.library = library
+        self.images = images
+        self.queue = queue
+        self.net = net
+        self.stopping = stopping
+        self.max_work = max_work
+        self.batching = batching
+        self._cancels: dict[tuple[str, str], threading.Event] = {}
+        """(team, taskUUID) → the cancel flag of each job between :meth:`run`'s start and end (taskCancel)."""
+
+    # ---- task → job (worker thread) -------------------------------------------------
+
+    def prepare(self, task: ImageInference, team: str, owner: str) -> InferenceJob:
+        """Resolve and check ``task`` for ``team``: the job, or an :class:`EngineError` to answer before any ack."""
+        entry = self.library.resolve(task.model, team)
+        defaults = entry.defaults
+        scheduler = canonical_scheduler(task.scheduler or defaults.scheduler)
+        steps = task.steps or defaults.steps
+        strength = task.strength if task.strength is not None else defaults.strength
+        if task.seedImage is not None:  # img2img/inpainting: at least one denoising step, the model's defaults included
+            pndm = scheduler in ("PNDM", "PNDMScheduler") or (scheduler == "Default" and family(entry.architecture) == "sd1x")
+            err = img2img_steps_error(steps, strength, strength_given=task.strength is not None, extra_step=pndm and task.maskImage is None)
+            if err is not None:
+                raise InvalidInput(err.message, parameter=err.parameter if isinstance(err.parameter, str) else None, min=err.min)
+        work = task.width * task.height / 1_048_576 * steps * task.numberResults
+        if work > self.max_work:
+            raise WorkLimitExceeded(
+                f"this request is {work:.1f} megapixel-steps (width × height / 2^20 × steps × numberResults); "
+                f"this server allows at most {self.max_work:g} per request: fewer images, steps or pixels",
+                parameter="steps", max=self.max_work,
+            )
+        loras = []
+        for index, ref in enumerate(task.lora):
+            lora = self.library.resolve_lora(ref.model, team, entry, f"lora[{index}].model")
+            loras.append(LoraRef(air=lora.air, sha256=lora.sha256, weight=lora.default_weight if ref.weight is None else ref.weight))
+        extras = self.library.resolve_extras(task, team, entry)
+        embeddings = tuple(
+            EmbeddingRef(sha256=use.key, trigger=use.trigger, kind=use.kind, weight=use.weight, parameter=use.parameter)
+            for use in extras["embeddings"]
+        )
+        vae = extras["vae"]
+        if task.seed is not None:
+            seeds = tuple((task.seed + i) % 2**63 for i in range(task.numberResults))
+        else:
+            seeds = tuple(secrets.randbelow(MAX_RANDOM_SEED) for _ in range(task.numberResults))
+        return InferenceJob(
+            task_uuid=task.taskUUID, team=team, owner=owner, model=model_ref(entry),
+            prompt=task.positivePrompt, negative_prompt=task.negativePrompt, width=task.width, height=task.height,
+            steps=steps, cfg_scale=task.CFGScale if task.CFGScale is not None else defaults.cfg_scale, scheduler=scheduler,
+            seeds=seeds, clip_skip=task.clipSkip if task.clipSkip is not None else defaults.clip_skip, strength=strength,
+            mask_margin=task.maskMargin, loras=tuple(loras), embeddings=embeddings,
+            vae=None if vae is None else VaeRef(air=vae.air, sha256=vae.path.stem, family=vae.family, parameter=vae.parameter),
+            seed_image=task.seedImage, mask_image=task.maskImage, output_format=task.outputFormat,
+            output_quality=task.outputQuality, progress=bool(task.includeProgress), previews=bool(task.includePreviews),
+            cost_per_image=image_cost(task.width, task.height, steps),
+        )
+
+    async def load_inputs(self, job: InferenceJob, own_hosts: frozenset[str] = frozenset()) -> InferenceJob:
+        """The job with its seed and mask images read (URLs fetched with the guard, files off the loop)."""
+        if job.inputs_loaded:
+            return job
+        init = await self._read(job.seed_image, "seedImage", own_hosts) if job.seed_image is not None else None
+        mask = await self._read(job.mask_image, "maskImage", own_hosts) if job.mask_image is not None else None
+        return msgspec.structs.replace(job, init_bytes=init, mask_bytes=mask)
+
+    async def _read(self, ref: str, parameter: str, own_hosts: frozenset[str]) -> bytes:
+        return await load_image_bytes(ref, parameter, self.images, self.net, own_hosts)
+
+    # ---- job → spec (worker thread or loop: no I/O but decoding the inputs) ---------------
+
+    def entry(self, ref: ModelRef) -> ModelEntry:
+        """The library entry a job's model reference names (no registry read: the hash says which file)."""
+        if ref.builtin:
+            return BUILTIN_MODELS[ref.air]
+        assert ref.sha256 is not None
+        return ModelEntry(air=ref.air, name=ref.name, category="checkpoint", architecture=ref.architecture,
+                          defaults=architecture_defaults(ref.architecture), builtin=False,
+                          file=self.library.store.path_for(ref.sha256), sha256=ref.sha256)
+
+    def spec(self, job: InferenceJob, on_step: Callable[[int, int, Any], None] | None = None) -> GenerationSpec:
+        from engine.embeddings import EmbeddingUse
+        from engine.lora import LoraUse
+        from engine.vae import VaeUse
+
+        path_for = self.library.store.path_for
+        return GenerationSpec(
+            prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width, height=job.height, steps=job.steps,
+            cfg_scale=job.cfg_scale, scheduler=job.scheduler, seeds=job.seeds, clip_skip=job.clip_skip,
+            init_image=decode_image(job.init_bytes, "seedImage") if job.init_bytes is not None else None,
+            mask_image=decode_image(job.mask_bytes, "maskImage") if job.mask_bytes is not None else None,
+            strength=job.strength, mask_margin=job.mask_margin,
+            loras=tuple(LoraUse(key=lora.sha256, path=path_for(lora.sha256), weight=lora.weight) for lora in job.loras),
+            embeddings=tuple(
+                EmbeddingUse(key=e.sha256, path=path_for(e.sha256), trigger=e.trigger, kind=e.kind, weight=e.weight, parameter=e.parameter)
+                for e in job.embeddings
+            ),
+            vae=None if job.vae is None else VaeUse(key=f"vae|{job.vae.sha256}|{job.vae.family}", air=job.vae.air,
+                                                    path=path_for(job.vae.sha256), family=job.vae.family, parameter=job.vae.parameter),
+            on_step=on_step,
+        )
+
+    # ---- running ------------------------------------------------------------------
+
+    async def run(
+        self, job: InferenceJob, sink: Sink, own_hosts: frozenset[str] = frozenset(), errors: list[BaseException] | None = None,
+    ) -> None:
+        """Run ``job``, reporting to ``sink``; ends with exactly one Finished or Failed event.
+
+        ``errors``: in-process callers that want the exception behind a
+        Failed event (tests) get it appended there too.
+        """
+        cancel = threading.Event()
+        key = (job.team, job.task_uuid.lower())
+        self._cancels[key] = cancel
+        try:
+            job = await self.load_inputs(job, own_hosts)
+            if cancel.is_set():
+                raise JobCancelled("cancelled by taskCancel before it started")
+            entry = self.entry(job.model)
+            relay = StepRelay(asyncio.get_running_loop(), lambda step, steps, previews: sink(Step(job.task_uuid, step, steps, previews)),
+                              live=job.progress)
+            spec = await asyncio.to_thread(self.spec, job, self._step_reporter(relay, job.progress and job.previews, entry))
+            batch = None
+            compatible = batch_key(spec)
+            if compatible is not None and self.batching:
+                batch = Batchable(key=(self.library.cache_key(entry), compatible), payload=(spec, job.output_format, job.output_quality),
+                                  run=lambda payloads: self._render_batch(entry, payloads))
+            try:
+                images = await submit(
+                    self.queue, job.owner, lambda: self._render(entry, spec, job.output_format, job.output_quality, cancel),
+                    batch=batch, on_start=relay.starting(lambda: sink(Started(job.task_uuid))), cancel=cancel,
+                )
+            finally:
+                relay.finish()  # every step is reported before the result
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if errors is not None:
+                errors.append(exc)
+            sink(failure(job.task_uuid, exc))
+            return
+        finally:
+            if self._cancels.get(key) is cancel:
+                del self._cancels[key]
+        sink(Finished(task_uuid=job.task_uuid, images=images))
+
+    def cancel(self, team: str, task_uuid: str) -> bool:
+        """``taskCancel``: a queued job ends at once, a running one after its current step; False if none runs."""
+        cancel = self._cancels.get((team, task_uuid.lower()))
+        if cancel is None:
+            return False
+        withdraw(self.queue, cancel)
+        return True
+
+    @staticmethod
+    def _step_reporter(relay: StepRelay, previews: bool, entry: ModelEntry) -> Callable[[int, int, Any], None]:
+        """The worker-thread step callback: (step, steps, previews when asked) to ``relay``, which makes the Step events.
+
+        Every job reports its steps (the REST dialects show progress without
+        asking for it); the relay hands them to the loop at once only when the
+        client streams progress, else in bunches (see :class:`StepRelay`).
+        """
+        from engine.images.previews import preview_data_uris
+
+        kind = family(entry.architecture)
+
+        def on_step(step: int, steps: int, latents: Any) -> None:
+            images = preview_data_uris(latents, kind) if previews and latents is not None else None
+            relay.report(step, steps, images)
+
+        return on_step
+
+    def _render(
+        self, entry: ModelEntry, spec: GenerationSpec, output_format: str, quality: int, cancel: threading.Event | None = None,
+    ) -> list[GeneratedImage]:
+        """Worker thread: generate, encode, store; stops between steps when the engine stops or ``cancel`` is set."""
+        stopping = self.stopping
+
+        def should_stop() -> bool:
+            return stopping.is_set() or (cancel is not None and cancel.is_set())
+
+        try:
+            with self.library.use(entry) as model, self.library.use_vae(spec) as spec:  # pinned: not evicted while it runs
+                images = model.run(spec, should_stop)
+        except EngineStopped:
+            if cancel is not None and cancel.is_set() and not stopping.is_set():
+                raise JobCancelled("cancelled by taskCancel between denoising steps") from None
+            raise
+        return self._store(spec, images, output_format, quality)
+
+    def _render_batch(self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, str, int]]) -> list[list[GeneratedImage]]:
+        """Worker thread: compatible one-image requests in one pipeline call (dynamic batching)."""
+        with self.library.use(entry) as model:
+            images = model.run_batch([spec for spec, _, _ in payloads], self.stopping.is_set)
+        return [self._store(spec, [image], fmt, quality) for (spec, fmt, quality), image in zip(payloads, images)]
+
+    def _store(self, spec: GenerationSpec, images: list[Any], output_format: str, quality: int) -> list[GeneratedImage]:
+        _, ext, mime = FORMATS[output_format]
+        cost = image_cost(spec.width, spec.height, spec.steps)
+        results = []
+        for seed, image in zip(spec.seeds, images):
+            data = encode_image(image, output_format, quality)
+            image_uuid, name = self.images.put(data, ext)
+            results.append(GeneratedImage(image_uuid=image_uuid, file_name=name, seed=seed, data=data, mime=mime, cost=cost))
+        return results
+
+
+def model_ref(entry: ModelEntry) -> ModelRef:
+    return ModelRef(air=entry.air, architecture=entry.architecture, builtin=entry.builtin, sha256=entry.sha256, name=entry.name)

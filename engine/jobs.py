@@ -1,0 +1,248 @@
+"""The engine's interface: prepared jobs in, typed events out.
+
+The server turns each decoded task into a job exactly once
+(:meth:`engine.core.Engine.prepare`, off the event loop): the task is
+validated against the library, every model reference is resolved to what
+names its bytes (AIR → sha256, architecture, the family's defaults applied),
+seeds are drawn, the cost is known.  A job is a plain msgspec Struct: no open
+files, no locks, no pipelines, no paths — a content hash says which file,
+and whoever runs the job maps it to its own copy.  ``msgspec`` encodes it
+(JSON or MessagePack) and decodes it back unchanged, so the same job can run
+in this process or on a replica across a network.
+
+:meth:`engine.core.Engine.run` takes a job and reports what happens to a
+sink, as :data:`Event` values, in order: :class:`Started` when the device
+takes it, :class:`Step` after each denoising step (inference with progress),
+:class:`UploadPhase` / :class:`TrainingProgress` for long tasks, then exactly
+one :class:`Finished` or :class:`Failed` (a wire error code, never a
+traceback).  That pair of calls is the only way the server talks to the
+engine about work.
+
+Everything here is data: importing this module pulls in msgspec and the
+protocol's types, nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Union
+
+import msgspec
+
+from protocol.models import ModelSearch, ModelSearchResult, ModelUpload
+from protocol.training import TrainingPlan
+
+
+class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A checkpoint, resolved: what it is and which bytes (built-in models are named by their build)."""
+
+    air: str
+    architecture: str
+    builtin: bool
+    sha256: str | None = None
+    """The stored file's content hash (None for a built-in model)."""
+    name: str = ""
+
+
+class LoraRef(msgspec.Struct, frozen=True, kw_only=True):
+    air: str
+    sha256: str
+    weight: float
+
+
+class EmbeddingRef(msgspec.Struct, frozen=True, kw_only=True):
+    sha256: str
+    trigger: str
+    kind: str
+    weight: float
+    parameter: str
+
+
+class VaeRef(msgspec.Struct, frozen=True, kw_only=True):
+    air: str
+    sha256: str
+    family: str
+    parameter: str = "vae"
+
+
+class InferenceJob(msgspec.Struct, frozen=True, kw_only=True, tag="imageInference"):
+    """One imageInference, resolved and defaulted: a generation spec with references instead of objects."""
+
+    task_uuid: str
+    team: str
+    owner: str
+    """Whose turn in the fair queue this is (a session)."""
+    model: ModelRef
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    cfg_scale: float
+    scheduler: str
+    seeds: tuple[int, ...]
+    """One per image, drawn at preparation: running the job again gives the same images."""
+    clip_skip: int | None = None
+    strength: float = 0.8
+    mask_margin: int | None = None
+    loras: tuple[LoraRef, ...] = ()
+    embeddings: tuple[EmbeddingRef, ...] = ()
+    vae: VaeRef | None = None
+    seed_image: str | None = None
+    """The request's reference (imageUUID, URL, data URI, base64) until :meth:`Engine.load_inputs` reads it."""
+    mask_image: str | None = None
+    init_bytes: bytes | None = None
+    """The seed image's encoded bytes, once read."""
+    mask_bytes: bytes | None = None
+    output_format: str = "PNG"
+    output_quality: int = 95
+    progress: bool = False
+    previews: bool = False
+    cost_per_image: float = 0.0
+
+    @property
+    def inputs_loaded(self) -> bool:
+        return (self.seed_image is None or self.init_bytes is not None) and (self.mask_image is None or self.mask_bytes is not None)
+
+
+class TrainingTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a trained LoRA is registered."""
+
+    air: str
+    name: str
+    version: str
+    unique_identifier: str
+    private: bool
+    hero_image_url: str | None = None
+    short_description: str | None = None
+
+
+class TrainingJob(msgspec.Struct, frozen=True, kw_only=True, tag="training"):
+    task_uuid: str
+    team: str
+    plan: TrainingPlan
+    base: ModelRef
+    target: TrainingTarget | None
+    """None: a new AIR under the team's default source, chosen when the job runs."""
+
+
+class UploadJob(msgspec.Struct, frozen=True, kw_only=True, tag="modelUpload"):
+    task_uuid: str
+    team: str
+    request: ModelUpload
+    local_source: str | None = None
+    """A file this server already holds (``PUT /v1/files``), read instead of downloaded."""
+
+
+class SearchJob(msgspec.Struct, frozen=True, kw_only=True, tag="modelSearch"):
+    task_uuid: str
+    team: str
+    query: ModelSearch
+
+
+class ImageUploadJob(msgspec.Struct, frozen=True, kw_only=True, tag="imageUpload"):
+    task_uuid: str
+    team: str
+    image: str
+    """The request's reference (imageUUID, URL, data URI or base64)."""
+
+
+Job = Union[InferenceJob, TrainingJob, UploadJob, SearchJob, ImageUploadJob]
+
+
+# ---- events ----------------------------------------------------------------------
+
+
+class Started(msgspec.Struct, frozen=True, tag="started"):
+    """The device took the job from the queue."""
+
+    task_uuid: str
+
+
+class Step(msgspec.Struct, frozen=True, tag="step"):
+    """One denoising step done (jobs that asked for progress)."""
+
+    task_uuid: str
+    step: int
+    steps: int
+    previews: list[str] | None = None
+
+
+class UploadPhase(msgspec.Struct, frozen=True, tag="uploadPhase"):
+    task_uuid: str
+    status: str
+    message: str
+
+
+class TrainingProgress(msgspec.Struct, frozen=True, kw_only=True, tag="trainingProgress"):
+    task_uuid: str
+    status: str
+    message: str
+    progress: float | None = None
+    step: int | None = None
+    steps: int | None = None
+    loss: float | None = None
+
+
+class GeneratedImage(msgspec.Struct, frozen=True, kw_only=True):
+    """One generated image, stored by the engine that made it."""
+
+    image_uuid: str
+    file_name: str
+    seed: int
+    data: bytes
+    mime: str
+    cost: float
+
+
+class TrainedLora(msgspec.Struct, frozen=True, kw_only=True):
+    air: str
+    architecture: str
+    steps: int
+    loss: float | None
+    images: int
+    seconds: float
+
+
+class UploadedModel(msgspec.Struct, frozen=True, kw_only=True):
+    air: str
+    sha256: str
+
+
+class Finished(msgspec.Struct, frozen=True, kw_only=True, tag="finished"):
+    """The job's result: ``images`` (inference; imageUpload: one, without its bytes), ``search``, ``trained`` or ``uploaded``."""
+
+    task_uuid: str
+    images: list[GeneratedImage] = []
+    search: ModelSearchResult | None = None
+    trained: TrainedLora | None = None
+    uploaded: UploadedModel | None = None
+
+
+class Failed(msgspec.Struct, frozen=True, kw_only=True, tag="failed"):
+    """The job ended in an error, as the wire will show it."""
+
+    task_uuid: str
+    code: str
+    message: str
+    parameter: str | None = None
+    extra: dict[str, Any] = {}
+    retryable: bool = False
+    """The job was refused before it started (a full queue): its taskUUID may be sent again."""
+
+
+Event = Union[Started, Step, UploadPhase, TrainingProgress, Finished, Failed]
+Sink = Callable[[Event], None]
+"""Where events go; called on the event loop, in order."""
+
+
+def encode(value: Job | Event) -> bytes:
+    """A job or an event as MessagePack (what crosses a process or a network)."""
+    return msgspec.msgpack.encode(value)
+
+
+def decode_job(data: bytes) -> Job:
+    return msgspec.msgpack.decode(data, type=Job)
+
+
+def decode_event(data: bytes) -> Event:
+    return msgspec.msgpack.decode(data, type=Event)

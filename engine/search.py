@@ -1,0 +1,65 @@
+"""modelSearch: the built-in models (public) and every model a team may see, shaped as the wire's ModelInfo."""
+
+from __future__ import annotations
+
+from engine.models import BUILTIN_MODELS, ModelEntry
+from engine.registry.models import ModelRegistry, ModelRow
+from protocol.models import ModelInfo, ModelSearch, ModelSearchResult
+
+
+def search_models(registry: ModelRegistry, task: ModelSearch, team: str) -> ModelSearchResult:
+    """Worker thread (one registry query): the matches for ``task`` that ``team`` may see, built-ins first."""
+    rows = registry.search(
+        team,
+        text=task.search,
+        category=task.category,
+        type_=task.type,
+        architectures=(task.architecture,) if task.architecture else None,
+        conditioning=task.conditioning,
+        visibility=task.visibility,
+        tags=task.tags,
+        limit=10**9,
+        offset=0,
+    )
+    found = [_builtin_info(e) for e in BUILTIN_MODELS.values() if _builtin_matches(e, task)]
+    found += [_row_info(r) for r in rows[1]]
+    return ModelSearchResult(
+        taskType="modelSearch",
+        taskUUID=task.taskUUID,
+        totalResults=len(found),
+        results=found[task.offset : task.offset + task.limit],
+    )
+
+
+def _builtin_matches(entry: ModelEntry, task: ModelSearch) -> bool:
+    if task.visibility == "private" or task.tags or task.conditioning:
+        return False
+    if task.category not in (None, entry.category) or task.type not in (None, "base"):
+        return False
+    if task.architecture not in (None, entry.architecture):
+        return False
+    if task.search and task.search.lower() not in f"{entry.air} {entry.name} builtin".lower():
+        return False
+    return True
+
+
+def _builtin_info(entry: ModelEntry) -> ModelInfo:
+    return ModelInfo(
+        air=entry.air, name=entry.name, version="1", category=entry.category, architecture=entry.architecture,
+        tags=["builtin"], heroImage="", private=False, comment="built offline with random weights: draws noise",
+        type="base", defaultSteps=entry.defaults.steps, defaultCFG=entry.defaults.cfg_scale,
+        defaultScheduler=entry.defaults.scheduler, defaultStrength=entry.defaults.strength,
+    )
+
+
+def _row_info(row: ModelRow) -> ModelInfo:
+    meta = row.meta
+    return ModelInfo(
+        air=row.air, name=row.name, version=row.version, category=row.category, architecture=row.architecture,
+        tags=row.tags, heroImage=meta.get("heroImageURL") or "", private=row.private, comment=meta.get("comment") or "",
+        type=row.type, conditioning=row.conditioning, shortDescription=meta.get("shortDescription"),
+        positiveTriggerWords=meta.get("positiveTriggerWords"), negativeTriggerWords=meta.get("negativeTriggerWords"),
+        defaultScheduler=meta.get("defaultScheduler"), defaultSteps=meta.get("defaultSteps"),
+        defaultCFG=meta.get("defaultCFG"), defaultStrength=meta.get("defaultStrength"),
+        defaultWeight=meta.get("defaultWeight"), sizeBytes=row.size_bytes,
+    )
