@@ -145,7 +145,7 @@ class Engine:
         self.db = db or Database(data_dir / "wisp.db")
         self.registry = ModelRegistry(self.db)
         self.model_store = ModelStore(data_dir / "store")
-        self.images = ImageStore(data_dir / "images", data_dir / "tmp")
+        self.images = ImageStore(data_dir / "images", data_dir / "tmp", self.db)
         self._stopping = threading.Event()
         self.cache = ModelCache(config.device, device_bytes=config.cache_device_bytes, host_bytes=config.cache_host_bytes)
         from engine.lora_cache import LoraCache
@@ -288,7 +288,7 @@ class Engine:
                     air=outcome.air, architecture=outcome.architecture, steps=outcome.steps, loss=outcome.loss,
                     images=outcome.images, seconds=outcome.seconds)))
             elif isinstance(job, jobs.ImageUploadJob):
-                image_uuid, name = await self.upload_image(job.image, own_hosts)
+                image_uuid, name = await self.upload_image(job.image, own_hosts, job.team)
                 sink(jobs.Finished(task_uuid=job.task_uuid, images=[jobs.GeneratedImage(
                     image_uuid=image_uuid, file_name=name, seed=0, data=b"", mime="image/png", cost=0.0)]))
             else:
@@ -358,13 +358,13 @@ class Engine:
         """The LoRA adapter cache's counters (hits, misses = file reads, evictions, bytes, budget)."""
         return self.lora_cache.stats().as_dict()
 
-    async def upload_image(self, ref: str, own_hosts: frozenset[str] = frozenset()) -> tuple[str, str]:
-        """Decode, re-encode as PNG (dropping metadata) and store; returns (imageUUID, file name)."""
-        data = await load_image_bytes(ref, "image", self.images, self.config.net, own_hosts)
+    async def upload_image(self, ref: str, own_hosts: frozenset[str] = frozenset(), team: str | None = None) -> tuple[str, str]:
+        """Decode, re-encode as PNG (dropping metadata) and store for ``team``; returns (imageUUID, file name)."""
+        data = await load_image_bytes(ref, "image", self.images, self.config.net, own_hosts, team)
 
         def store() -> tuple[str, str]:
             image = decode_image(data, "image")
-            return self.images.put(encode_image(image, "PNG", 95), "png")
+            return self.images.put(encode_image(image, "PNG", 95), "png", team=team)
 
         return await asyncio.to_thread(store)
 
@@ -460,7 +460,8 @@ class Engine:
                                         private=t.private, hero_image_url=t.hero_image_url, short_description=t.short_description)
 
         async def read_dataset(resolution: int, folder: Path) -> list[Path]:
-            return await dataset.gather(plan.dataset, plan.dataset_parameter, resolution, self.images, self.config.net, own_hosts, folder)
+            return await dataset.gather(plan.dataset, plan.dataset_parameter, resolution, self.images, self.config.net, own_hosts, folder,
+                                        team)
 
         async def register(path: Path, phase: Any) -> None:
             upload = ModelUpload(

@@ -115,12 +115,13 @@ class Inference:
         """The job with its seed and mask images read (URLs fetched with the guard, files off the loop)."""
         if job.inputs_loaded:
             return job
-        init = await self._read(job.seed_image, "seedImage", own_hosts) if job.seed_image is not None else None
-        mask = await self._read(job.mask_image, "maskImage", own_hosts) if job.mask_image is not None else None
+        init = await self._read(job.seed_image, "seedImage", own_hosts, job.team) if job.seed_image is not None else None
+        mask = await self._read(job.mask_image, "maskImage", own_hosts, job.team) if job.mask_image is not None else None
         return msgspec.structs.replace(job, init_bytes=init, mask_bytes=mask)
 
-    async def _read(self, ref: str, parameter: str, own_hosts: frozenset[str]) -> bytes:
-        return await load_image_bytes(ref, parameter, self.images, self.net, own_hosts)
+    async def _read(self, ref: str, parameter: str, own_hosts: frozenset[str], team: str) -> bytes:
+        """An input image's bytes; an imageUUID must be ``team``'s own (another team's looks missing)."""
+        return await load_image_bytes(ref, parameter, self.images, self.net, own_hosts, team)
 
     # ---- job → spec (worker thread or loop: no I/O but decoding the inputs) ---------------
 
@@ -179,11 +180,12 @@ class Inference:
             batch = None
             compatible = batch_key(spec)
             if compatible is not None and self.batching:
-                batch = Batchable(key=(self.library.cache_key(entry), compatible), payload=(spec, job.output_format, job.output_quality),
+                batch = Batchable(key=(self.library.cache_key(entry), compatible),
+                                  payload=(spec, job.output_format, job.output_quality, job.team),
                                   run=lambda payloads: self._render_batch(entry, payloads))
             try:
                 images = await submit(
-                    self.queue, job.owner, lambda: self._render(entry, spec, job.output_format, job.output_quality, cancel),
+                    self.queue, job.owner, lambda: self._render(entry, spec, job.output_format, job.output_quality, cancel, job.team),
                     batch=batch, on_start=relay.starting(lambda: sink(Started(job.task_uuid))), cancel=cancel,
                 )
             finally:
@@ -228,6 +230,7 @@ class Inference:
 
     def _render(
         self, entry: ModelEntry, spec: GenerationSpec, output_format: str, quality: int, cancel: threading.Event | None = None,
+        team: str | None = None,
     ) -> list[GeneratedImage]:
         """Worker thread: generate, encode, store; stops between steps when the engine stops or ``cancel`` is set."""
         stopping = self.stopping
@@ -242,21 +245,23 @@ class Inference:
             if cancel is not None and cancel.is_set() and not stopping.is_set():
                 raise JobCancelled("cancelled by taskCancel between denoising steps") from None
             raise
-        return self._store(spec, images, output_format, quality)
+        return self._store(spec, images, output_format, quality, team)
 
-    def _render_batch(self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, str, int]]) -> list[list[GeneratedImage]]:
+    def _render_batch(self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, str, int, str]]) -> list[list[GeneratedImage]]:
         """Worker thread: compatible one-image requests in one pipeline call (dynamic batching)."""
         with self.library.use(entry) as model:
-            images = model.run_batch([spec for spec, _, _ in payloads], self.stopping.is_set)
-        return [self._store(spec, [image], fmt, quality) for (spec, fmt, quality), image in zip(payloads, images)]
+            images = model.run_batch([payload[0] for payload in payloads], self.stopping.is_set)
+        return [self._store(spec, [image], fmt, quality, team) for (spec, fmt, quality, team), image in zip(payloads, images)]
 
-    def _store(self, spec: GenerationSpec, images: list[Any], output_format: str, quality: int) -> list[GeneratedImage]:
+    def _store(
+        self, spec: GenerationSpec, images: list[Any], output_format: str, quality: int, team: str | None = None,
+    ) -> list[GeneratedImage]:
         _, ext, mime = FORMATS[output_format]
         cost = image_cost(spec.width, spec.height, spec.steps)
         results = []
         for seed, image in zip(spec.seeds, images):
             data = encode_image(image, output_format, quality)
-            image_uuid, name = self.images.put(data, ext)
+            image_uuid, name = self.images.put(data, ext, team=team)
             results.append(GeneratedImage(image_uuid=image_uuid, file_name=name, seed=seed, data=data, mime=mime, cost=cost))
         return results
 

@@ -82,6 +82,18 @@ class SocketConn:
         """Write one frame once there is room for it; False if the socket is closed or was given up."""
         if self.closed:
             return False
+        transport = self.ws.transport
+        if (not self._send_lock.locked() and transport is not None
+                and transport.get_write_buffer_size() + len(frame) <= transport.get_write_buffer_limits()[1]):
+            # Nothing waits and the frame fits under the high-water mark: websockets writes it without
+            # yielding (it only waits when the buffer is over that mark), so order holds without the lock
+            # and nothing can stall (a pong, most replies): no lock, timer or room check to pay for.
+            try:
+                await self.ws.send(frame, text=True)
+            except ConnectionClosed:
+                self.closed = True
+                return False
+            return True
         if not await self._room_for(len(frame)):
             if not self.closed:
                 self._give_up(f"more than {self.max_outgoing_bytes} bytes have waited {self.send_stall_s:g} s "

@@ -31,6 +31,7 @@ async def load_image_bytes(
     store: ImageStore,
     policy: NetPolicy,
     own_hosts: frozenset[str] = frozenset(),
+    team: str | None = None,
 ) -> bytes:
     """Bytes of the image ``ref`` points at.
 
@@ -39,7 +40,7 @@ async def load_image_bytes(
     """
     ref = ref.strip()
     if _UUID_RE.match(ref):
-        path = await asyncio.to_thread(store.find, ref)  # file I/O never on the event loop
+        path = await asyncio.to_thread(store.find, ref, team)  # file I/O never on the event loop; another team's looks missing
         if path is None:
             raise ImageNotFound(f"{parameter}: no image with imageUUID {ref}", parameter=parameter)
         return await asyncio.to_thread(path.read_bytes)

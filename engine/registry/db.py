@@ -87,6 +87,13 @@ MIGRATIONS: list[str] = [
         default_source TEXT
     );
     """,
+    """
+    CREATE TABLE image_owners (
+        image_uuid TEXT PRIMARY KEY,
+        team TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 

@@ -112,14 +112,15 @@ async def gather(
     policy: NetPolicy,
     own_hosts: frozenset[str],
     folder: Path,
+    team: str | None = None,
 ) -> list[Path]:
-    """Fetch and prepare every entry of ``refs``; returns the PNGs written in ``folder``."""
+    """Fetch and prepare every entry of ``refs`` (imageUUIDs: ``team``'s own); returns the PNGs written in ``folder``."""
     blobs: list[tuple[str, str, bytes]] = []
     single = len(refs) == 1 and parameter == "inputs.dataset"
     for index, ref in enumerate(refs):
         label = parameter if single else f"{parameter}[{index}]"
         try:
-            body = await load_image_bytes(ref, label, store, policy, own_hosts)
+            body = await load_image_bytes(ref, label, store, policy, own_hosts, team)
         except InvalidImage as exc:
             raise BadDataset(exc.message, parameter=parameter) from None
         blobs.append((parameter, label, body))

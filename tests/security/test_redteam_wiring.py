@@ -24,3 +24,44 @@ def test_teams_set_default_source_wisp_is_refused_in_one_line(tmp_path):
     out = wisp_cli("teams", "set", "default", "--default-source", "wisp", "--data-dir", str(tmp_path))
     assert out.returncode == 1
     assert "reserved" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_an_image_uuid_is_an_input_for_its_own_team_only(wisp_server):
+    """Another team's imageUUID looks missing as a seedImage (its URL, a capability, still works for whoever holds it)."""
+    import asyncio
+    import json
+    import uuid as uuidlib
+
+    from websockets.asyncio.client import connect
+
+    async def session(key: str):
+        ws = await connect(wisp_server.ws_url, max_size=None)
+        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": key}]))
+        await ws.recv()
+        return ws
+
+    async def answer(ws, task: dict) -> dict:
+        task = {"taskUUID": str(uuidlib.uuid4()), **task}
+        await ws.send(json.dumps([task]))
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 120))
+            parts = frame.get("data", []) + frame.get("errors", [])
+            if any(p.get("taskUUID") == task["taskUUID"] for p in parts):
+                return frame
+
+    owner, stranger = await session(wisp_server.key), await session(wisp_server.create_key("image-strangers"))
+    try:
+        made = await answer(owner, {"taskType": "imageInference", "model": "wisp:tiny-sd15@1", "positivePrompt": "x",
+                                    "width": 64, "height": 64, "steps": 1})
+        image = made["data"][0]
+        img2img = {"taskType": "imageInference", "model": "wisp:tiny-sd15@1", "positivePrompt": "y", "width": 64, "height": 64,
+                   "steps": 4, "strength": 0.5}
+        refused = await answer(stranger, {**img2img, "seedImage": image["imageUUID"]})
+        assert refused["errors"][0]["code"] == "imageNotFound" and refused["errors"][0]["parameter"] == "seedImage"
+        uploaded = await answer(stranger, {"taskType": "imageUpload", "image": image["imageUUID"]})
+        assert uploaded["errors"][0]["code"] == "imageNotFound"
+        assert "data" in await answer(owner, {**img2img, "seedImage": image["imageUUID"]})
+        assert "data" in await answer(stranger, {**img2img, "seedImage": image["imageURL"]})
+    finally:
+        await owner.close()
+        await stranger.close()
