@@ -30,7 +30,8 @@ from engine.models import ModelEntry, ModelLibrary
 from engine.net import NetPolicy
 from engine.registry.db import Database
 from engine.registry.models import ModelRegistry, ModelRow
-from engine.search import search_models
+from engine.registry.view import ModelView
+from engine.search import search_in_view, search_models
 from engine.upload.ingest import Emit, IngestConfig, ModelIngest
 from engine.upload.store import ModelStore
 from protocol.models import ModelSearch, ModelSearchResult, ModelUpload
@@ -144,6 +145,7 @@ class Engine:
         data_dir = Path(config.data_dir)
         self.db = db or Database(data_dir / "wisp.db")
         self.registry = ModelRegistry(self.db)
+        self.model_view = ModelView(self.registry)
         self.model_store = ModelStore(data_dir / "store")
         self.images = ImageStore(data_dir / "images", data_dir / "tmp", self.db)
         self._stopping = threading.Event()
@@ -485,4 +487,8 @@ class Engine:
 
     async def search_models(self, task: ModelSearch, team: str) -> ModelSearchResult:
         """modelSearch: the built-in models (public) and every model ``team`` may see (the registry read in a thread)."""
-        return await asyncio.to_thread(search_models, self.registry, task, team)
+        return await asyncio.to_thread(search_models, self.registry, task, team, self.model_view)
+
+    def search_now(self, task: ModelSearch, team: str) -> ModelSearchResult | None:
+        """modelSearch answered from memory, on the event loop (no I/O); None while the view is stale."""
+        return search_in_view(self.model_view, task, team)

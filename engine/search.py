@@ -1,14 +1,22 @@
-"""modelSearch: the built-in models (public) and every model a team may see, shaped as the wire's ModelInfo."""
+"""modelSearch: the built-in models (public) and every model a team may see, shaped as the wire's ModelInfo.
+
+Answered from the in-memory :class:`~engine.registry.view.ModelView` on the event loop when it is fresh,
+else by SQL in a worker thread (which reloads the view).
+"""
 
 from __future__ import annotations
 
 from engine.models import BUILTIN_MODELS, ModelEntry
 from engine.registry.models import ModelRegistry, ModelRow
+from engine.registry.view import ModelView
 from protocol.models import ModelInfo, ModelSearch, ModelSearchResult
 
 
-def search_models(registry: ModelRegistry, task: ModelSearch, team: str) -> ModelSearchResult:
-    """Worker thread (one registry query): the matches for ``task`` that ``team`` may see, built-ins first."""
+def search_models(registry: ModelRegistry, task: ModelSearch, team: str, view: ModelView | None = None) -> ModelSearchResult:
+    """Worker thread (one registry query): the matches for ``task`` that ``team`` may see, built-ins first.
+
+    ``view``: reloaded here when stale, so the searches after this one are answered from memory.
+    """
     rows = registry.search(
         team,
         text=task.search,
@@ -20,9 +28,30 @@ def search_models(registry: ModelRegistry, task: ModelSearch, team: str) -> Mode
         tags=task.tags,
         limit=10**9,
         offset=0,
+    )[1]
+    if view is not None and not view.ready:
+        view.reload()
+    return _result(task, rows)
+
+
+def search_in_view(view: ModelView, task: ModelSearch, team: str) -> ModelSearchResult | None:
+    """The same answer from the in-memory view, on the event loop; None while the view is stale."""
+    rows = view.search(
+        team,
+        text=task.search,
+        category=task.category,
+        type_=task.type,
+        architectures=(task.architecture,) if task.architecture else None,
+        conditioning=task.conditioning,
+        visibility=task.visibility,
+        tags=task.tags,
     )
+    return None if rows is None else _result(task, rows)
+
+
+def _result(task: ModelSearch, rows: list[ModelRow]) -> ModelSearchResult:
     found = [_builtin_info(e) for e in BUILTIN_MODELS.values() if _builtin_matches(e, task)]
-    found += [_row_info(r) for r in rows[1]]
+    found += [_row_info(r) for r in rows]
     return ModelSearchResult(
         taskType="modelSearch",
         taskUUID=task.taskUUID,

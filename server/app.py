@@ -338,11 +338,13 @@ class WispServer:
             warm.add_done_callback(_log_warm_failure)
 
     async def _watch_revocations(self) -> None:
-        """Every ``revocation_check_s``: sessions whose key was revoked (by any process) are ended."""
+        """Every ``revocation_check_s``: sessions whose key was revoked (by any process) are ended, and the engine's
+        in-memory model view is dropped if another process wrote the registry."""
         while True:
             await asyncio.sleep(self.config.revocation_check_s)
             try:
                 await self.gateway.enforce_revocations()
+                await asyncio.to_thread(self.engine.model_view.check)
             except Exception:  # a busy database must not end the watch
                 log.exception("revocation check failed")
 

@@ -117,7 +117,7 @@ class Gateway:
             ImageInference: self._submit,
             ImageUpload: self._submit,
             ModelUpload: self._submit,
-            ModelSearch: self._submit,
+            ModelSearch: self._search,
             Training: self._submit,
         }
         """taskType (its struct) → the handler of an authenticated task of that type."""
@@ -367,6 +367,21 @@ class Gateway:
             return job if path is None else msgspec.structs.replace(job, local_source=str(path))
 
         return prepare
+
+    def _search(self, conn: Conn, session: Session, item: DecodedTask, started: list[asyncio.Task[None]]) -> Any:
+        """modelSearch: answered at once from the engine's in-memory view when it is fresh, else as a job."""
+        task = item.task
+        assert isinstance(task, ModelSearch)
+        if getattr(task, "deliveryMethod", "sync") == "sync" and not getattr(task, "webhookURL", None):
+            result = self.engine.search_now(task, session.team)
+            if result is not None:
+                record = self.tasks.claim(session.team, task.taskUUID, "modelSearch", item.raw, session.uuid, durable=False)
+                if record is None:
+                    return wire_error(ErrorCode.CONFLICT_TASK_UUID, "a task with this taskUUID already exists; poll it with getResponse",
+                                      task_type="modelSearch", task_uuid=task.taskUUID, parameter="taskUUID")
+                record.succeed([result])
+                return result
+        return self._submit(conn, session, item, started)
 
     def interrupted(self, record: TaskRecord) -> None:
         """Record a task the server stopped before it finished."""

@@ -94,6 +94,13 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE registry_version (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    );
+    INSERT INTO registry_version(id, value) VALUES (1, 0);
+    """,
 ]
 
 

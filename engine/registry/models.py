@@ -92,6 +92,12 @@ class ModelRegistry:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.keys = KeyStore(db)
+        self.on_change: list[Callable[[], None]] = []
+        """Called after every committed write to the model rows (in-memory views drop what they hold)."""
+
+    def version(self) -> int:
+        """A counter every write to the model rows bumps, in its transaction: how another process's writes are noticed."""
+        return int(self.db.connect().execute("SELECT value FROM registry_version WHERE id = 1").fetchone()[0])
 
     # ---- sources ----------------------------------------------------------
 
@@ -163,10 +169,13 @@ class ModelRegistry:
                  int(row.private), json.dumps(row.meta), now, now),
             )
             self._record_usage(conn, team_id)
+            conn.execute("UPDATE registry_version SET value = value + 1 WHERE id = 1")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        for changed in self.on_change:
+            changed()
 
     def search(
         self,
