@@ -17,13 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from engine.builtin.tiny_sd15 import BUILD_VERSION as TINY_SD15_VERSION
-from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR, ensure_tiny_sd15
-from engine.builtin.tiny_sdxl import BUILD_VERSION as TINY_SDXL_VERSION
-from engine.builtin.tiny_sdxl import BUILTIN_SDXL_AIR, ensure_tiny_sdxl
 from engine.cache import ModelCache
 from engine.errors import InvalidInput, ModelNotFound
 from engine.lora_cache import LoraCache
+from engine.pipelines import families
+from engine.pipelines.family import ModelDefaults as ModelDefaults  # re-exported: defined with the family descriptors
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.upload.sniff import ARCHITECTURE_FAMILIES
 from engine.upload.store import ModelStore
@@ -47,37 +45,17 @@ def family(architecture: str) -> str:
     return ARCHITECTURE_FAMILIES.get(architecture, architecture)
 
 
-LOADABLE_FAMILIES = ("sd1x", "sdxl")
-"""Checkpoint families this build loads and runs; every other architecture is refused (upload and inference)."""
+LOADABLE_FAMILIES = families.names()
+"""Checkpoint families this build loads and runs (registered in :mod:`engine.pipelines.families`);
+every other architecture is refused (upload and inference)."""
 
 
-@dataclass(frozen=True)
-class ModelDefaults:
-    steps: int = 20
-    cfg_scale: float = 7.0
-    scheduler: str = "Default"
-    strength: float = 0.8
-    clip_skip: int | None = None
-    """Text-encoder layers skipped (diffusers/wisp numbering: 1 = A1111's "clip skip 2")."""
-
-
-ARCHITECTURE_DEFAULTS: dict[str, ModelDefaults] = {
-    "sd1x": ModelDefaults(steps=20, cfg_scale=7.0),
-    "sdhyper": ModelDefaults(steps=8, cfg_scale=1.0, scheduler="TCD"),
-    "sd1xlcm": ModelDefaults(steps=4, cfg_scale=1.5, scheduler="LCM"),
-    "sdxl": ModelDefaults(steps=25, cfg_scale=7.0),
-    "sdxldistilled": ModelDefaults(steps=25, cfg_scale=7.0),
-    "sdxllcm": ModelDefaults(steps=4, cfg_scale=1.5, scheduler="LCM"),
-    "sdxlhyper": ModelDefaults(steps=8, cfg_scale=1.0, scheduler="TCD"),
-    "sdxllightning": ModelDefaults(steps=4, cfg_scale=1.0, scheduler="Euler trailing"),
-    "sdxlturbo": ModelDefaults(steps=4, cfg_scale=1.0, scheduler="Euler a trailing", strength=0.5),
-    "pony": ModelDefaults(steps=25, cfg_scale=7.0, scheduler="Euler a", clip_skip=1),
-    "illustrious": ModelDefaults(steps=28, cfg_scale=6.0, scheduler="Euler a", clip_skip=1),
-}
+ARCHITECTURE_DEFAULTS: dict[str, ModelDefaults] = {a: d for f in families.all() for a, d in f.architectures.items()}
 """What a request that omits steps/CFGScale/scheduler/strength gets, by declared architecture.
 
-The one table of these defaults; an upload's own ``defaultSteps``/``defaultCFG``/
-``defaultScheduler``/``defaultStrength`` win field by field.  Distilled models
+Gathered from the family descriptors (each family's ``architectures``, in
+``engine/pipelines/<family>/family.py``); an upload's own ``defaultSteps``/
+``defaultCFG``/``defaultScheduler``/``defaultStrength`` win field by field.  Distilled models
 (LCM, Hyper-SD, Lightning, Turbo) are trained for a few steps without
 classifier-free guidance (CFG ≤ 1 switches it off in diffusers) and with the
 sampler their authors name (Lightning and Turbo with "trailing" timestep
@@ -134,13 +112,11 @@ def _builtin(air: str, name: str, architecture: str) -> ModelEntry:
 
 
 BUILTIN_MODELS: dict[str, ModelEntry] = {
-    BUILTIN_SD15_AIR: _builtin(BUILTIN_SD15_AIR, "wisp tiny SD 1.x (random weights)", "sd1x"),
-    BUILTIN_SDXL_AIR: _builtin(BUILTIN_SDXL_AIR, "wisp tiny SDXL (random weights)", "sdxl"),
+    f.builtin.air: _builtin(f.builtin.air, f.builtin.name, f.builtin.architecture) for f in families.all()
 }
 
 _BUILTIN_FOLDERS: dict[str, tuple[Callable[[Path], Path], str]] = {
-    BUILTIN_SD15_AIR: (ensure_tiny_sd15, TINY_SD15_VERSION),
-    BUILTIN_SDXL_AIR: (ensure_tiny_sdxl, TINY_SDXL_VERSION),
+    f.builtin.air: (f.builtin.build, f.builtin.version) for f in families.all()
 }
 """Built-in AIR → (builds its folder once, build version: part of the cache key)."""
 
@@ -263,14 +239,9 @@ class ModelLibrary:
         wisp's tiny one), so the folder is chosen from the shapes in
         ``path``'s header; without a file, the real model's configuration.
         """
-        if family(architecture) == "sd1x":
-            from engine.builtin.sd15_config import ensure_sd15_config, sd1_config_for
-
-            return ensure_sd15_config(self.data_dir) if path is None else sd1_config_for(self.data_dir, path)
-        if family(architecture) == "sdxl":
-            from engine.builtin.sdxl_config import ensure_sdxl_config, sdxl_config_for
-
-            return ensure_sdxl_config(self.data_dir) if path is None else sdxl_config_for(self.data_dir, path)
+        descriptor = families.family_of(architecture)
+        if descriptor is not None:
+            return descriptor.config_folder(self.data_dir, path)
         raise InvalidInput(f"architecture {architecture} cannot be loaded by this build", parameter="model")
 
     # ---- loaded models (the cache) ---------------------------------------------

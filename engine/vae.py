@@ -15,21 +15,23 @@ tiny built-in of the family.  A loaded VAE lives in the engine's model cache
 (key ``vae|<sha256>|<family>``, so repeated requests do not reload it) and
 is pinned while a run uses it.
 
-The swap: the model's pipelines (the base and its ``from_pipe`` variants,
-which share components) get the override as their ``vae`` for the run, and
-the model's own VAE object back afterwards, whatever happened — including on
-a variant created during the run from the swapped base.
+The swap itself (the model's pipelines get the override for one run, and
+their own VAE back afterwards) is :func:`engine.pipelines.vae_swap.vae_override`,
+re-exported here.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from engine.errors import InvalidInput
+from engine.pipelines import families
+from engine.pipelines.vae_swap import vae_override
 from engine.safetensors_header import ModelLoadError, read_header
+
+__all__ = ["VaeUse", "config_folder", "load_vae", "size_class", "vae_override"]
 
 FULL_DECODER_WIDTH = 512
 """``decoder.conv_in`` output channels of SD 1.x/SDXL VAEs (block_out_channels[-1])."""
@@ -44,7 +46,7 @@ class VaeUse:
     key: str  # cache key: ``vae|<sha256>|<family>``
     air: str
     path: Path
-    family: str  # "sd1x" | "sdxl"
+    family: str  # a registered family's name (engine.pipelines.families)
     module: Any = None
     parameter: str = "vae"
 
@@ -71,16 +73,12 @@ def size_class(shapes: dict[str, tuple[int, ...]], parameter: str = "vae") -> st
 
 
 def config_folder(data_dir: Path, family: str, size: str) -> Path:
-    """The folder holding the ``config.json`` of a VAE of ``family`` and size class ``size``."""
-    if family == "sdxl":
-        from engine.builtin.sdxl_config import ensure_sdxl_config
-        from engine.builtin.tiny_sdxl import ensure_tiny_sdxl
+    """The folder holding the ``config.json`` of a VAE of ``family`` and size class ``size``.
 
-        return (ensure_sdxl_config if size == "full" else ensure_tiny_sdxl)(data_dir) / "vae"
-    from engine.builtin.sd15_config import ensure_sd15_config
-    from engine.builtin.tiny_sd15 import ensure_tiny_sd15
-
-    return (ensure_sd15_config if size == "full" else ensure_tiny_sd15)(data_dir) / "vae"
+    ``full``: the real model's configuration; ``tiny``: the family's tiny built-in.
+    """
+    descriptor = families.get(family)
+    return (descriptor.config_folder(data_dir, None) if size == "full" else descriptor.builtin.build(data_dir)) / "vae"
 
 
 def load_vae(path: Path, data_dir: Path, family: str, device: str = "cpu", dtype: Any = None, parameter: str = "vae") -> Any:
@@ -116,24 +114,3 @@ def load_vae(path: Path, data_dir: Path, family: str, device: str = "cpu", dtype
         )
     vae.load_state_dict({k: weights[k] for k in expected}, strict=True)
     return vae.to(device=device, dtype=dtype or torch.float32).eval().requires_grad_(False)
-
-
-@contextmanager
-def vae_override(pipes: Callable[[], Any], base: Any, vae: VaeUse | None) -> Iterator[None]:
-    """``with vae_override(lambda: model._variants.values(), model.base, spec.vae):`` — the override for the block.
-
-    ``pipes`` returns the model's pipelines *now* (a variant may be created
-    inside the block); each gets the override and, on exit, the base's own VAE.
-    """
-    if vae is None or vae.module is None:
-        yield
-        return
-    own = base.vae
-    module = vae.module.to(device=own.device, dtype=own.dtype)
-    try:
-        for pipe in list(pipes()):
-            pipe.vae = module
-        yield
-    finally:
-        for pipe in list(pipes()):
-            pipe.vae = own

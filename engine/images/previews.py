@@ -12,20 +12,12 @@ import base64
 import io
 from typing import Any
 
-LATENT_RGB = {
-    "sd1x": (
-        (0.3512, 0.2297, 0.3227),
-        (0.3250, 0.4974, 0.2350),
-        (-0.2829, 0.1762, 0.2721),
-        (-0.2120, -0.2616, -0.7177),
-    ),
-    "sdxl": (
-        (0.3920, 0.4054, 0.4549),
-        (-0.2634, -0.0196, 0.0653),
-        (0.0568, 0.1687, -0.0755),
-        (-0.3112, -0.2359, -0.2076),
-    ),
-}
+from engine.pipelines import families
+
+LATENT_RGB = {f.name: f.preview_factors for f in families.all()}
+"""Family → its latent → RGB factors (``preview_factors`` of each family's descriptor)."""
+DEFAULT_FAMILY = families.names()[0]
+"""Whose factors a latent of an unregistered family is previewed with (the first registered: SD-1.x)."""
 MIN_SIDE = 64
 
 
@@ -34,7 +26,7 @@ def preview_data_uris(latents: Any, family: str) -> list[str]:
     import torch
     from PIL import Image
 
-    factors = torch.tensor(LATENT_RGB.get(family, LATENT_RGB["sd1x"]), dtype=torch.float32)
+    factors = torch.tensor(LATENT_RGB.get(family, LATENT_RGB[DEFAULT_FAMILY]), dtype=torch.float32)
     with torch.no_grad():
         rgb = torch.einsum("nchw,ck->nhwk", latents.detach().float().cpu(), factors)
         pixels = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()

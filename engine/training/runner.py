@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from engine.errors import EngineError, InvalidInput, QueueFull
-from engine.models import ModelEntry, family
+from engine.models import ModelEntry
+from engine.pipelines import families
 from engine.training.loop import LoopConfig
 from protocol.errors import ErrorCode
 from protocol.training import TrainingPlan, default_steps
@@ -43,8 +44,8 @@ log = logging.getLogger("wisp.engine.training")
 StatusEmit = Callable[..., Awaitable[None]]
 """``await emit(training_status, message, *, step=, steps=, loss=, progress=)``."""
 
-RECIPE_BASES = {"sd1x": "wisp:tiny-sd15@1", "sdxl": "wisp:tiny-sdxl@1"}
-"""The base checkpoint a recipe trains on when the request names none."""
+RECIPE_BASES = {f.name: f.builtin.air for f in families.all()}
+"""The base checkpoint a recipe trains on when the request names none: the family's built-in model."""
 
 UPLOAD_PHASES = {
     "validated": ("trained_model_uploading", "Uploading the trained model."),
@@ -93,10 +94,11 @@ class _Job:
 
 
 def default_resolution(entry: ModelEntry) -> int:
-    """512 for SD-1.x, 1024 for SDXL; 64 for the built-in tiny models (they draw noise at any size)."""
+    """The family's native resolution (SD-1.x 512, SDXL 1024); 64 for the built-in tiny models (noise at any size)."""
     if entry.builtin:
         return 64
-    return 1024 if family(entry.architecture) == "sdxl" else 512
+    descriptor = families.family_of(entry.architecture)
+    return descriptor.training_resolution if descriptor is not None else 512  # a base is always of a known family
 
 
 class TrainingRunner:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from engine.lora import CONVERTED_AT_UPLOAD, unsupported_kind
+from engine.pipelines import families
 from engine.upload.optimize import ITEMSIZE, header_bytes
 from engine.upload.safetensors_check import InvalidModelFile, SafetensorsInfo, TensorInfo
 
@@ -92,7 +93,8 @@ def to_kohya_lora(info: SafetensorsInfo, dest: Path, family: str) -> str | None:
     Returns what was converted (``"LyCORIS LoHa"``, ``"LyCORIS LoKr"`` or
     ``"LyCORIS LoHa/LoKr"``), or None, writing nothing, when the file has no
     LoHa/LoKr layer.  ``family`` (``sd1x``, ``sdxl`` …) decides whether
-    ``proj_in``/``proj_out`` are convolutions.  Raises
+    ``proj_in``/``proj_out`` are convolutions (its descriptor's
+    ``lycoris_conv_projections``; linear for a family this build does not run).  Raises
     :class:`InvalidModelFile` for what cannot be converted exactly.
     """
     kinds = lycoris_kinds(info.tensors)
@@ -101,7 +103,8 @@ def to_kohya_lora(info: SafetensorsInfo, dest: Path, family: str) -> str | None:
     other = unsupported_kind(info.tensors, allow=CONVERTED_AT_UPLOAD)
     if other is not None:
         raise InvalidModelFile(f"{other} adapters are not supported; of LyCORIS, only LoHa and LoKr (converted to LoRA) are")
-    layers = _plan(info, conv_projections=family == "sd1x")
+    descriptor = families.family_of(family)
+    layers = _plan(info, conv_projections=descriptor is not None and descriptor.lycoris_conv_projections)
     _write(info, layers, dest)
     return "LyCORIS " + "/".join(kinds)
 

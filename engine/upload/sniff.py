@@ -24,38 +24,48 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from engine.pipelines import families
 from engine.upload.safetensors_check import InvalidModelFile, SafetensorsInfo, TensorInfo
 
 CATEGORIES = ("checkpoint", "lora", "lycoris", "controlnet", "vae", "embeddings")
 
+_FAMILIES = families.all()
+
+UNRUN_ARCHITECTURES: dict[str, str] = {"sd2x": "sd2x"}
+"""Architectures sniffing knows that no family of this build runs (so an upload of one can be told apart)."""
+
 ARCHITECTURE_FAMILIES: dict[str, str] = {
-    "sd1x": "sd1x",
-    "sdhyper": "sd1x",
-    "sd1xlcm": "sd1x",
-    "sd2x": "sd2x",
-    "sdxl": "sdxl",
-    "sdxllcm": "sdxl",
-    "sdxldistilled": "sdxl",
-    "sdxlhyper": "sdxl",
-    "sdxllightning": "sdxl",
-    "sdxlturbo": "sdxl",
-    "pony": "sdxl",
-    "illustrious": "sdxl",
+    **{a: f.name for f in _FAMILIES for a in f.architectures},
+    **UNRUN_ARCHITECTURES,
 }
 """Declared Runware architecture → the weight layout it shares (fine-tunes and distillations keep the base's shapes)."""
 
-CONTEXT_WIDTHS: dict[int, str] = {768: "sd1x", 1024: "sd2x", 1280: "sdxl", 2048: "sdxl"}
-"""U-Net cross-attention context width (``attn2.to_k`` input) → family; 1280 is the SDXL refiner."""
+CONTEXT_WIDTHS: dict[int, str] = {**{w: f.name for f in _FAMILIES for w in f.sniffing.context_widths}, 1024: "sd2x"}
+"""U-Net cross-attention context width (``attn2.to_k`` input) → family (SD-1.x 768, SD-2.x 1024, SDXL 2048 and
+1280 for the refiner)."""
 
-TEXT_WIDTHS: dict[int, str] = {768: "sd1x", 1024: "sd2x"}
+TEXT_WIDTHS: dict[int, str] = {**{w: f.name for f in _FAMILIES for w in f.sniffing.embedding_widths}, 1024: "sd2x"}
 """Width of a single text encoder's hidden state (and of a textual-inversion vector)."""
 
-SDXL_TI_WIDTHS = {"clip_l": 768, "clip_g": 1280}
-
-TINY_TI_WIDTHS: dict[int, str] = {32: "sd1x"}
+TINY_TI_WIDTHS: dict[int, str] = {w: f.name for f in _FAMILIES for w in f.sniffing.tiny_embedding_widths}
 """Text-encoder width of wisp's tiny built-in SD-1.x (``tiny_sd15``: hidden_size 32); a test checks it."""
-TINY_SDXL_TI_WIDTHS = {"clip_l": 32, "clip_g": 64}
+
+_TWO_ENCODERS = next(f for f in _FAMILIES if f.sniffing.embedding_parts)
+"""The family whose textual inversions hold one part per text encoder (clip_l + clip_g: SDXL)."""
+SDXL_TI_WIDTHS = dict(_TWO_ENCODERS.sniffing.embedding_parts or {})
+TINY_SDXL_TI_WIDTHS = dict(_TWO_ENCODERS.sniffing.tiny_embedding_parts or {})
 """``tiny_sdxl.TEXT_WIDTHS``: the tiny built-in SDXL's two text encoders; a test checks it."""
+
+ZERO_CONVS: dict[int, str] = {f.sniffing.controlnet_zero_convs: f.name for f in _FAMILIES if f.sniffing.controlnet_zero_convs}
+"""ControlNet zero convolutions (one per U-Net input block) → family: 12 in SD 1.x/2.x, 9 in SDXL."""
+
+_CHECKPOINT_KEYS: tuple[tuple[tuple[str, ...], str, str], ...] = tuple(
+    (f.sniffing.checkpoint_keys, f.name, f.sniffing.checkpoint_keys_why)
+    for f in sorted(_FAMILIES, key=lambda f: -len(f.components))
+    if f.sniffing.checkpoint_keys
+)
+"""(name prefixes, family, why) of LDM single files, asked when no width decides; a layout with more
+components first (SDXL's conditioner before SD-1.x's single text encoder); SD-2.x's OpenCLIP after them."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +269,7 @@ def _sniff_embeddings(info: SafetensorsInfo) -> Sniffed | None:
                 f"SDXL textual-inversion embedding has clip_l/clip_g vectors {widths['clip_l']}/{widths['clip_g']} "
                 "wide; SDXL's text encoders need 768/1280"
             )
-        return Sniffed("embeddings", "sdxl", "textual inversion for two text encoders (clip_l + clip_g)")
+        return Sniffed("embeddings", _TWO_ENCODERS.name, "textual inversion for two text encoders (clip_l + clip_g)")
     if names == {"emb_params"}:
         return _embedding_family(info, _vector_width(tensors["emb_params"]), "emb_params")
     params = [n for n in names if n.startswith("string_to_param.")]
@@ -309,15 +319,17 @@ def _sniff_controlnet(info: SafetensorsInfo) -> Sniffed | None:
     arch, why = _context_width(info.tensors.values())
     if arch is None and not why:
         bare = [n.removeprefix("control_model.") for n in names]
-        if any(n.startswith(("label_emb.", "add_embedding.")) for n in bare):
-            arch, why = "sdxl", "class/size embedding (label_emb/add_embedding)"
+        keyed = next(
+            (f for f in _FAMILIES if f.sniffing.controlnet_keys and any(n.startswith(f.sniffing.controlnet_keys) for n in bare)),
+            None,
+        )
+        if keyed is not None:
+            arch, why = keyed.name, "class/size embedding (label_emb/add_embedding)"
         else:
-            # One zero-conv per U-Net input block: 12 in SD 1.x/2.x, 9 in SDXL.
+            # One zero-conv per U-Net input block (ZERO_CONVS).
             last = _max_index(bare, r"^(?:zero_convs|controlnet_down_blocks)\.(\d+)\.")
-            if last == 11:
-                arch, why = "sd1x", "12 zero convolutions"
-            elif last == 8:
-                arch, why = "sdxl", "9 zero convolutions"
+            if last is not None and last + 1 in ZERO_CONVS:
+                arch, why = ZERO_CONVS[last + 1], f"{last + 1} zero convolutions"
             else:
                 why = "no width or block count to go by"
     return Sniffed("controlnet", arch, f"{layout} ControlNet; {why}")
@@ -331,12 +343,11 @@ def _sniff_checkpoint(info: SafetensorsInfo) -> Sniffed | None:
         raise _unrecognised(info, "its diffusion model is not an SD 1.x/2.x/XL U-Net (Flux/SD3 are not supported)")
     arch, why = _context_width(info.tensors.values())
     if arch is None and not why:
-        if any(n.startswith(("conditioner.embedders.", "model.diffusion_model.label_emb.")) for n in names):
-            arch, why = "sdxl", "SDXL conditioner/label_emb keys"
-        elif any(n.startswith("cond_stage_model.model.") for n in names):
-            arch, why = "sd2x", "OpenCLIP text encoder (cond_stage_model.model)"
-        elif any(n.startswith("cond_stage_model.transformer.") for n in names):
-            arch, why = "sd1x", "CLIP text encoder (cond_stage_model.transformer)"
+        known = (*_CHECKPOINT_KEYS, (("cond_stage_model.model.",), "sd2x", "OpenCLIP text encoder (cond_stage_model.model)"))
+        for prefixes, family, reason in known:
+            if any(n.startswith(prefixes) for n in names):
+                arch, why = family, reason
+                break
         else:
             why = "U-Net only, no width to go by"
     return Sniffed("checkpoint", arch, f"LDM single-file checkpoint; {why}")

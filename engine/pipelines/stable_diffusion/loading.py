@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
 from engine.lora_cache import LoraCache
+from engine.pipelines import families
+from engine.pipelines.family import CheckpointComponent, ModelFamily
 from engine.pipelines.stable_diffusion.pipeline import StableDiffusionModel
-from engine.pipelines.stable_diffusion_xl.pipeline import StableDiffusionXLModel
 from engine.safetensors_header import ModelLoadError, read_header
 
 __all__ = [
@@ -47,46 +47,10 @@ def _names(keys: list[str]) -> str:
     return shown + (f" and {len(keys) - _LIST_AT_MOST} more" if len(keys) > _LIST_AT_MOST else "")
 
 
-@dataclass(frozen=True)
-class _Component:
-    """One component of an original-layout file: where its tensors live and how diffusers converts them."""
+Family = ModelFamily
+"""What differs between SD-1.x and SDXL single files (name, title, key layout, model class): the family descriptor."""
 
-    name: str  # the diffusers pipeline attribute
-    title: str  # for messages
-    prefix: str  # of its tensors in the original file
-
-
-@dataclass(frozen=True)
-class Family:
-    """What differs between SD-1.x and SDXL single files; everything else is one code path."""
-
-    name: str
-    title: str
-    pipeline: str  # ``_class_name`` in the config folder's model_index.json
-    components: tuple[_Component, ...]
-
-    def model_class(self) -> type[StableDiffusionModel]:
-        if self.name == "sdxl":
-            return StableDiffusionXLModel
-        return StableDiffusionModel
-
-
-_UNET = _Component("unet", "UNet", "model.diffusion_model.")
-_VAE = _Component("vae", "VAE", "first_stage_model.")
-FAMILIES: dict[str, Family] = {
-    "sd1x": Family(
-        "sd1x", "SD-1.x", "StableDiffusionPipeline",
-        (_UNET, _VAE, _Component("text_encoder", "text encoder", "cond_stage_model.transformer.")),
-    ),
-    "sdxl": Family(
-        "sdxl", "SDXL", "StableDiffusionXLPipeline",
-        (
-            _UNET, _VAE,
-            _Component("text_encoder", "text encoder (CLIP ViT-L)", "conditioner.embedders.0.transformer."),
-            _Component("text_encoder_2", "second text encoder (OpenCLIP)", "conditioner.embedders.1.model."),
-        ),
-    ),
-}  # fmt: skip
+FAMILIES: dict[str, Family] = {f.name: f for f in families.all()}
 """The single-file families this build loads, by the family name of :mod:`engine.upload.sniff`."""
 
 CHECKPOINT_PREFIXES = tuple(sorted({c.prefix for f in FAMILIES.values() for c in f.components}))
@@ -99,15 +63,15 @@ def family_of(config_folder: Path) -> Family:
         name = json.loads((Path(config_folder) / "model_index.json").read_text())["_class_name"]
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"no diffusers config folder at {config_folder}") from exc
-    for found in FAMILIES.values():
-        if found.pipeline == name:
-            return found
+    found = families.by_pipeline(name)
+    if found is not None:
+        return found
     raise ModelLoadError(f"{config_folder} configures a {name}, which this build cannot load")
 
 
 def load_folder(folder: Path, device: str = "cpu", dtype: Any = None, lora_cache: LoraCache | None = None) -> StableDiffusionModel:
     """Load a diffusers folder (a built-in model) with its family's wrapper; ``lora_cache``: the engine's adapter cache."""
-    return family_of(folder).model_class().load(folder, device, dtype, lora_cache)
+    return family_of(folder).model_class.load(folder, device, dtype, lora_cache)
 
 
 def _expected_shapes(config_folder: Path, family: Family) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -165,7 +129,7 @@ def _converted_shapes(
     unet_config = json.loads((config_folder / "unet" / "config.json").read_text())
     vae_config = json.loads((config_folder / "vae" / "config.json").read_text())
     only = lambda prefix: {k: v for k, v in meta.items() if k.startswith(prefix)}  # noqa: E731
-    converters: dict[str, Callable[[_Component], dict[str, tuple[int, ...]]]] = {
+    converters: dict[str, Callable[[CheckpointComponent], dict[str, tuple[int, ...]]]] = {
         "unet": lambda c: run(lambda: convert_ldm_unet_checkpoint(meta, unet_config)),
         "vae": lambda c: run(lambda: convert_ldm_vae_checkpoint(meta, vae_config)),
         # transformers 5 flattened CLIPTextModel; the file keeps ``text_model.``.
@@ -230,7 +194,7 @@ def load_single_file(
         # diffusers would unpickle anything else (.ckpt/.pt), which can run code.
         raise ModelLoadError(f"{path.name}: only .safetensors checkpoints can be loaded")
     family = family_of(config_folder)
-    model_class = family.model_class()
+    model_class = family.model_class
     check_checkpoint(path, config_folder)
     try:
         pipe = model_class.pipeline_class().from_single_file(

@@ -24,8 +24,8 @@ from engine.lora import LoraUse
 from engine.lora_adapters import LoraAdapters
 from engine.lora_cache import LoraCache
 from engine.pipelines.batch_invariance import decode_image_by_image, per_request_kernels
+from engine.pipelines.vae_swap import vae_override
 from engine.schedulers import make_scheduler
-from engine.vae import vae_override
 
 
 @dataclass(frozen=True)
