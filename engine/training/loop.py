@@ -23,6 +23,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from engine.pipelines import families
+from engine.pipelines.family import ModelFamily
+
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 """The attention projections of every transformer block: the usual DreamBooth-LoRA targets."""
 
@@ -56,12 +59,16 @@ class Batchable:
         return self.latents[index], self.embeds[index], added
 
 
-def _is_sdxl(pipe: Any) -> bool:
-    return getattr(pipe, "text_encoder_2", None) is not None
+def _family(pipe: Any) -> ModelFamily:
+    """The family of a loaded diffusers pipeline, by its class (``StableDiffusionXLPipeline`` → SDXL)."""
+    found = families.by_pipeline(type(pipe).__name__)
+    if found is None:
+        raise TypeError(f"{type(pipe).__name__} is not the pipeline of a model family this build trains")
+    return found
 
 
 def encode(pipe: Any, images: list[Any], caption: str, generator: Any) -> Batchable:
-    """VAE latents of ``images`` and the text conditioning of ``caption`` (frozen encoders)."""
+    """VAE latents of ``images`` and the text conditioning of ``caption`` (frozen encoders; the family's own)."""
     import numpy as np
     import torch
 
@@ -75,17 +82,7 @@ def encode(pipe: Any, images: list[Any], caption: str, generator: Any) -> Batcha
             latents.append(dist.sample(generator=generator))
         latents_t = torch.cat(latents).to(dtype) * pipe.vae.config.scaling_factor
         n = len(images)
-        if _is_sdxl(pipe):
-            embeds, _, pooled, _ = pipe.encode_prompt(caption, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-            height, width = images[0].height, images[0].width
-            time_ids = pipe._get_add_time_ids(
-                (height, width), (0, 0), (height, width), dtype=embeds.dtype,
-                text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
-            ).to(device)
-            added = {"text_embeds": pooled.repeat(n, 1), "time_ids": time_ids.repeat(n, 1)}
-        else:
-            embeds, _ = pipe.encode_prompt(caption, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-            added = None
+        embeds, added = _family(pipe).model_class.training_conditioning(pipe, caption, n, (images[0].height, images[0].width))
     return Batchable(latents_t, embeds.repeat(n, 1, 1).to(dtype), added)
 
 

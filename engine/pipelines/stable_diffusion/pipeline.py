@@ -143,6 +143,17 @@ class StableDiffusionModel:
         a model → adapters → model cycle would keep dropped models alive until a full GC."""
         return lambda: hidden_text_model_alias(base.text_encoder)
 
+    @staticmethod
+    def training_conditioning(pipe: Any, caption: str, n: int, size: tuple[int, int]) -> tuple[Any, dict[str, Any] | None]:
+        """The text conditioning of ``caption`` for ``n`` training images of ``size`` (height, width), encoders frozen.
+
+        Returns the prompt embeddings (one row) and the UNet's added conditioning
+        (``added_cond_kwargs``, one row per image; None: the family has none).
+        Used by :func:`engine.training.loop.encode`, under ``torch.no_grad``.
+        """
+        embeds, _ = pipe.encode_prompt(caption, device=pipe.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        return embeds, None
+
     # 1. load
     @classmethod
     def from_pipeline(cls, pipe: Any, device: str, lora_cache: LoraCache | None = None) -> Self:

@@ -37,6 +37,18 @@ class StableDiffusionXLModel(StableDiffusionModel):
     def _lora_loading_context(base: Any) -> Callable[[], AbstractContextManager[None]]:
         return nullcontext
 
+    @staticmethod
+    def training_conditioning(pipe: Any, caption: str, n: int, size: tuple[int, int]) -> tuple[Any, dict[str, Any] | None]:
+        """Both text encoders' embeddings, plus the pooled text and size micro-conditioning (no crop) per image."""
+        device = pipe.unet.device
+        embeds, _, pooled, _ = pipe.encode_prompt(caption, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        height, width = size
+        time_ids = pipe._get_add_time_ids(
+            (height, width), (0, 0), (height, width), dtype=embeds.dtype,
+            text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+        ).to(device)
+        return embeds, {"text_embeds": pooled.repeat(n, 1), "time_ids": time_ids.repeat(n, 1)}
+
     def _prompt_embeds(self, spec: Any) -> dict[str, Any]:
         """SDXL's conditioning adds the pooled text embeddings of the second encoder."""
         pipe = self.base
