@@ -50,7 +50,7 @@ def search_in_view(view: ModelView, task: ModelSearch, team: str) -> ModelSearch
 
 
 def _result(task: ModelSearch, rows: list[ModelRow]) -> ModelSearchResult:
-    found = [_builtin_info(e) for e in BUILTIN_MODELS.values() if _builtin_matches(e, task)]
+    found = [info for entry, text, info in _BUILTINS if _builtin_matches(entry, text, task)]
     found += [_row_info(r) for r in rows]
     return ModelSearchResult(
         taskType="modelSearch",
@@ -60,14 +60,14 @@ def _result(task: ModelSearch, rows: list[ModelRow]) -> ModelSearchResult:
     )
 
 
-def _builtin_matches(entry: ModelEntry, task: ModelSearch) -> bool:
+def _builtin_matches(entry: ModelEntry, text: str, task: ModelSearch) -> bool:
     if task.visibility == "private" or task.tags or task.conditioning:
         return False
     if task.category not in (None, entry.category) or task.type not in (None, "base"):
         return False
     if task.architecture not in (None, entry.architecture):
         return False
-    if task.search and task.search.lower() not in f"{entry.air} {entry.name} builtin".lower():
+    if task.search and task.search.lower() not in text:
         return False
     return True
 
@@ -92,3 +92,9 @@ def _row_info(row: ModelRow) -> ModelInfo:
         defaultCFG=meta.get("defaultCFG"), defaultStrength=meta.get("defaultStrength"),
         defaultWeight=meta.get("defaultWeight"), sizeBytes=row.size_bytes,
     )
+
+
+_BUILTINS: list[tuple[ModelEntry, str, ModelInfo]] = [
+    (entry, f"{entry.air} {entry.name} builtin".lower(), _builtin_info(entry)) for entry in BUILTIN_MODELS.values()
+]
+"""The built-in models with their lowered search text and their (immutable) ModelInfo, made once."""
