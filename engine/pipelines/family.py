@@ -67,6 +67,12 @@ class Sniffing:
     """Name prefixes of an LDM single file that say the family when no width does."""
     checkpoint_keys_why: str = ""
     """How a sniff names those keys (``"SDXL conditioner/label_emb keys"``)."""
+    lora_names: tuple[tuple[str, str], ...] = ()
+    """LoRA/LyCORIS key names that only this family's adapters have, when no width decides: (regex matched
+    against ``"<style>:<component>:<module>"`` — style ``kohya``/``diffusers``, component ``unet``, ``te``,
+    ``te1``, ``te2`` or ``text_encoder``, module as kohya spells it —, what it shows)."""
+    lora_names_weak: tuple[tuple[str, str], ...] = ()
+    """The same, asked only when no family's ``lora_names`` matched."""
     controlnet_keys: tuple[str, ...] = ()
     """Name prefixes (after ``control_model.``) only a ControlNet of this family has."""
     controlnet_zero_convs: int = 0

@@ -59,13 +59,14 @@ TINY_SDXL_TI_WIDTHS = dict(_TWO_ENCODERS.sniffing.tiny_embedding_parts or {})
 ZERO_CONVS: dict[int, str] = {f.sniffing.controlnet_zero_convs: f.name for f in _FAMILIES if f.sniffing.controlnet_zero_convs}
 """ControlNet zero convolutions (one per U-Net input block) → family: 12 in SD 1.x/2.x, 9 in SDXL."""
 
+_BY_SPECIFICITY = sorted(_FAMILIES, key=lambda f: -len(f.components))
+"""The families, a layout with more components first (SDXL before SD-1.x): its name signatures are the more specific."""
+
 _CHECKPOINT_KEYS: tuple[tuple[tuple[str, ...], str, str], ...] = tuple(
-    (f.sniffing.checkpoint_keys, f.name, f.sniffing.checkpoint_keys_why)
-    for f in sorted(_FAMILIES, key=lambda f: -len(f.components))
-    if f.sniffing.checkpoint_keys
+    (f.sniffing.checkpoint_keys, f.name, f.sniffing.checkpoint_keys_why) for f in _BY_SPECIFICITY if f.sniffing.checkpoint_keys
 )
-"""(name prefixes, family, why) of LDM single files, asked when no width decides; a layout with more
-components first (SDXL's conditioner before SD-1.x's single text encoder); SD-2.x's OpenCLIP after them."""
+"""(name prefixes, family, why) of LDM single files, asked when no width decides (SDXL's conditioner
+before SD-1.x's single text encoder); SD-2.x's OpenCLIP after them."""
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,12 @@ _UNET_LDM_NAMES = re.compile(r"^(input_blocks|output_blocks|middle_block)_")
 _UNET_OTHER_NAMES = re.compile(
     r"^(conv_in|conv_out|conv_norm_out|time_embedding|time_embed|add_embedding|label_emb|out)(_|$)"
 )
-_DEEP_TRANSFORMER = re.compile(r"transformer_blocks_([1-9]\d*)_")
-"""SD 1.x/2.x transformers are one block deep; SDXL's are 2 or 10."""
-_SD1_ONLY_ATTENTION = re.compile(r"^(down_blocks_0_attentions|input_blocks_[12]_1)_")
-"""SD 1.x/2.x attend at the first level; SDXL does not."""
+_LORA_NAMES = tuple(
+    (f.name, tuple((re.compile(pattern), why) for pattern, why in f.sniffing.lora_names),
+     tuple((re.compile(pattern), why) for pattern, why in f.sniffing.lora_names_weak))
+    for f in _BY_SPECIFICITY
+)  # fmt: skip
+"""Each family's LoRA name signatures (``Sniffing.lora_names``), compiled, the more specific layout first."""
 _CROSS_ATTN_KV = re.compile(r"attn2_to_[kv]$")
 _TE_QKV = re.compile(r"self_attn_[qkv]_proj$")
 
@@ -197,27 +200,21 @@ def _lora_architecture(info: SafetensorsInfo, keys: list[_LoraKey]) -> tuple[str
     if 1024 in te_widths:
         return "sd2x", "text encoder width 1024"
 
-    components = {k.component for k in keys}
-    strong_xl: list[str] = []
-    strong_sd1: list[str] = []
-    if "te2" in components:
-        strong_xl.append("a second text encoder")
-    if any(k.style == "kohya" and k.component == "te1" for k in keys):
-        strong_xl.append("lora_te1_ keys")
-    if any(_DEEP_TRANSFORMER.search(k.module) for k in unet):
-        strong_xl.append("transformers deeper than one block")
-    if "te" in components:
-        strong_sd1.append("a single text encoder (lora_te_)")
-    if any(_SD1_ONLY_ATTENTION.match(k.module) for k in unet):
-        strong_sd1.append("attention at the first U-Net level")
-    if strong_xl and strong_sd1:
-        return None, f"conflicting names: {', '.join(strong_xl)} but {', '.join(strong_sd1)}"
-    if strong_xl:
-        return "sdxl", ", ".join(strong_xl)
-    if strong_sd1:
-        return "sd1x", ", ".join(strong_sd1)
-    if any(k.style == "kohya" and _UNET_LDM_NAMES.match(k.module) for k in unet):
-        return "sdxl", "kohya U-Net names in LDM layout (input_blocks/output_blocks), as kohya writes for SDXL"
+    spelled = [f"{k.style}:{k.component}:{k.module}" for k in keys]
+    strong = [
+        (family, whys)
+        for family, names, _ in _LORA_NAMES
+        if (whys := [why for pattern, why in names if any(pattern.match(n) for n in spelled)])
+    ]
+    if len(strong) > 1:
+        return None, f"conflicting names: {' but '.join(', '.join(whys) for _, whys in strong)}"
+    if strong:
+        family, whys = strong[0]
+        return family, ", ".join(whys)
+    for family, _, weak in _LORA_NAMES:
+        for pattern, why in weak:
+            if any(pattern.match(n) for n in spelled):
+                return family, why
     return None, "names and widths fit more than one architecture"
 
 

@@ -130,6 +130,7 @@ def test_each_registered_family_is_complete(family: ModelFamily) -> None:
     assert family.sniffing.embedding_widths or family.sniffing.embedding_parts
     assert family.sniffing.checkpoint_keys and family.sniffing.checkpoint_keys_why
     assert family.sniffing.controlnet_zero_convs > 0
+    assert family.sniffing.lora_names
     assert isinstance(family.lycoris_conv_projections, bool)
 
 

@@ -45,6 +45,10 @@ FAMILY = ModelFamily(
         context_widths=(768,),
         embedding_widths=(768,),
         tiny_embedding_widths=(32,),  # tiny_sd15's text encoder: hidden_size 32 (a test checks it)
+        lora_names=(
+            (r"[^:]+:te:", "a single text encoder (lora_te_)"),
+            (r"[^:]+:unet:(down_blocks_0_attentions|input_blocks_[12]_1)_", "attention at the first U-Net level"),
+        ),  # SD 1.x/2.x attend at the first U-Net level; SDXL does not
         checkpoint_keys=("cond_stage_model.transformer.",),
         checkpoint_keys_why="CLIP text encoder (cond_stage_model.transformer)",
         controlnet_zero_convs=12,

@@ -52,6 +52,18 @@ FAMILY = ModelFamily(
         context_widths=(2048, 1280),  # 1280: the refiner
         embedding_parts={"clip_l": 768, "clip_g": 1280},
         tiny_embedding_parts={"clip_l": 32, "clip_g": 64},  # tiny_sdxl.TEXT_WIDTHS (a test checks it)
+        lora_names=(
+            (r"[^:]+:te2:", "a second text encoder"),
+            (r"kohya:te1:", "lora_te1_ keys"),
+            # SD 1.x/2.x transformers are one block deep; SDXL's are 2 or 10.
+            (r"[^:]+:unet:.*transformer_blocks_([1-9]\d*)_", "transformers deeper than one block"),
+        ),
+        lora_names_weak=(
+            (
+                r"kohya:unet:(input_blocks|output_blocks|middle_block)_",
+                "kohya U-Net names in LDM layout (input_blocks/output_blocks), as kohya writes for SDXL",
+            ),
+        ),
         checkpoint_keys=("conditioner.embedders.", "model.diffusion_model.label_emb."),
         checkpoint_keys_why="SDXL conditioner/label_emb keys",
         controlnet_keys=("label_emb.", "add_embedding."),  # the class/size embedding
