@@ -25,9 +25,8 @@ import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from engine.core import Engine, EngineConfig
+from engine.core import Engine
 from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
-from engine.net import NetPolicy
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
 from protocol.errors import ErrorCode
@@ -165,29 +164,9 @@ class WispServer:
         prepare_data_dir(config.data_dir)
         self.db = Database(config.data_dir / "wisp.db")
         self.keys = KeyStore(self.db)
-        policy = NetPolicy(allow_private=config.allow_private_urls, fetch_total_s=config.fetch_timeout_s)
-        self.engine = Engine(
-            EngineConfig(
-                data_dir=config.data_dir,
-                device=config.device,
-                torch_threads=config.torch_threads,
-                max_queue=config.max_queue,
-                net=policy,
-                max_model_bytes=config.max_model_bytes,
-                cache_device_bytes=config.cache_device_bytes,
-                cache_host_bytes=config.cache_host_bytes,
-                training_slots=config.training_slots,
-                training_max_queued=config.training_max_queued,
-                max_batch=config.max_batch,
-                dtype=config.dtype,
-                lora_cache_bytes=config.lora_cache_bytes,
-                batch_window_ms=config.batch_window_ms,
-                download_threads=config.download_threads,
-                download_timeout_s=config.download_timeout_s,
-                max_work=config.max_work,
-            ),
-            db=self.db,
-        )
+        engine_config = config.engine_config()
+        policy = engine_config.net
+        self.engine = Engine(engine_config, db=self.db)
         self.journal = TaskJournal(self.db)
         interrupted = self.journal.mark_interrupted()
         if interrupted:

@@ -1,12 +1,18 @@
-"""Server settings: CLI flags override ``WISP_*`` environment variables override defaults."""
+"""Server settings: CLI flags override ``WISP_*`` environment variables override defaults.
+
+One tree: the engine's settings are :class:`engine.core.EngineConfig`'s fields, named alike here and
+defaulting to its defaults (each default is stated once, there); :meth:`ServerConfig.engine_config`
+hands them over by name.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from engine.core import default_torch_threads
+from engine.core import EngineConfig, default_torch_threads
+from engine.net import NetPolicy
 
 
 def default_data_dir() -> Path:
@@ -42,7 +48,7 @@ class ServerConfig:
     """Frames above this close the socket (code 1009): wisp will not even read them."""
     max_tasks_per_frame: int = 64
     max_in_flight_per_session: int = 32
-    max_queue: int = 256
+    max_queue: int = EngineConfig.max_queue
     idle_timeout_s: float = 120.0
     keepalive_interval_s: float = 20.0
     """WebSocket-level pings: a peer that answers none for ``keepalive_timeout_s`` is half-open and dropped."""
@@ -61,22 +67,22 @@ class ServerConfig:
     """Connections held at once; 0: derived from the open-file limit (which start-up raises to its hard ceiling)."""
     max_unauthenticated_per_address: int = 64
     """Connections one address (IPv6: one /64) may hold without having authenticated (HTTP ones always count)."""
-    max_work: float = 0.0
+    max_work: float = EngineConfig.max_work
     """Per-request imageInference work limit in megapixel-steps; 0: 64 on CPU, 4096 on CUDA."""
     revocation_check_s: float = 2.0
     """How often open sessions are checked against revoked keys (a revoked key's sockets close within this)."""
-    download_threads: int = 4
+    download_threads: int = EngineConfig.download_threads
     """Model downloads run at once, on their own threads; more wait their turn."""
-    download_timeout_s: float = 3600.0
+    download_timeout_s: float = EngineConfig.download_timeout_s
     """Total time one model download may take, retries included."""
     fetch_timeout_s: float = 60.0
     """Total time one image or dataset fetch (seedImage, maskImage, training inputs) may take."""
     """A ``POST /v1`` response body is built in memory: past this many bytes its results are left out (getResponse has them)."""
-    max_model_bytes: int = 20 * 1024**3
+    max_model_bytes: int = EngineConfig.max_model_bytes
     """Largest model file a modelUpload may download (or PUT to /v1/files)."""
     allow_private_urls: bool = False
     torch_threads: int = field(default_factory=default_torch_threads)
-    device: str = "cpu"
+    device: str = EngineConfig.device
     warm_builtin: bool = True
     gil_switch_interval_s: float = 0.0005
     shutdown_grace_s: float = 10.0
@@ -85,26 +91,31 @@ class ServerConfig:
     auth_window_s: float = 60.0
     webhook_timeout_s: float = 10.0
     webhook_retries: int = 3
-    cache_device_bytes: int = 0
+    cache_device_bytes: int = EngineConfig.cache_device_bytes
     """Model-cache budget of the device tier (GPU memory, or RAM on CPU); 0: derived (70 % of the GPU, 35 % of RAM)."""
-    cache_host_bytes: int = 0
+    cache_host_bytes: int = EngineConfig.cache_host_bytes
     """Model-cache budget of the host (RAM) tier; 0: derived (50 % of RAM; on CPU, 50 % minus the device tier)."""
     max_outgoing_bytes: int = 8 * 1024 * 1024
     """Per socket: replies waiting for a client that does not read; above it the socket is dropped (slow consumer)."""
     send_stall_s: float = 30.0
     """Per socket: a write that makes no progress this long drops the socket (slow consumer)."""
-    lora_cache_bytes: int = 0
+    lora_cache_bytes: int = EngineConfig.lora_cache_bytes
     """Budget of the host-RAM LoRA adapter cache; 0: derived (4 % of RAM, at least 64 MiB)."""
-    training_slots: int = 1
+    training_slots: int = EngineConfig.training_slots
     """Training jobs run at once, each in its own process; more wait in line."""
-    training_max_queued: int = 16
+    training_max_queued: int = EngineConfig.training_max_queued
     """Training jobs allowed to wait for a slot; more → queueFull."""
-    dtype: str = "auto"
+    dtype: str = EngineConfig.dtype
     """Inference weights' dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16."""
-    max_batch: int = 8
+    max_batch: int = EngineConfig.max_batch
     """Dynamic batching: compatible one-image txt2img requests per device call (1 turns it off)."""
-    batch_window_ms: float = 0.0
+    batch_window_ms: float = EngineConfig.batch_window_ms
     """How long a request may wait for batch companions (0: only those already queued)."""
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's settings: every field both configs name, and the outbound-URL policy."""
+        shared = {f.name: getattr(self, f.name) for f in fields(EngineConfig) if f.name != "net" and hasattr(self, f.name)}
+        return EngineConfig(**shared, net=NetPolicy(allow_private=self.allow_private_urls, fetch_total_s=self.fetch_timeout_s))
 
     @classmethod
     def from_env(cls) -> "ServerConfig":
