@@ -48,6 +48,12 @@ class ErrorCode:
     RESPONSE_TOO_LARGE = "responseTooLarge"
     WORK_LIMIT_EXCEEDED = "workLimitExceeded"
     TOO_MANY_CONNECTIONS = "tooManyConnections"
+    # HTTP-only bodies (server.routes, server.http)
+    BAD_REQUEST = "badRequest"
+    NOT_FOUND = "notFound"
+    METHOD_NOT_ALLOWED = "methodNotAllowed"
+    PAYLOAD_TOO_LARGE = "payloadTooLarge"
+    INSUFFICIENT_STORAGE = "insufficientStorage"
     SESSION_NOT_FOUND = "sessionNotFound"
     TIMEOUT = "timeout"
     INTERNAL_ERROR = "internalError"

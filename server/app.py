@@ -10,18 +10,15 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
-import json
 import logging
 import os
 import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Iterable, TextIO
-from urllib.parse import unquote, urlsplit
+from typing import Any, TextIO
+from urllib.parse import urlsplit
 
-import h11
-import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -29,16 +26,16 @@ from engine.core import Engine
 from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
-from protocol.errors import ErrorCode
 from server.config import ServerConfig
 from server.connection import SocketConn, request_context
 from server.dialects import DialectRouter
-from server.gateway import Gateway, RequestContext
-from server.files import FILES_PATH, FileDrop, FileSink
-from server.http import BodySink, HTTPProtocol, Response as HTTPResponse, json_response
+from server.gateway import Gateway
+from server.files import FileDrop
+from server.http import HTTPProtocol
+from server.routes import HTTPRoutes
 from server.limits import ConnectionLimits, default_max_connections, raise_fd_limit
 from server.listener import SniffingConnection
-from server.sessions import Session, SessionRegistry
+from server.sessions import SessionRegistry
 from server.journal import TaskJournal
 from server.tasks import TaskStore
 from server.webhooks import WebhookSender
@@ -85,78 +82,6 @@ def prepare_data_dir(data_dir: Path) -> None:
     (data_dir / "images").mkdir(exist_ok=True)
 
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-                ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon", ".json": "application/json"}
-
-
-def _static_response(name: str) -> HTTPResponse:
-    """A file of the playground (``server/static``); names with any path trick are 404."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        return json_response(404, {"errors": [{"code": "notFound", "message": "no such file"}]})
-    path = STATIC_DIR / name
-    kind = STATIC_TYPES.get(path.suffix)
-    if kind is None or not path.is_file():
-        return json_response(404, {"errors": [{"code": "notFound", "message": "no such file"}]})
-    headers = [(b"content-type", kind.encode()), (b"cache-control", b"no-cache"),
-               (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob: http: https:; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'")]
-    return 200, headers, path.read_bytes()
-
-
-class CollectingConn:
-    """The gateway's view of one ``POST /v1``: replies are gathered into the body."""
-
-    def __init__(self, session: Session, ctx: RequestContext, max_bytes: int) -> None:
-        self.session = session
-        self.ctx = ctx
-        self.frames: list[bytes] = []
-        self.max_bytes = max_bytes
-        """The response body's budget: what a request can make the server hold is bounded in bytes, not tasks."""
-        self.size = 0
-        self.dropped = 0
-        session.attach(self)
-
-    async def send_frames(self, frames: list[bytes]) -> list[bytes]:
-        for frame in frames:
-            self._take(frame)
-        return []
-
-    def _take(self, frame: bytes) -> bool:
-        """Keep one frame for the body while the body stays under its budget; False once it is over."""
-        if self.size + len(frame) > self.max_bytes:
-            self.dropped += 1
-            return False
-        self.size += len(frame)
-        self.frames.append(frame)
-        return True
-
-    async def reply(self, frames: Iterable[bytes]) -> None:
-        for frame in frames:
-            if not self._take(frame):
-                return
-
-    def bind(self, session: Session) -> list[bytes]:
-        return []
-
-    def body(self) -> dict:
-        data: list = []
-        errors: list = []
-        for frame in self.frames:
-            obj = json.loads(frame)
-            data.extend(obj.get("data", []))
-            errors.extend(obj.get("errors", []))
-        if self.dropped:
-            errors.append({"code": ErrorCode.RESPONSE_TOO_LARGE, "message": (
-                f"the replies to this request passed {self.max_bytes} bytes; {self.dropped} frame(s) of results were left out "
-                "(each result stays available to getResponse: ask for fewer per request, or use a WebSocket)")})
-        body: dict = {}
-        if data or not errors:
-            body["data"] = data
-        if errors:
-            body["errors"] = errors
-        return body
-
-
 class WispServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -180,6 +105,8 @@ class WispServer:
         self.files = FileDrop(config.data_dir / "uploads")
         self.gateway = Gateway(config, self.engine, self.keys, self.tasks, self.sessions, self.webhooks, self.files)
         self.dialects = DialectRouter(self.gateway)
+        self.routes = HTTPRoutes(config, self.keys, self.gateway, self.files, self.engine.images, self.dialects,
+                                 port=lambda: self.port or 0, health=self.health)
         fd_limit = raise_fd_limit()
         self.limits = ConnectionLimits(config.max_connections or default_max_connections(fd_limit),
                                        config.max_unauthenticated_per_address)
@@ -191,6 +118,11 @@ class WispServer:
         """A generated image's bytes and mime, for a journaled base64 result read back after a restart."""
         path = self.engine.images.find(image_uuid)
         return None if path is None else (path.read_bytes(), self.engine.images.mime_for(path))
+
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz``: the server's counters and the model cache's state."""
+        return {"status": "ok", "queue": len(self.engine.queue), "sessions": len(self.sessions), "tasks": len(self.tasks),
+                "counters": self.gateway.counters, "connections": self.limits.stats(), "modelCache": self.engine.cache_stats()}
 
     # ---- routes -----------------------------------------------------------
 
@@ -205,84 +137,6 @@ class WispServer:
                               self.config.public_url, peer=str(peer))
         await SocketConn(ws, self.gateway, ctx).serve()
 
-    @staticmethod
-    def _bearer(headers: dict[str, str]) -> str:
-        auth = headers.get("authorization", "")
-        return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-
-    def _body_sink(self, request: h11.Request, peer: str) -> BodySink | None:
-        """Stream ``PUT/POST /v1/files`` bodies to disk; everything else is buffered (and capped)."""
-        path = urlsplit(request.target.decode("latin-1")).path
-        if request.method not in (b"PUT", b"POST") or path.rstrip("/") != FILES_PATH.rstrip("/"):
-            return None
-        headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
-        key = self._bearer(headers)
-        limiter = self.gateway.auth_limiter
-        if not key or limiter.retry_after(peer) > 0:
-            return None
-        team = self.keys.team_of(key)  # one indexed read: the body must not start streaming unauthenticated
-        if team is None:
-            limiter.failed(peer)
-            return None
-        return self.files.sink(team, self.config.max_model_bytes)
-
-    async def _http_handler(self, request: h11.Request, body: bytes, sink: BodySink | None = None, peer: str = "") -> HTTPResponse:
-        target = urlsplit(request.target.decode("latin-1"))
-        path = target.path
-        method = request.method.decode()
-        headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
-        if path.rstrip("/") == FILES_PATH.rstrip("/") and method in ("PUT", "POST"):
-            if not isinstance(sink, FileSink):
-                wait = self.gateway.auth_limiter.retry_after(peer)
-                if wait > 0:
-                    return json_response(429, {"errors": [msgspec.to_builtins(self.gateway.rate_limited(wait))]})
-                status = 401
-                code = "invalidApiKey" if "authorization" in headers else "missingApiKey"
-                return json_response(status, {"errors": [{"code": code, "message": "send Authorization: Bearer <apiKey>"}]})
-            try:
-                token = await asyncio.to_thread(sink.finish)
-            except OSError as exc:  # the last bytes or the fsync did not fit
-                sink.abort()
-                log.warning("PUT /v1/files could not be stored: %s", exc)
-                return json_response(507, {"errors": [{"code": "insufficientStorage", "message": "the server could not store this upload"}]})
-            ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url)
-            return json_response(201, {"url": f"{ctx.base_url}{FILES_PATH}{token}", "size": sink.size, "expiresIn": int(self.files.ttl_s)})
-        if method in ("GET", "HEAD") and (path in ("/", "/playground") or path.startswith("/static/")):
-            return await asyncio.to_thread(_static_response, "index.html" if path in ("/", "/playground") else path[len("/static/"):])
-        if path == "/healthz" and method in ("GET", "HEAD"):
-            return json_response(200, {"status": "ok", "queue": len(self.engine.queue), "sessions": len(self.sessions),
-                                       "tasks": len(self.tasks), "counters": self.gateway.counters, "connections": self.limits.stats(),
-                                       "modelCache": self.engine.cache_stats()})
-        if path.startswith("/images/") and method in ("GET", "HEAD"):
-            file = self.engine.images.path_for_name(unquote(path[len("/images/"):]))
-            if file is None:
-                return json_response(404, {"errors": [{"code": "imageNotFound", "message": "no such image"}]})
-            data = await asyncio.to_thread(file.read_bytes)
-            return 200, [(b"content-type", self.engine.images.mime_for(file).encode()), (b"cache-control", b"private, max-age=86400")], data
-        if path.rstrip("/") == "/v1":
-            if method != "POST":
-                return json_response(405, {"errors": [{"code": "methodNotAllowed", "message": "POST a task array to /v1, or open a WebSocket"}]})
-            return await self._post_tasks(headers, body, peer)
-        if self.dialects.owns(path):  # Novita, stablediffusionapi: server/dialects
-            ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url, peer=peer)
-            return await self.dialects.handle(method, path, target.query, headers, body, ctx)
-        return json_response(404, {"errors": [{"code": "notFound", "message": f"no route {path[:100]}"}]})
-
-    async def _post_tasks(self, headers: dict[str, str], body: bytes, peer: str) -> HTTPResponse:
-        key = self._bearer(headers)
-        if not key:
-            return json_response(401, {"errors": [{"code": "missingApiKey", "message": "send Authorization: Bearer <apiKey>"}]})
-        team = await self.gateway.team_for_key(key, peer)
-        if not isinstance(team, str):
-            status = 429 if team.code == "authRateLimited" else 401
-            return json_response(status, {"errors": [msgspec.to_builtins(team)]})
-        ctx = request_context(headers.get("host"), self.config.host, self.port or 0, self.config.public_url, peer=peer)
-        conn = CollectingConn(Session(team, resumable=False), ctx, self.config.max_http_response_bytes)
-        jobs = await self.gateway.handle_frame(conn, body)
-        if jobs:
-            await asyncio.wait(jobs)
-        return json_response(200, conn.body())
-
     # ---- lifecycle --------------------------------------------------------
 
     def ensure_first_key(self) -> str | None:
@@ -293,7 +147,7 @@ class WispServer:
 
     async def start(self) -> None:
         self.engine.start()
-        http_factory = functools.partial(HTTPProtocol, self._http_handler, self.config.max_http_body_bytes, self._body_sink,
+        http_factory = functools.partial(HTTPProtocol, self.routes.handle, self.config.max_http_body_bytes, self.routes.body_sink,
                                          head_timeout_s=self.config.head_timeout_s, idle_timeout_s=self.config.http_idle_timeout_s)
         self.ws_server = await serve(
             self._ws_handler,

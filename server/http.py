@@ -14,6 +14,8 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import h11
 
+from protocol.errors import ErrorCode
+
 log = logging.getLogger("wisp.http")
 
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]
@@ -34,6 +36,11 @@ SinkFactory = Callable[[h11.Request, str], "BodySink | None"]
 
 def json_response(status: int, body: Any) -> Response:
     return status, [(b"content-type", b"application/json")], json.dumps(body).encode()
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    """The one shape of an HTTP error body: ``{"errors": [{"code", "message"}]}``, ``code`` an :class:`ErrorCode`."""
+    return json_response(status, {"errors": [{"code": code, "message": message}]})
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -171,15 +178,15 @@ class HTTPProtocol(asyncio.Protocol):
         try:
             failure = getattr(sink, "failure", None)
             if self._too_big and failure:
-                response = json_response(507, {"errors": [{"code": "insufficientStorage", "message": failure}]})
+                response = error_response(507, ErrorCode.INSUFFICIENT_STORAGE, failure)
             elif self._too_big:
-                response = json_response(413, {"errors": [{"code": "payloadTooLarge", "message": "request body over the size limit"}]})
+                response = error_response(413, ErrorCode.PAYLOAD_TOO_LARGE, "request body over the size limit")
             else:
                 assert request is not None
                 response = await self.handler(request, body, sink, self.peer)
         except Exception:
             log.exception("HTTP handler failed")
-            response = json_response(500, {"errors": [{"code": "internalError", "message": "internal error"}]})
+            response = error_response(500, ErrorCode.INTERNAL_ERROR, "internal error")
         status, headers, payload = response
         if request is not None and request.method == b"HEAD":
             # Same headers as GET (content-length included), no body.
@@ -213,7 +220,7 @@ class HTTPProtocol(asyncio.Protocol):
         if self.transport is None:
             return
         try:
-            self._write(*json_response(status, {"errors": [{"code": "badRequest", "message": message}]}))
+            self._write(*error_response(status, ErrorCode.BAD_REQUEST, message))
         finally:
             if self.transport is not None:
                 self.transport.close()

@@ -23,6 +23,8 @@ import json
 import logging
 import resource
 
+from protocol.errors import ErrorCode
+
 log = logging.getLogger("wisp.server")
 
 FD_RESERVE = 64
@@ -63,7 +65,7 @@ def address_key(peer: str) -> str:
 
 def refusal_response(message: str, retry_after_s: int = 5) -> bytes:
     """The whole HTTP answer to a connection refused before its request is read."""
-    body = json.dumps({"errors": [{"code": "tooManyConnections", "message": message}]}).encode()
+    body = json.dumps({"errors": [{"code": ErrorCode.TOO_MANY_CONNECTIONS, "message": message}]}).encode()
     return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
             b"retry-after: " + str(retry_after_s).encode() + b"\r\ncontent-length: " + str(len(body)).encode()
             + b"\r\nconnection: close\r\nserver: wisp\r\n\r\n" + body)
