@@ -202,3 +202,24 @@ def test_tables_derived_from_the_registry_are_the_ones_written_by_hand_before() 
     )  # fmt: skip
     assert [f.training_resolution for f in families.all()] == [512, 1024]
     assert [f.lycoris_conv_projections for f in families.all()] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "first",
+    ["engine.pipelines.stable_diffusion.family", "engine.pipelines.stable_diffusion", "engine.vae", "engine.upload.sniff"],
+)
+def test_the_registry_is_whole_whichever_module_is_imported_first(first: str) -> None:
+    """A family folder's package imports the registry's users; none of them may see it half built."""
+    import subprocess
+    import sys
+
+    check = (
+        f"import {first}\n"
+        "from engine.pipelines import families\n"
+        "from engine.pipelines.stable_diffusion.loading import CHECKPOINT_PREFIXES, FAMILIES\n"
+        "from engine.upload.sniff import ARCHITECTURE_FAMILIES\n"
+        "assert families.names() == ('sd1x', 'sdxl') and len(CHECKPOINT_PREFIXES) == 5 and set(FAMILIES) == {'sd1x', 'sdxl'}\n"
+        "assert ARCHITECTURE_FAMILIES['pony'] == 'sdxl'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
