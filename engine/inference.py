@@ -28,6 +28,7 @@ from engine.images.store import ImageStore
 from engine.jobs import EmbeddingRef, Failed, Finished, GeneratedImage, InferenceJob, LoraRef, ModelRef, Sink, Started, Step, VaeRef
 from engine.models import BUILTIN_MODELS, ModelEntry, ModelLibrary, architecture_defaults, family
 from engine.net import NetPolicy
+from engine.pipelines import families
 from engine.pipelines.stable_diffusion import GenerationSpec
 from engine.pipelines.stable_diffusion.pipeline import batch_key
 from engine.pricing import image_cost
@@ -74,7 +75,8 @@ class Inference:
         steps = task.steps or defaults.steps
         strength = task.strength if task.strength is not None else defaults.strength
         if task.seedImage is not None:  # img2img/inpainting: at least one denoising step, the model's defaults included
-            pndm = scheduler in ("PNDM", "PNDMScheduler") or (scheduler == "Default" and family(entry.architecture) == "sd1x")
+            kind = families.family_of(entry.architecture)
+            pndm = scheduler in ("PNDM", "PNDMScheduler") or (scheduler == "Default" and kind is not None and kind.default_scheduler_adds_a_step)
             err = img2img_steps_error(steps, strength, strength_given=task.strength is not None, extra_step=pndm and task.maskImage is None)
             if err is not None:
                 raise InvalidInput(err.message, parameter=err.parameter if isinstance(err.parameter, str) else None, min=err.min)

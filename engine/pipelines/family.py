@@ -107,6 +107,9 @@ class ModelFamily:
     lycoris_conv_projections: bool
     """Whether the U-Net's ``proj_in``/``proj_out`` are 1×1 convolutions (LyCORIS → LoRA conversion)."""
     sniffing: Sniffing
+    default_scheduler_adds_a_step: bool = False
+    """Whether the checkpoints' own ("Default") scheduler is PNDM, whose img2img runs one step more than
+    ``int(steps × strength)`` (so a request with fewer is still not empty)."""
 
     @property
     def pipelines(self) -> Mapping[str, str]:

@@ -41,6 +41,7 @@ FAMILY = ModelFamily(
         (-0.2120, -0.2616, -0.7177),
     ),
     lycoris_conv_projections=True,  # SD 1.x's transformer blocks project in/out with 1×1 convolutions
+    default_scheduler_adds_a_step=True,  # SD 1.x checkpoints ship PNDM
     sniffing=Sniffing(
         context_widths=(768,),
         embedding_widths=(768,),
