@@ -182,9 +182,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def server_ws_url(server: str) -> str:
+    """A server given as ``ws(s)://…`` or ``http(s)://…``, with or without ``/v1``, as its WebSocket URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(server if "://" in server else f"ws://{server}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/")
+    return urlunsplit((scheme, parts.netloc, path if path.endswith("/v1") else f"{path}/v1", parts.query, ""))
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """One line for a failure to reach a server (the client commands' expected failure), or None."""
+    import httpx
+    from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
+
+    if isinstance(exc, (ConnectionRefusedError, ConnectionResetError, httpx.ConnectError)):
+        return "nothing answered there (is `wisp serve` running, on that host and port?)"
+    if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+        return "it did not answer in time"
+    if isinstance(exc, InvalidURI):
+        return "that is not a server URL (give ws://HOST:PORT/v1 or http://HOST:PORT)"
+    if isinstance(exc, InvalidHandshake):
+        return f"it did not accept a WebSocket ({exc})"
+    if isinstance(exc, (WebSocketException, httpx.HTTPError, OSError)):
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    if isinstance(getattr(args, "server", None), str):
+        args.server = server_ws_url(args.server)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:
+        reason = _unreachable(exc)
+        if reason is None:
+            raise
+        where = getattr(args, "server", None) or getattr(args, "url", None) or "the server"
+        print(f"wisp: cannot reach {where}: {reason}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

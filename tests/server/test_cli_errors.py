@@ -1,0 +1,49 @@
+"""Client commands facing a server that is not there: one clear line and exit 1, never a traceback (issue 16)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from server.cli import server_ws_url
+from tests.conftest import wisp_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("ws://127.0.0.1:7788/v1", "ws://127.0.0.1:7788/v1"),
+    ("http://127.0.0.1:7788", "ws://127.0.0.1:7788/v1"),
+    ("https://wisp.example/", "wss://wisp.example/v1"),
+    ("127.0.0.1:9000", "ws://127.0.0.1:9000/v1"),
+    ("wss://h/prefix/v1/", "wss://h/prefix/v1"),
+])
+def test_server_urls_in_either_spelling(given: str, expected: str):
+    assert server_ws_url(given) == expected
+
+
+def test_upload_train_and_cancel_with_no_server_say_so_in_one_line(tmp_path: Path):
+    port = free_port()
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    image = tmp_path / "a.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    for args in (
+        ["upload", str(model), "--air", "a:b@1", "--category", "lora", "--server", f"http://127.0.0.1:{port}", "--api-key", "k", "--quiet"],
+        ["upload", "https://example.invalid/m.safetensors", "--air", "a:b@1", "--category", "lora",
+         "--server", f"ws://127.0.0.1:{port}/v1", "--api-key", "k", "--quiet"],
+        ["train", str(image), "--server", f"127.0.0.1:{port}", "--api-key", "k", "--quiet"],
+        ["train", "--cancel", "00000000-0000-4000-8000-000000000000", "--server", f"ws://127.0.0.1:{port}/v1", "--api-key", "k"],
+    ):
+        out = wisp_cli(*args)
+        assert out.returncode == 1, (args, out.stderr)
+        assert "Traceback" not in out.stderr, out.stderr
+        lines = [line for line in out.stderr.splitlines() if line.startswith("wisp: ")]
+        assert lines == [f"wisp: cannot reach ws://127.0.0.1:{port}/v1: nothing answered there "
+                         "(is `wisp serve` running, on that host and port?)"], out.stderr
