@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -41,6 +42,18 @@ from server.tasks import TaskStore
 from server.webhooks import WebhookSender
 
 log = logging.getLogger("wisp.server")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wisp")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
+
+
+VERSION = _version()
 
 
 class DataDirInUse(Exception):
@@ -111,6 +124,7 @@ class WispServer:
         self.limits = ConnectionLimits(config.max_connections or default_max_connections(fd_limit),
                                        config.max_unauthenticated_per_address)
         self.ws_server: Server | None = None
+        self.started_at = time.monotonic()
         self.port: int | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -120,8 +134,8 @@ class WispServer:
         return None if path is None else (path.read_bytes(), self.engine.images.mime_for(path))
 
     def health(self) -> dict[str, Any]:
-        """``GET /healthz``: the server's counters and the model cache's state."""
-        return {"status": "ok", "queue": len(self.engine.queue), "sessions": len(self.sessions), "tasks": len(self.tasks),
+        """``GET /healthz``: version, uptime, the server's counters and the model cache's state."""
+        return {"status": "ok", "version": VERSION, "uptimeSeconds": round(time.monotonic() - self.started_at, 3), "queue": len(self.engine.queue), "sessions": len(self.sessions), "tasks": len(self.tasks),
                 "counters": self.gateway.counters, "connections": self.limits.stats(), "modelCache": self.engine.cache_stats()}
 
     # ---- routes -----------------------------------------------------------
@@ -199,11 +213,13 @@ class WispServer:
             self._revocations.cancel()
         jobs = set(self.gateway.jobs)
         if jobs:
+            print(f"wisp: waiting up to {grace_s:g} s for {len(jobs)} running task(s) to finish", flush=True)
             _, pending = await asyncio.wait(jobs, timeout=grace_s)
             for job in pending:
                 job.cancel()  # each records itself as interrupted (journal) on its way out
             if pending:
                 await asyncio.wait(pending, timeout=5)
+                print(f"wisp: interrupted {len(pending)} task(s) (getResponse reports them as taskInterrupted)", flush=True)
         await asyncio.to_thread(self.engine.stop)
         await self.webhooks.aclose()
         await asyncio.to_thread(self.journal.close)
@@ -234,6 +250,10 @@ async def run_forever(config: ServerConfig, announce: bool = True) -> None:
     if first_key and announce:
         print(f"created API key for team 'default' (shown once): {first_key}", flush=True)
     print(f"wisp listening on ws://{config.host}:{server.port}/v1", flush=True)
+    if announce:
+        print(f"wisp playground: http://{config.host}:{server.port}/  (paste an API key there)", flush=True)
+        print(f"wisp data dir: {config.data_dir}  (admin commands: wisp keys|sources|teams … --data-dir {config.data_dir})",
+              flush=True)
     await stop.wait()
     print("wisp shutting down", flush=True)
     await server.stop()
