@@ -38,7 +38,7 @@ from protocol.models import ModelSearch, ModelSearchResult, ModelUpload
 from engine.pipelines.stable_diffusion import GenerationSpec
 from engine import jobs
 from engine.errors import JobFailed
-from engine.inference import Inference, failure, model_ref
+from engine.inference import Inference, model_ref, report_failure
 from engine.jobs import Job
 from engine.workqueue import FairQueue, Worker, submit
 from engine.training.runner import RECIPE_BASES, ImportTarget, TrainingOutcome, TrainingRunner, StatusEmit
@@ -298,9 +298,7 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            if errors is not None:
-                errors.append(exc)
-            sink(failure(job.task_uuid, exc))
+            report_failure(sink, job.task_uuid, exc, errors)
 
     def cancel_inference(self, team: str, task_uuid: str) -> bool:
         """``taskCancel`` of an imageInference: a queued one ends at once, a running one after its current step."""

@@ -41,6 +41,13 @@ log = logging.getLogger("wisp.engine")
 MAX_RANDOM_SEED = 2**31 - 1
 
 
+def report_failure(sink: Sink, task_uuid: str, exc: BaseException, errors: list[BaseException] | None) -> None:
+    """A job's exception as its Failed event; in-process callers that asked for it (``errors``) get the exception too."""
+    if errors is not None:
+        errors.append(exc)
+    sink(failure(task_uuid, exc))
+
+
 def failure(task_uuid: str, exc: BaseException) -> Failed:
     """The :class:`Failed` event for an exception: engine errors keep their code; anything else is logged, never shown."""
     if isinstance(exc, EngineError):
@@ -195,9 +202,7 @@ class Inference:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            if errors is not None:
-                errors.append(exc)
-            sink(failure(job.task_uuid, exc))
+            report_failure(sink, job.task_uuid, exc, errors)
             return
         finally:
             if self._cancels.get(key) is cancel:

@@ -6,6 +6,8 @@ else by SQL in a worker thread (which reloads the view).
 
 from __future__ import annotations
 
+from typing import Any
+
 from engine.models import BUILTIN_MODELS, ModelEntry
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.registry.view import ModelView
@@ -17,18 +19,7 @@ def search_models(registry: ModelRegistry, task: ModelSearch, team: str, view: M
 
     ``view``: reloaded here when stale, so the searches after this one are answered from memory.
     """
-    rows = registry.search(
-        team,
-        text=task.search,
-        category=task.category,
-        type_=task.type,
-        architectures=(task.architecture,) if task.architecture else None,
-        conditioning=task.conditioning,
-        visibility=task.visibility,
-        tags=task.tags,
-        limit=10**9,
-        offset=0,
-    )[1]
+    rows = registry.search(team, **_filters(task), limit=10**9, offset=0)[1]
     if view is not None and not view.ready:
         view.reload()
     return _result(task, rows)
@@ -36,17 +27,17 @@ def search_models(registry: ModelRegistry, task: ModelSearch, team: str, view: M
 
 def search_in_view(view: ModelView, task: ModelSearch, team: str) -> ModelSearchResult | None:
     """The same answer from the in-memory view, on the event loop; None while the view is stale."""
-    rows = view.search(
-        team,
-        text=task.search,
-        category=task.category,
-        type_=task.type,
-        architectures=(task.architecture,) if task.architecture else None,
-        conditioning=task.conditioning,
-        visibility=task.visibility,
-        tags=task.tags,
-    )
+    rows = view.search(team, **_filters(task))
     return None if rows is None else _result(task, rows)
+
+
+def _filters(task: ModelSearch) -> dict[str, Any]:
+    """A modelSearch's filters, as both the SQL search and the view take them."""
+    return {
+        "text": task.search, "category": task.category, "type_": task.type,
+        "architectures": (task.architecture,) if task.architecture else None,
+        "conditioning": task.conditioning, "visibility": task.visibility, "tags": task.tags,
+    }
 
 
 def _result(task: ModelSearch, rows: list[ModelRow]) -> ModelSearchResult:
