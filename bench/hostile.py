@@ -38,7 +38,6 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,7 +50,9 @@ MAX_OUTGOING = 4 * 1024 * 1024
 FLOOD_SOCKETS = 4
 
 
-class _Trickle(BaseHTTPRequestHandler):
+class Trickle(BaseHTTPRequestHandler):
+    """A file server from hell: promises 100 MB and sends one byte every half second, until ``stop`` is set."""
+
     stop = threading.Event()
 
     def do_GET(self) -> None:  # noqa: N802
@@ -267,7 +268,7 @@ def main() -> None:
     if args.role == "hostile":
         run_hostiles(args)
         return
-    trickle = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    trickle = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
     trickle.daemon_threads = True
     threading.Thread(target=trickle.serve_forever, daemon=True).start()
     with tempfile.TemporaryDirectory(prefix="wisp-hostile-") as tmp:
@@ -296,7 +297,7 @@ def main() -> None:
             finally:
                 counts = json.loads(peers.communicate(timeout=120)[0] or "{}")
             foreign = load.cores()
-    _Trickle.stop.set()
+    Trickle.stop.set()
     trickle.shutdown()
     margin_mib = FLOOD_SOCKETS * MAX_OUTGOING / 2**20 + 64
     p99_ratio = hostile["p99_ms"] / baseline["p99_ms"]

@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Iterator
 
 import httpx
@@ -27,6 +27,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from bench.hostile import Trickle
 from tests.conftest import RunningServer, start_server, stop_server, wisp_cli
 
 MODEL = "wisp:tiny-sd15@1"
@@ -392,37 +393,16 @@ async def test_one_address_cannot_hold_every_connection(strict: RunningServer):
 # ---- 4. downloads on their own threads, with a deadline ------------------------------
 
 
-class _Trickle(BaseHTTPRequestHandler):
-    """Promises 10 MB and sends one byte every half second, for ever."""
-
-    stop = threading.Event()
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", str(10 * 1024 * 1024))
-        self.end_headers()
-        while not self.stop.is_set():
-            try:
-                self.wfile.write(b"\0")
-                self.wfile.flush()
-            except OSError:
-                return
-            self.stop.wait(0.5)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def trickle_url() -> Iterator[str]:
-    trickle = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    trickle = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
     trickle.daemon_threads = True
-    _Trickle.stop.clear()
+    Trickle.stop.clear()
     threading.Thread(target=trickle.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{trickle.server_address[1]}/model.safetensors"
     finally:
-        _Trickle.stop.set()
+        Trickle.stop.set()
         trickle.shutdown()
         trickle.server_close()
 
