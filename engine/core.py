@@ -248,7 +248,9 @@ class Engine:
         takes in the fair queue (a session).
         """
         if isinstance(task, ImageInference):
-            return await asyncio.to_thread(self.inference.prepare, task, team, owner)
+            if self.inference.needs_registry(task):
+                return await asyncio.to_thread(self.inference.prepare, task, team, owner)
+            return self.inference.prepare(task, team, owner)  # a built-in model and nothing else to look up: no I/O
         if isinstance(task, Training):
             return await asyncio.to_thread(self._prepare_training, task, team)
         if isinstance(task, ModelUpload):

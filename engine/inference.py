@@ -74,6 +74,15 @@ class Inference:
 
     # ---- task → job (worker thread) -------------------------------------------------
 
+    @staticmethod
+    def needs_registry(task: ImageInference) -> bool:
+        """Whether preparing ``task`` reads the registry (an uploaded model, LoRAs, embeddings or a VAE).
+
+        A request for a built-in model with none of those is resolved from
+        memory alone, so it is prepared where it arrives, without a thread hop.
+        """
+        return task.model not in BUILTIN_MODELS or bool(task.lora) or bool(task.embeddings) or bool(task.vae)
+
     def prepare(self, task: ImageInference, team: str, owner: str) -> InferenceJob:
         """Resolve and check ``task`` for ``team``: the job, or an :class:`EngineError` to answer before any ack."""
         entry = self.library.resolve(task.model, team)

@@ -126,13 +126,15 @@ async def test_no_registry_read_happens_on_the_event_loop(guarded):
     inference = request(lora=[{"model": "alpha:ink@1", "weight": 0.8}], includeProgress=True)
     search = {"taskType": "modelSearch", "taskUUID": str(uuid.uuid4()), "search": "ink"}
     unknown = request(model="alpha:nothing@1")
-    started = await gateway.handle_frame(conn, json.dumps([inference, search, unknown]).encode())
+    plain = request()  # a built-in model and nothing to look up: prepared where it arrives, still no registry read
+    started = await gateway.handle_frame(conn, json.dumps([inference, search, unknown, plain]).encode())
     await asyncio.wait(started)
     data = [item for frame in conn.frames for item in frame.get("data", [])]
     errors = [e for frame in conn.frames for e in frame.get("errors", [])]
     assert [e["code"] for e in errors] == ["modelNotFound"] and errors[0]["taskUUID"] == unknown["taskUUID"]
     images = [i for i in data if i.get("taskUUID") == inference["taskUUID"] and "imageUUID" in i]
     assert len(images) == 1
+    assert len([i for i in data if i.get("taskUUID") == plain["taskUUID"] and "imageUUID" in i]) == 1
     assert any(i.get("taskUUID") == inference["taskUUID"] and i.get("status") == "processing" for i in data)
     (found,) = [i for i in data if i.get("taskUUID") == search["taskUUID"]]
     assert [r["air"] for r in found["results"]] == ["alpha:ink@1"]
