@@ -32,7 +32,7 @@ from engine.registry.db import Database
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.registry.view import ModelView
 from engine.search import search_in_view, search_models
-from engine.upload.ingest import Emit, IngestConfig, ModelIngest
+from engine.upload.ingest import Emit, IngestConfig, IngestRequest, ModelIngest
 from engine.upload.store import ModelStore
 from protocol.models import ModelSearch, ModelSearchResult, ModelUpload
 from engine.pipelines.stable_diffusion import GenerationSpec
@@ -466,17 +466,17 @@ class Engine:
                                         team)
 
         async def register(path: Path, phase: Any) -> None:
-            upload = ModelUpload(
-                taskUUID=task_uuid, air=final_target.air, category="lora", architecture=entry.architecture,
-                downloadURL=f"training:{task_uuid}",
+            meta = {"heroImageURL": final_target.hero_image_url, "shortDescription": final_target.short_description,
+                    "positiveTriggerWords": plan.trigger_word, "tags": ["trained", plan.lora_type],
+                    "comment": f"trained from {entry.air} by {plan.recipe}"}
+            request = IngestRequest(
+                air=final_target.air, category="lora", architecture=entry.architecture, name=final_target.name,
+                version=final_target.version, private=final_target.private,
                 # every run is new content: never let the upload path reuse an earlier run's file
-                uniqueIdentifier=f"{final_target.unique_identifier}#{task_uuid}"[:256],
-                name=final_target.name, version=final_target.version, private=final_target.private,
-                heroImageURL=final_target.hero_image_url, shortDescription=final_target.short_description,
-                positiveTriggerWords=plan.trigger_word, tags=["trained", plan.lora_type],
-                comment=f"trained from {entry.air} by {plan.recipe}",
+                unique_identifier=f"{final_target.unique_identifier}#{task_uuid}"[:256],
+                meta={k: v for k, v in meta.items() if v is not None},
             )
-            await self.ingest.run(upload, team, phase, local_source=path)
+            await self.ingest.run(request, team, phase, local_source=path)
 
         return await self.training.run(
             f"{team}\x00{task_uuid}", plan, entry, final_target, read_dataset=read_dataset, register=register, emit=emit

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -83,6 +83,38 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class IngestRequest:
+    """What registering a model file needs, whoever asks: a wire modelUpload (:meth:`from_upload`), or a
+    training that made the file (no URL: the file is handed to :meth:`ModelIngest.run`)."""
+
+    air: str
+    category: str
+    architecture: str
+    name: str
+    version: str
+    unique_identifier: str
+    private: bool
+    download_url: str | None = None
+    """Where to fetch the file; None: the caller hands a local file."""
+    format: str = "safetensors"
+    type: str | None = None
+    conditioning: str | None = None
+    retry: int = 2
+    default_scheduler: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    """The row's metadata (tags, trigger words, defaults, description…), as stored."""
+
+    @classmethod
+    def from_upload(cls, task: ModelUpload) -> "IngestRequest":
+        return cls(
+            air=task.air, category=task.category, architecture=task.architecture, name=task.name, version=task.version,
+            unique_identifier=task.uniqueIdentifier, private=task.is_private, download_url=task.downloadURL,
+            format=task.format, type=task.type, conditioning=task.conditioning, retry=2 if task.retry is None else task.retry,
+            default_scheduler=task.defaultScheduler, meta=_meta(task),
+        )
+
+
 def _meta(req: ModelUpload) -> dict[str, Any]:
     def words(value: str | list[str] | None) -> str | None:
         return ", ".join(value) if isinstance(value, list) else value
@@ -118,10 +150,14 @@ class ModelIngest:
         self.downloads = DaemonPool(config.download_threads, "wisp-download")
         config.tmp_dir.mkdir(parents=True, exist_ok=True)
 
-    async def run(self, req: ModelUpload, team: str, emit: Emit, local_source: Path | None = None) -> ModelRow:
+    async def run(self, request: IngestRequest | ModelUpload, team: str, emit: Emit, local_source: Path | None = None) -> ModelRow:
+        """Register a model file for ``team`` phase by phase: ``request``'s URL fetched, or ``local_source`` read."""
+        req = IngestRequest.from_upload(request) if isinstance(request, ModelUpload) else request
+        if local_source is None and req.download_url is None:
+            raise UploadRefused("a model needs a downloadURL", parameter="downloadURL")
         existing = await self._validate(req, team, check_remote=local_source is None)
         await emit("validated", PHASE_MESSAGES["validated"])
-        reuse = existing is not None and existing.unique_identifier == req.uniqueIdentifier and self.store.exists(existing.sha256)
+        reuse = existing is not None and existing.unique_identifier == req.unique_identifier and self.store.exists(existing.sha256)
         if reuse:
             assert existing is not None
             for phase in ("downloaded", "optimized", "stored"):
@@ -130,15 +166,16 @@ class ModelIngest:
             converted_from = existing.meta.get("convertedFrom")
         else:
             sha, size, converted_from = await self._fetch_and_store(req, emit, local_source)
-        meta = _meta(req)
+        meta = dict(req.meta)
+        meta.setdefault("tags", [])
         if converted_from:  # a LyCORIS LoHa/LoKr stored as its equivalent LoRA
             meta["convertedFrom"] = converted_from
             if "lycoris" not in meta["tags"]:
                 meta["tags"] = [*meta["tags"], "lycoris"]
         row = ModelRow(
             air=req.air, team=team, category=req.category, architecture=req.architecture, format=req.format,
-            name=req.name, version=req.version, unique_identifier=req.uniqueIdentifier, sha256=sha, size_bytes=size,
-            private=req.is_private, type=req.type, conditioning=req.conditioning, meta=meta,
+            name=req.name, version=req.version, unique_identifier=req.unique_identifier, sha256=sha, size_bytes=size,
+            private=req.private, type=req.type, conditioning=req.conditioning, meta=meta,
         )
         quota = TeamSettings(self.registry.db)
         # Checked again where the row is written: two uploads that both passed the early check cannot both land.
@@ -146,7 +183,7 @@ class ModelIngest:
         await emit("ready", REUSED_MESSAGES["ready"] if reuse else PHASE_MESSAGES["ready"])
         return row
 
-    async def _validate(self, req: ModelUpload, team: str, check_remote: bool = True) -> ModelRow | None:
+    async def _validate(self, req: IngestRequest, team: str, check_remote: bool = True) -> ModelRow | None:
         source, _, _ = split_air(req.air)
         owner = await asyncio.to_thread(self.registry.source_team, source)
         if owner != team:
@@ -167,13 +204,14 @@ class ModelIngest:
                 f"checkpoints of architecture {req.architecture} cannot be loaded by this build yet (supported: {', '.join(supported)})",
                 parameter="architecture",
             )
-        if req.defaultScheduler:
-            canonical_scheduler(req.defaultScheduler)
+        if req.default_scheduler:
+            canonical_scheduler(req.default_scheduler)
         if check_remote:
-            await check_url(req.downloadURL, self.config.policy, "downloadURL")
+            assert req.download_url is not None
+            await check_url(req.download_url, self.config.policy, "downloadURL")
         return existing
 
-    async def _fetch_and_store(self, req: ModelUpload, emit: Emit, local_source: Path | None) -> tuple[str, int, str | None]:
+    async def _fetch_and_store(self, req: IngestRequest, emit: Emit, local_source: Path | None) -> tuple[str, int, str | None]:
         work = Path(tempfile.mkdtemp(prefix="upload-", dir=self.config.tmp_dir))
         try:
             if local_source is not None:
@@ -181,8 +219,8 @@ class ModelIngest:
             else:
                 limits = Limits(self.config.download_timeout_s, self.config.cancel)
                 fetched = await self.downloads.run(
-                    download, req.downloadURL, work / "download.safetensors", self.config.policy,
-                    max_bytes=self.config.max_model_bytes, retries=2 if req.retry is None else req.retry, limits=limits,
+                    download, req.download_url, work / "download.safetensors", self.config.policy,
+                    max_bytes=self.config.max_model_bytes, retries=req.retry, limits=limits,
                 )
             await emit("downloaded", PHASE_MESSAGES["downloaded"])
             final, sha, converted_from = await asyncio.to_thread(self._optimize, req, fetched.path, fetched.sha256, work)
@@ -196,7 +234,7 @@ class ModelIngest:
         finally:
             await asyncio.to_thread(_remove_tree, work)
 
-    def _optimize(self, req: ModelUpload, path: Path, sha: str, work: Path) -> tuple[Path, str, str | None]:
+    def _optimize(self, req: IngestRequest, path: Path, sha: str, work: Path) -> tuple[Path, str, str | None]:
         """Worker thread: validate the header, convert LoHa/LoKr, sniff, check the declaration, convert the dtype.
 
         The third value names the LyCORIS kind a LoRA was converted from (None: not converted).
