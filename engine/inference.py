@@ -194,17 +194,22 @@ class Inference:
             entry = self.entry(job.model)
             relay = StepRelay(asyncio.get_running_loop(), lambda step, steps, previews: sink(Step(job.task_uuid, step, steps, previews)),
                               live=job.progress)
-            spec = await asyncio.to_thread(self.spec, job, self._step_reporter(relay, job.progress and job.previews, entry))
+            on_step = self._step_reporter(relay, job.progress and job.previews, entry)
+            if job.init_bytes is None and job.mask_bytes is None:
+                spec = self.spec(job, on_step)  # nothing to decode: no thread hop
+            else:
+                spec = await asyncio.to_thread(self.spec, job, on_step)  # input images are decoded off the loop
             batch = None
             compatible = batch_key(spec)
             if compatible is not None and self.batching:
                 batch = Batchable(key=(self.library.cache_key(entry), compatible),
                                   payload=(spec, job.output_format, job.output_quality, job.team),
                                   run=lambda payloads: self._render_batch(entry, payloads))
+            relay.begin()
             try:
                 images = await submit(
                     self.queue, job.owner, lambda: self._render(entry, spec, job.output_format, job.output_quality, cancel, job.team),
-                    batch=batch, on_start=relay.starting(lambda: sink(Started(job.task_uuid))), cancel=cancel,
+                    batch=batch, on_start_here=relay.started(lambda: sink(Started(job.task_uuid))), cancel=cancel,
                 )
             finally:
                 relay.finish()  # every step is reported before the result

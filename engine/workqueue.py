@@ -26,11 +26,12 @@ log = logging.getLogger("wisp.engine")
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop", "batch", "on_start", "cancel", "owner")
+    __slots__ = ("fn", "future", "loop", "batch", "on_start", "cancel", "owner", "on_start_here")
 
     def __init__(
         self, fn: Callable[[], Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop, batch: "Batchable | None" = None,
         on_start: Callable[[], None] | None = None, cancel: threading.Event | None = None,
+        on_start_here: Callable[[], None] | None = None,
     ) -> None:
         self.fn = fn
         self.future = future
@@ -40,6 +41,8 @@ class _Job:
         self.cancel = cancel
         """Set by ``taskCancel``: a queued job is withdrawn, a running one is asked to stop (its own check)."""
         self.owner = ""
+        self.on_start_here = on_start_here
+        """Called on the worker thread when it takes the job (no wake-up of the loop; see :meth:`StepRelay.started`)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,9 @@ class Worker:
                 jobs += self.queue.take_compatible(job.batch.key, self.max_batch - 1, self.batch_window_s, leader=job.owner)
             self.batches[len(jobs)] = self.batches.get(len(jobs), 0) + 1
             for one in jobs:
-                if one.on_start is not None:  # the job leaves the queue: "queued" becomes "running"
+                if one.on_start_here is not None:
+                    one.on_start_here()
+                elif one.on_start is not None:  # the job leaves the queue: "queued" becomes "running"
                     try:
                         one.loop.call_soon_threadsafe(one.on_start)
                     except RuntimeError:
@@ -244,7 +249,7 @@ class StepRelay:
         self.deliver = deliver
         self.live = live
         self.interval_s = interval_s
-        self._pending: deque[tuple[int, int, Any]] = deque()
+        self._pending: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._finished = False
 
@@ -253,7 +258,26 @@ class StepRelay:
         if self.live:
             self.loop.call_soon_threadsafe(self.deliver, step, steps, payload)
         else:
-            self._pending.append((step, steps, payload))  # deque append/popleft are thread-safe
+            self._pending.append((self.deliver, (step, steps, payload)))  # deque append/popleft are thread-safe
+
+    def begin(self) -> None:
+        """Loop, when the job is queued: start fetching (a timer every ``interval_s``; an empty fetch is free)."""
+        self._poll_later()
+
+    def started(self, then: Callable[[], None]) -> Callable[[], None]:
+        """A worker-thread ``on_start_here`` for :func:`submit`: ``then`` on the loop when the worker takes the job.
+
+        Live, at once; otherwise queued with the steps and fetched with them, so
+        taking a job costs the loop no wake-up either.
+        """
+
+        def on_start() -> None:
+            if self.live:
+                self.loop.call_soon_threadsafe(then)
+            else:
+                self._pending.append((then, ()))
+
+        return on_start
 
     def starting(self, then: Callable[[], None] | None = None) -> Callable[[], None]:
         """An ``on_start`` for :func:`submit`: begin fetching when the worker takes the job, then call ``then``."""
@@ -284,18 +308,20 @@ class StepRelay:
 
     def _fetch(self) -> None:
         while self._pending:
-            self.deliver(*self._pending.popleft())
+            fn, args = self._pending.popleft()
+            fn(*args)
 
 
 async def submit(
     queue: FairQueue, owner: str, fn: Callable[[], Any], batch: Batchable | None = None, on_start: Callable[[], None] | None = None,
-    cancel: threading.Event | None = None,
+    cancel: threading.Event | None = None, on_start_here: Callable[[], None] | None = None,
 ) -> Any:
     """Queue ``fn`` for the worker and wait for its result on the loop (``batch``: it may run batched;
-    ``on_start`` is called on the loop when the worker takes the job; ``cancel``: see :func:`withdraw`)."""
+    ``on_start`` is called on the loop when the worker takes the job, ``on_start_here`` instead on the
+    worker thread; ``cancel``: see :func:`withdraw`)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-    queue.put(owner, _Job(fn, future, loop, batch, on_start, cancel))
+    queue.put(owner, _Job(fn, future, loop, batch, on_start, cancel, on_start_here))
     return await future
 
 
