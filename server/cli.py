@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import logging
-import os
 import sys
 from pathlib import Path
 
@@ -31,9 +29,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.public_url = args.public_url
     if args.allow_private_urls:
         config.allow_private_urls = True
-    logging.basicConfig(level=os.environ.get("WISP_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from server.tasklog import configure
+
+    configure()
     from server.app import DataDirInUse, run_forever
 
     try:

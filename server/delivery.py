@@ -29,6 +29,7 @@ from protocol.training import Training, TrainingStatus
 from server.errors import to_wire_error
 from server.sessions import Session
 from server.context import RequestContext
+from server.tasklog import task_finished
 from server.tasks import TaskRecord, TaskStore
 
 
@@ -132,9 +133,13 @@ class Delivery:
         record = self.record
         record.succeed(self.streamed + items)
         self.gateway.tasks.finish(record)
+        sent = 0
         if items and (not self.is_async or isinstance(self.task, Training)):
-            self.outbox.push(encode_data(items))
+            frames = encode_data(items)
+            sent = sum(len(frame) for frame in frames)
+            self.outbox.push(frames)
             await self.outbox.flush()
+        self._log("success", images=len(finished.images), sent=sent)
         if self.webhook:
             for result in items:
                 self._hook(encode_data([result])[0])
@@ -207,6 +212,7 @@ class Delivery:
         except asyncio.CancelledError:
             session.in_flight -= 1
             self.gateway.interrupted(self.record)
+            self._log(ErrorCode.TASK_INTERRUPTED)
             raise
         except BaseException as exc:
             session.in_flight -= 1
@@ -215,10 +221,16 @@ class Delivery:
         session.in_flight -= 1
         return result
 
+    def _log(self, outcome: str, images: int = 0, sent: int = 0) -> None:
+        record = self.record
+        task_finished(record.task_type, record.task_uuid, self.session.team, getattr(self.task, "model", None)
+                      or getattr(self.task, "air", None), outcome, record.created_at, record.started_at, images, sent)
+
     async def _failed(self, exc: BaseException) -> None:
         """The task ended in an error: record it (unless retryable), tell the session and the webhook."""
         record = self.record
         error = to_wire_error(exc, record.task_type, record.task_uuid)
+        self._log(error.code)
         if isinstance(exc, QueueFull) or (isinstance(exc, EngineError) and getattr(exc, "retryable", False)):
             self.gateway.tasks.release(record)
         else:

@@ -46,6 +46,7 @@ from server.errors import to_wire_error
 from server.files import FILES_PATH, FileDrop
 from server.ratelimit import AuthLimiter
 from server.sessions import Session, SessionRegistry
+from server.tasklog import task_finished
 from server.tasks import TaskRecord, TaskStore
 from server.webhooks import WEBHOOK_FIELDS, WebhookSender
 
@@ -275,6 +276,7 @@ class Gateway:
         finally:
             self.auth_limiter.end(peer, failed=found is None)
         if found is None:
+            log.info("authentication failed from %s (an unknown or revoked key)", peer or "-")  # never the key itself
             return wire_error(ErrorCode.INVALID_API_KEY, "Invalid API key", task_type="authentication")
         return found
 
@@ -380,6 +382,8 @@ class Gateway:
                     return wire_error(ErrorCode.CONFLICT_TASK_UUID, "a task with this taskUUID already exists; poll it with getResponse",
                                       task_type="modelSearch", task_uuid=task.taskUUID, parameter="taskUUID")
                 record.succeed([result])
+                task_finished("modelSearch", task.taskUUID, session.team, None, "success", record.created_at, record.created_at,
+                              level=logging.DEBUG)
                 return result
         return self._submit(conn, session, item, started)
 
