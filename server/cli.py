@@ -54,16 +54,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys(args: argparse.Namespace):
-    from engine.registry.db import Database
+def _keys(args: argparse.Namespace, create: bool = False):
     from engine.registry.keys import KeyStore
+    from server.datadir import admin_database
 
-    data_dir = _data_dir(args.data_dir)
-    return KeyStore(Database(data_dir / "wisp.db"))
+    return KeyStore(admin_database(args.data_dir, create=create))
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    key = _keys(args).create(args.team)
+    key = _keys(args, create=True).create(args.team)
     print(f"created API key for team {args.team!r}:", file=sys.stderr)
     print(key)
     return 0
@@ -85,11 +84,11 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry(args: argparse.Namespace):
-    from engine.registry.db import Database
+def _registry(args: argparse.Namespace, create: bool = False):
     from engine.registry.models import ModelRegistry
+    from server.datadir import admin_database
 
-    return ModelRegistry(Database(_data_dir(args.data_dir) / "wisp.db"))
+    return ModelRegistry(admin_database(args.data_dir, create=create))
 
 
 def cmd_sources_create(args: argparse.Namespace) -> int:
@@ -102,7 +101,7 @@ def cmd_sources_create(args: argparse.Namespace) -> int:
     from engine.registry.models import ReservedSource
 
     try:
-        _registry(args).create_source(args.name, args.team)
+        _registry(args, create=True).create_source(args.name, args.team)
     except sqlite3.IntegrityError:
         print(f"source {args.name!r} already exists", file=sys.stderr)
         return 1

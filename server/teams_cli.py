@@ -11,17 +11,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
 
 
-def _settings(args: argparse.Namespace):
-    from engine.registry.db import Database
+def _settings(args: argparse.Namespace, create: bool = False):
     from engine.registry.team_settings import TeamSettings
-    from server.config import ServerConfig
+    from server.datadir import admin_database
 
-    # As every ``wisp`` subcommand: ``--data-dir``, else WISP_DATA_DIR / the default.
-    data_dir = Path(args.data_dir) if args.data_dir else ServerConfig.from_env().data_dir
-    return TeamSettings(Database(data_dir / "wisp.db"))
+    # As every ``wisp`` subcommand: ``--data-dir``, else WISP_DATA_DIR / the default; said on stderr.
+    return TeamSettings(admin_database(args.data_dir, create=create))
 
 
 def _limit(text: str) -> int | None:
@@ -33,7 +30,7 @@ def _limit(text: str) -> int | None:
 
 
 def cmd_teams_set(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _settings(args, create=True)
     if args.lora_upload_limit is None and args.default_source is None:
         print("nothing to set: give --lora-upload-limit and/or --default-source", file=sys.stderr)
         return 2

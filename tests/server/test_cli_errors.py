@@ -47,3 +47,16 @@ def test_upload_train_and_cancel_with_no_server_say_so_in_one_line(tmp_path: Pat
         lines = [line for line in out.stderr.splitlines() if line.startswith("wisp: ")]
         assert lines == [f"wisp: cannot reach ws://127.0.0.1:{port}/v1: nothing answered there "
                          "(is `wisp serve` running, on that host and port?)"], out.stderr
+
+
+def test_admin_commands_say_which_data_dir_and_do_not_read_a_missing_one(tmp_path: Path):
+    empty = tmp_path / "typo"
+    for args in (["keys", "list"], ["sources", "list"], ["teams", "list"], ["usage"], ["keys", "revoke", "wisp_x"]):
+        out = wisp_cli(*args, "--data-dir", str(empty))
+        assert out.returncode == 1 and f"no wisp database in {empty}" in out.stderr and "Traceback" not in out.stderr, args
+    assert not (empty / "wisp.db").exists()
+    data = tmp_path / "data"
+    created = wisp_cli("keys", "create", "--data-dir", str(data))
+    assert created.returncode == 0 and f"wisp: data dir {data} (a new database)" in created.stderr
+    listed = wisp_cli("keys", "list", "--data-dir", str(data))
+    assert listed.returncode == 0 and f"wisp: data dir {data}\n" in listed.stderr and "default" in listed.stdout
