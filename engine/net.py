@@ -75,7 +75,8 @@ def _check_addresses(hostname: str, infos: list, parameter: str) -> None:
     for info in infos:
         if not is_public_address(info[4][0]):
             raise URLNotAllowed(
-                f"{parameter}: {hostname} resolves to a private or local address, which this server refuses",
+                f"{parameter}: {hostname} resolves to a private or local address, which this server refuses "
+                "(its operator can allow them with `wisp serve --allow-private-urls`)",
                 parameter=parameter,
             )
 

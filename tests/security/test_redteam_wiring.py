@@ -65,3 +65,12 @@ async def test_an_image_uuid_is_an_input_for_its_own_team_only(wisp_server):
     finally:
         await owner.close()
         await stranger.close()
+
+
+async def test_url_not_allowed_names_the_switch_that_allows_private_hosts():
+    from engine.errors import URLNotAllowed
+    from engine.net import NetPolicy, check_url
+
+    with pytest.raises(URLNotAllowed) as refused:
+        await check_url("http://127.0.0.1:9/x", NetPolicy(allow_private=False), "webhookURL")
+    assert "--allow-private-urls" in refused.value.message and refused.value.parameter == "webhookURL"
