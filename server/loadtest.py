@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
 import random
 import sys
 import time
@@ -301,14 +302,18 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+DEFAULT_MIX = "ping=10,imageInference=1,modelSearch=1"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="ws://127.0.0.1:7788/v1")
-    parser.add_argument("--api-key", required=True)
+    parser.add_argument("--api-key", default=os.environ.get("WISP_API_KEY"), help="default: $WISP_API_KEY")
     parser.add_argument("--sockets", type=int, default=10)
     parser.add_argument("--working-sockets", type=int, default=None, help="sockets that send the mix (default all); the rest only heartbeat")
     parser.add_argument("--duration", type=float, default=10.0, help=f"seconds (≤ {MAX_DURATION_S:.0f})")
     parser.add_argument("--count", type=int, default=None, help="stop after this many mix tasks")
-    parser.add_argument("--mix", default="ping=1", help="e.g. ping=10,imageInference=1,modelSearch=1 ('' for heartbeats only)")
+    parser.add_argument("--mix", default=DEFAULT_MIX,
+                        help=f"taskType=weight,… (default {DEFAULT_MIX}, what an SDK client sends; 'ping=1' for pings only, '' for heartbeats only)")
     parser.add_argument("--rate", type=float, default=None, help="tasks/s per working socket (default: closed loop)")
     parser.add_argument("--ping-interval", type=float, default=5.0)
     parser.add_argument("--model", default="wisp:tiny-sd15@1")
@@ -342,9 +347,17 @@ def _event_loop_runner() -> Any:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
+    """Run the load; exit 1, saying why, when no socket connected or none authenticated (nothing was measured)."""
+    if not args.api_key:
+        print("wisp loadtest: give --api-key or set WISP_API_KEY", file=sys.stderr)
+        return 2
     check_target(args.url, args.allow_remote)
     report = _event_loop_runner()(run_load(config_from_args(args), progress=not args.json))
     print(json.dumps(report, indent=2) if args.json else render(report))
+    if report["connected"] == 0:
+        reasons = ", ".join(f"{why} ×{n}" for why, n in report["errors"].items()) or f"{report['failed_connects']} failed connections"
+        print(f"wisp loadtest: no socket connected and authenticated to {args.url} ({reasons})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -60,3 +60,14 @@ def test_admin_commands_say_which_data_dir_and_do_not_read_a_missing_one(tmp_pat
     assert created.returncode == 0 and f"wisp: data dir {data} (a new database)" in created.stderr
     listed = wisp_cli("keys", "list", "--data-dir", str(data))
     assert listed.returncode == 0 and f"wisp: data dir {data}\n" in listed.stderr and "default" in listed.stdout
+
+
+def test_loadtest_exits_non_zero_with_the_reason_when_nothing_authenticated(wisp_server):
+    out = wisp_cli("loadtest", "--url", wisp_server.ws_url, "--api-key", "wisp_wrong", "--sockets", "2", "--duration", "1", "--mix", "ping=1")
+    assert out.returncode == 1, out.stderr
+    assert "no socket connected and authenticated" in out.stderr and "invalidApiKey" in out.stderr
+    nowhere = wisp_cli("loadtest", "--url", f"ws://127.0.0.1:{free_port()}/v1", "--api-key", "k", "--sockets", "1", "--duration", "1")
+    assert nowhere.returncode == 1 and "failed connections" in nowhere.stderr and "Traceback" not in nowhere.stderr
+    ok = wisp_cli("loadtest", "--url", wisp_server.ws_url, "--api-key", wisp_server.key, "--sockets", "1", "--duration", "1",
+                  "--mix", "ping=1")
+    assert ok.returncode == 0, ok.stderr
