@@ -129,7 +129,7 @@ def _fail(message: str) -> InvalidModelFile:
 
 
 def _pickle_hint(head: bytes) -> str | None:
-    """Name the format when the first bytes are a zip (torch.save) or a raw pickle stream.
+    """Name the format when the first bytes are a zip (torch.save), a raw pickle stream, another known format or text.
 
     Only consulted once the file has already failed as safetensors, since a
     valid length prefix may by chance start with the same bytes.
@@ -138,7 +138,20 @@ def _pickle_hint(head: bytes) -> str | None:
         return "this is a zip archive (a PyTorch .ckpt/.pt pickle), not safetensors; pickled files are refused"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "this is a Python pickle (a .ckpt/.pt/.bin file), not safetensors; pickled files are refused"
+    for magic, kind in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return f"this is {kind}, not a safetensors model file"
+    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return f"this looks like text (it starts with {head.decode('ascii')!r}), not a safetensors model file"
     return None
+
+
+_OTHER_FORMATS = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"), (b"RIFF", "a RIFF file (WebP, WAV)"),
+    (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"), (b"GGUF", "a GGUF model (llama.cpp), which wisp cannot load"),
+    (b"\x89HDF", "an HDF5 file (Keras)"), (b"7z\xbc\xaf", "a 7-Zip archive"),
+)
+"""First bytes of formats people upload by mistake, for a refusal that says what the file is."""
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

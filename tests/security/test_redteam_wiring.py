@@ -74,3 +74,18 @@ async def test_url_not_allowed_names_the_switch_that_allows_private_hosts():
     with pytest.raises(URLNotAllowed) as refused:
         await check_url("http://127.0.0.1:9/x", NetPolicy(allow_private=False), "webhookURL")
     assert "--allow-private-urls" in refused.value.message and refused.value.parameter == "webhookURL"
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"hello, this is my model\n", "this looks like text (it starts with 'hello, t'"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 32, "this is a PNG image"),
+    (b"GGUF\x03\x00\x00\x00" + b"\0" * 32, "a GGUF model"),
+])
+def test_a_file_that_is_not_safetensors_says_what_it_looks_like(tmp_path, content: bytes, says: str):
+    from engine.upload.safetensors_check import InvalidModelFile, read_safetensors_info
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(InvalidModelFile) as refused:
+        read_safetensors_info(path)
+    assert says in refused.value.message and "header length" not in refused.value.message
