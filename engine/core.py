@@ -229,6 +229,14 @@ class Engine:
             self._worker.thread.join(wait_s)
         return len(left)
 
+    def batch_sizes(self) -> dict[int, int]:
+        """Device calls so far, by how many requests each ran (dynamic batching)."""
+        return dict(self._worker.batches)
+
+    def training_jobs(self) -> int:
+        """Training jobs running or waiting."""
+        return len(self.training._jobs)
+
     def device_busy(self) -> bool:
         """True while the device thread is still inside a job (after :meth:`stop`: a step longer than its wait)."""
         return self._started and self._worker.thread.is_alive()

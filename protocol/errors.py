@@ -51,6 +51,7 @@ class ErrorCode:
     # HTTP-only bodies (server.routes, server.http)
     BAD_REQUEST = "badRequest"
     NOT_FOUND = "notFound"
+    FORBIDDEN = "forbidden"
     METHOD_NOT_ALLOWED = "methodNotAllowed"
     PAYLOAD_TOO_LARGE = "payloadTooLarge"
     INSUFFICIENT_STORAGE = "insufficientStorage"

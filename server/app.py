@@ -32,6 +32,7 @@ from server.connection import SocketConn, request_context
 from server.dialects import DialectRouter
 from server.gateway import Gateway
 from server.files import FileDrop
+from server import metrics
 from server.http import HTTPProtocol
 from server.routes import HTTPRoutes
 from server.limits import ConnectionLimits, default_max_connections, raise_fd_limit
@@ -125,6 +126,7 @@ class WispServer:
                                        config.max_unauthenticated_per_address)
         self.ws_server: Server | None = None
         self.started_at = time.monotonic()
+        metrics.watch(self.metrics_state)
         self.port: int | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -137,6 +139,13 @@ class WispServer:
         """``GET /healthz``: version, uptime, the server's counters and the model cache's state."""
         return {"status": "ok", "version": VERSION, "uptimeSeconds": round(time.monotonic() - self.started_at, 3), "queue": len(self.engine.queue), "sessions": len(self.sessions), "tasks": len(self.tasks),
                 "counters": self.gateway.counters, "connections": self.limits.stats(), "modelCache": self.engine.cache_stats()}
+
+    def metrics_state(self) -> dict[str, Any]:
+        """What ``/metrics`` reads of the live server at each scrape (server.metrics.StateCollector)."""
+        return {"queue": len(self.engine.queue), "sessions": len(self.sessions), "in_flight": self.sessions.in_flight(),
+                "connections": self.limits.stats(), "model_cache": self.engine.cache_stats(),
+                "batches": self.engine.batch_sizes(), "training_jobs": self.engine.training_jobs(),
+                "webhook_failures": self.webhooks.failures}
 
     # ---- routes -----------------------------------------------------------
 

@@ -69,6 +69,8 @@ class ServerConfig:
     """Connections one address (IPv6: one /64) may hold without having authenticated (HTTP ones always count)."""
     max_work: float = EngineConfig.max_work
     """Per-request imageInference work limit in megapixel-steps; 0: 64 on CPU, 4096 on CUDA."""
+    metrics_token: str | None = None
+    """``GET /metrics`` from other than loopback needs ``Authorization: Bearer`` this token (unset: loopback only)."""
     revocation_check_s: float = 2.0
     """How often open sessions are checked against revoked keys (a revoked key's sockets close within this)."""
     download_threads: int = EngineConfig.download_threads
@@ -159,6 +161,7 @@ class ServerConfig:
         c.max_connections = _env_int("WISP_MAX_CONNECTIONS", c.max_connections)
         c.max_unauthenticated_per_address = _env_int("WISP_MAX_UNAUTHENTICATED_PER_ADDRESS", c.max_unauthenticated_per_address)
         c.max_work = max(0.0, _env_float("WISP_MAX_WORK", c.max_work))
+        c.metrics_token = os.environ.get("WISP_METRICS_TOKEN") or None
         c.revocation_check_s = max(0.1, _env_float("WISP_REVOCATION_CHECK", c.revocation_check_s))
         c.download_threads = max(1, _env_int("WISP_DOWNLOAD_THREADS", c.download_threads))
         c.download_timeout_s = _env_float("WISP_DOWNLOAD_TIMEOUT", c.download_timeout_s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 from urllib.parse import urlsplit
@@ -334,6 +335,9 @@ class Gateway:
         try:
             job = await self.engine.prepare_job(task, session.team, session.uuid)
         except EngineError as exc:
+            now = time.monotonic()  # refused before its ack: logged and counted like any finished task
+            task_finished(task_type, task_uuid, session.team, getattr(task, "model", None) or getattr(task, "air", None),
+                          exc.code, now, now, ran=False)
             return to_wire_error(exc, task_type, task_uuid)
         if session.in_flight >= self.config.max_in_flight_per_session:
             return wire_error(

@@ -11,6 +11,8 @@ error body is ``{"errors": [{"code", "message"}]}`` with a code from
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import logging
 from pathlib import Path
@@ -23,6 +25,7 @@ import msgspec
 from engine.images.store import ImageStore
 from engine.registry.keys import KeyStore
 from protocol.errors import ErrorCode
+from server import metrics
 from server.config import ServerConfig
 from server.connection import request_context
 from server.context import RequestContext
@@ -33,6 +36,15 @@ from server.http import BodySink, Response as HTTPResponse, error_response, json
 from server.sessions import Session
 
 log = logging.getLogger("wisp.server")
+
+
+def _is_loopback(peer: str) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -123,6 +135,15 @@ class HTTPRoutes:
         self.port = port
         self.health = health
 
+    def metrics(self, headers: dict[str, str], peer: str) -> HTTPResponse:
+        """Prometheus text: for loopback scrapers, or anyone with ``WISP_METRICS_TOKEN`` as a Bearer token."""
+        token = self.config.metrics_token
+        allowed = _is_loopback(peer) or (token is not None and hmac.compare_digest(self.bearer(headers), token))
+        if not allowed:
+            return error_response(403, ErrorCode.FORBIDDEN, "metrics are served to loopback, or with the server's "
+                                  "WISP_METRICS_TOKEN as a Bearer token")
+        return 200, [(b"content-type", metrics.CONTENT_TYPE.encode())], metrics.exposition()
+
     @staticmethod
     def bearer(headers: dict[str, str]) -> str:
         auth = headers.get("authorization", "")
@@ -166,6 +187,8 @@ class HTTPRoutes:
             return json_response(201, {"url": f"{ctx.base_url}{FILES_PATH}{token}", "size": sink.size, "expiresIn": int(self.files.ttl_s)})
         if method in ("GET", "HEAD") and (path in ("/", "/playground") or path.startswith("/static/")):
             return await asyncio.to_thread(static_response, "index.html" if path in ("/", "/playground") else path[len("/static/"):])
+        if path == "/metrics" and method in ("GET", "HEAD"):
+            return self.metrics(headers, peer)
         if path == "/healthz" and method in ("GET", "HEAD"):
             return json_response(200, self.health())
         if path.startswith("/images/") and method in ("GET", "HEAD"):

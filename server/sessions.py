@@ -84,6 +84,10 @@ class SessionRegistry:
         self._sessions[session.uuid] = session
         return session
 
+    def in_flight(self) -> int:
+        """Tasks running or queued, over every session."""
+        return sum(s.in_flight for s in self._sessions.values())
+
     def key_ids(self) -> set[int]:
         """The keys behind the sessions held now."""
         return {s.key_id for s in self._sessions.values() if s.key_id is not None}

@@ -14,6 +14,8 @@ import os
 import time
 from typing import Any
 
+from server import metrics
+
 log = logging.getLogger("wisp.tasks")
 
 
@@ -45,7 +47,7 @@ def configure() -> None:
 
 def task_finished(
     task_type: str, task_uuid: str, team: str, model: str | None, outcome: str, created_at: float,
-    started_at: float | None, images: int = 0, sent_bytes: int = 0, level: int = logging.INFO,
+    started_at: float | None, images: int = 0, sent_bytes: int = 0, level: int = logging.INFO, ran: bool = True,
 ) -> None:
     """Log one finished task (``outcome``: ``success`` or the error code) at ``level``.
 
@@ -53,10 +55,11 @@ def task_finished(
     it costs ~30 µs, and a log line as much again (measured), so at INFO a
     search-heavy client would double the server's CPU for them.
     """
-    if not log.isEnabledFor(level):
-        return
     now = time.monotonic()
     begun = started_at if started_at is not None else now
+    metrics.task_done(task_type, outcome, max(0.0, begun - created_at), now - begun, images, sent_bytes, ran)
+    if not log.isEnabledFor(level):
+        return
     fields = {"taskType": task_type, "taskUUID": task_uuid, "team": team, "model": model or "-", "outcome": outcome,
               "queuedMs": round((begun - created_at) * 1000, 1), "runningMs": round((now - begun) * 1000, 1),
               "images": images, "bytes": sent_bytes}

@@ -39,6 +39,8 @@ class WebhookSender:
         self.policy = policy
         self.timeout_s = timeout_s
         self.retries = retries
+        self.failures = 0
+        """Deliveries given up (after their retries, or answered 4xx): a counter for /metrics."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._last: dict[str, asyncio.Task[None]] = {}
         self._client: httpx.AsyncClient | None = None
@@ -91,6 +93,7 @@ class WebhookSender:
                     status = await self._post_once(url, body)
                 if status < 500:
                     if status >= 400:
+                        self.failures += 1
                         log.warning("webhook %s answered %s; not retried", url, status)
                     return
                 reason: Any = f"HTTP {status}"
@@ -99,6 +102,7 @@ class WebhookSender:
             if attempt < self.retries:
                 await asyncio.sleep(delay)
                 delay *= 2
+        self.failures += 1
         log.warning("webhook %s failed after %d attempts: %s", url, self.retries + 1, reason)
 
     async def _post_once(self, url: str, body: bytes) -> int:

@@ -76,3 +76,49 @@ def test_one_json_log_line_per_finished_task_without_the_prompt(tmp_path: Path):
     assert by_task[bad]["outcome"] == "imageNotFound"
     assert any("authentication failed" in line["message"] for line in lines)
     assert "secret lighthouse" not in running.log() and "wisp_wrong" not in running.log()
+
+
+def test_metrics_after_real_traffic_parse_and_count_it(tmp_path: Path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    running = start_server(tmp_path / "data", env={"WISP_WARM_BUILTIN": "0", "WISP_METRICS_TOKEN": "s3cret"})
+    try:
+        async def traffic() -> None:
+            async with connect(running.ws_url, max_size=None) as ws:
+                await ws.send(json.dumps([{"taskType": "authentication", "apiKey": running.key}]))
+                await ws.recv()
+                tasks = [{"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": "wisp:tiny-sd15@1", "positivePrompt": "x",
+                          "width": 64, "height": 64, "steps": 2, "seed": i} for i in range(2)]
+                tasks.append({"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": "nope:x@1", "positivePrompt": "x"})
+                await ws.send(json.dumps(tasks))
+                seen = 0
+                while seen < 3:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                    seen += len(frame.get("data", [])) + len(frame.get("errors", []))
+
+        asyncio.run(traffic())
+        scraped = httpx.get(f"{running.http_url}/metrics")
+        assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(scraped.text)}
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+        assert samples[("wisp_tasks_total", (("outcome", "success"), ("task_type", "imageInference")))] == 2
+        assert samples[("wisp_task_running_seconds_count", (("task_type", "imageInference"),))] == 2
+        assert samples[("wisp_images_total", (("task_type", "imageInference"),))] == 2
+        assert samples[("wisp_model_cache_misses_total", ())] >= 1
+        assert ("wisp_model_cache_bytes", (("tier", "device"),)) in samples and ("wisp_queue_depth", ()) in samples
+        assert samples[("wisp_connections", ())] >= 1 and ("wisp_lora_cache_bytes", ()) in samples
+        assert not any("team" in dict(labels) for _, labels in samples)  # no team-identifying labels
+        # refused before its ack, counted under its error code
+        assert samples[("wisp_tasks_total", (("outcome", "modelNotFound"), ("task_type", "imageInference")))] == 1
+        # From another address a token is needed: the same route through the token.
+        with_token = httpx.get(f"{running.http_url}/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert with_token.status_code == 200
+    finally:
+        stop_server(running)
+
+
+def test_metrics_refuse_a_remote_scraper_without_the_token():
+    from server.routes import _is_loopback
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("::ffff:127.0.0.1")
+    assert not _is_loopback("10.0.0.5") and not _is_loopback("203.0.113.9") and not _is_loopback("")
