@@ -24,7 +24,8 @@ import msgspec
 from protocol.common import UUID_PATTERN, LenientTask, Task
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.inference import ImageInference, ImageUpload
-from protocol.models import ModelSearch, ModelUpload
+from protocol.models import AIR_PATTERN, ModelSearch, ModelUpload
+from protocol.plain import plain_message
 from protocol.session import Authentication, GetResponse, GetTaskDetails, Ping
 from protocol.training import TaskCancel, Training
 
@@ -99,10 +100,17 @@ def _constraints(cls: type) -> dict[str, dict[str, Any]]:
             if isinstance(t, msgspec.inspect.UnionType):
                 types.extend(t.types)
                 continue
+            if isinstance(t, msgspec.inspect.Metadata):
+                types.append(t.type)
+                continue
             if isinstance(t, msgspec.inspect.ListType):
                 visit(t.item_type, f"{path}[]", seen)
             elif isinstance(t, msgspec.inspect.StructType) and t.cls not in seen:
                 walk(t, f"{path}.", seen | {t.cls})
+            if isinstance(t, msgspec.inspect.LiteralType):
+                found.setdefault(f"{path}#enum", {})["values"] = (*found.get(f"{path}#enum", {}).get("values", ()), *t.values)
+            if isinstance(t, msgspec.inspect.StrType) and t.pattern in _PATTERN_NAMES:
+                found[f"{path}#pattern"] = {"name": _PATTERN_NAMES[t.pattern]}
             bounds = _type_bounds(t)
             numeric = isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType))
             if bounds and not numeric:
@@ -116,6 +124,7 @@ def _constraints(cls: type) -> dict[str, dict[str, Any]]:
     return found
 
 
+_PATTERN_NAMES = {AIR_PATTERN: "AIR", UUID_PATTERN: "UUID"}
 _BOUNDS: dict[str, dict[str, dict[str, Any]]] = {tag: _constraints(cls) for tag, cls in TASK_TYPES.items()}
 
 
@@ -148,8 +157,11 @@ def validation_error(exc: msgspec.ValidationError, task_type: str) -> WireError:
     kind = _KIND_RE.match(msg)
     bounds = known.get(f"{key}#{kind.group(1)}", {}) if kind else {}
     bounds = bounds or known.get(key, {})
+    choices = known.get(f"{key}#enum", {}).get("values")
+    pattern = known.get(f"{key}#pattern", {}).get("name")
     label = path or "task"
-    return wire_error(ErrorCode.INVALID_PARAMETER, f"Invalid value for `{label}`: {msg}", parameter=label, **bounds)
+    words = plain_message(msg, bounds, choices, pattern)
+    return wire_error(ErrorCode.INVALID_PARAMETER, f"Invalid value for `{label}`: {words}", parameter=label, **bounds)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

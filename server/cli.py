@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     slist = sources.add_parser("list", help="list sources and their teams")
     slist.add_argument("--data-dir", default=None)
     slist.set_defaults(func=cmd_sources_list)
-    usage = sub.add_parser("usage", help="model storage per team: bytes, GB-days, cost by the seed's formula")
+    usage = sub.add_parser("usage", help="model storage per team: bytes, GB-days, and cost at $0.05 per started GB per 30 days")
     usage.add_argument("--data-dir", default=None)
     usage.set_defaults(func=cmd_usage)
     from server.upload_cli import add_parser as add_upload

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import base64
 import json
+import re
 import mimetypes
 import os
 import sys
@@ -23,10 +24,29 @@ from typing import Any
 from server.upload_cli import _bar
 
 
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]{256,}")
+"""A long argument of base64 characters only (no dot) is raw base64 image data, not a file name."""
+
+
+class NoSuchFile(Exception):
+    """A dataset argument that reads as a file name, but no such file exists."""
+
+
 def dataset_entry(entry: str) -> str:
+    """A dataset argument as the task carries it: a local file is sent inline, the rest as given.
+
+    A URL, a data URI, an imageUUID or a long base64 string goes as it is;
+    anything else is a file name, and one that does not exist is refused here
+    (:class:`NoSuchFile`) rather than sent for the server to misread.
+    """
     path = Path(entry)
-    if entry.startswith(("http://", "https://", "data:")) or not path.is_file():
+    if entry.startswith(("http://", "https://", "data:")) or _UUID.fullmatch(entry):
         return entry
+    if not path.is_file():
+        if _BASE64.fullmatch(entry):
+            return entry
+        raise NoSuchFile(entry)
     mime = "application/zip" if path.suffix.lower() == ".zip" else (mimetypes.guess_type(path.name)[0] or "application/octet-stream")
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
@@ -132,7 +152,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("give at least one dataset entry (image files, a zip, URLs or imageUUIDs)", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(follow(args.server, api_key, build_task(args), args.quiet))
+        task = build_task(args)
+    except NoSuchFile as exc:
+        print(f"wisp: no such file: {exc} (a dataset entry is an image file, a .zip, a URL or an imageUUID)", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(follow(args.server, api_key, task, args.quiet))
     except KeyboardInterrupt:
         return 130
 

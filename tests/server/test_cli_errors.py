@@ -71,3 +71,16 @@ def test_loadtest_exits_non_zero_with_the_reason_when_nothing_authenticated(wisp
     ok = wisp_cli("loadtest", "--url", wisp_server.ws_url, "--api-key", wisp_server.key, "--sockets", "1", "--duration", "1",
                   "--mix", "ping=1")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_train_on_a_missing_file_says_no_such_file(tmp_path: Path):
+    out = wisp_cli("train", str(tmp_path / "nope.png"), "--server", f"127.0.0.1:{free_port()}", "--api-key", "k")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"wisp: no such file: {tmp_path / 'nope.png'}" in out.stderr
+
+
+def test_help_speaks_of_prices_not_of_the_seed():
+    out = wisp_cli("--help")
+    usage = wisp_cli("usage", "--help")
+    assert "seed's" not in out.stdout + usage.stdout
+    assert "$0.05 per started GB" in out.stdout
