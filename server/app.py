@@ -27,6 +27,7 @@ from engine.core import Engine
 from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
+from engine.registry.team_settings import TeamSettings
 from server.config import ServerConfig
 from server.connection import SocketConn, request_context
 from server.dialects import DialectRouter
@@ -103,6 +104,9 @@ class WispServer:
         prepare_data_dir(config.data_dir)
         self.db = Database(config.data_dir / "wisp.db")
         self.keys = KeyStore(self.db)
+        given = TeamSettings(self.db).ensure_default_sources()
+        if given:
+            log.info("gave %d team(s) from before default sources their default source", given)
         engine_config = config.engine_config()
         policy = engine_config.net
         self.engine = Engine(engine_config, db=self.db)
@@ -263,6 +267,11 @@ async def run_forever(config: ServerConfig, announce: bool = True) -> None:
         print(f"wisp playground: http://{config.host}:{server.port}/  (paste an API key there)", flush=True)
         print(f"wisp data dir: {config.data_dir}  (admin commands: wisp keys|sources|teams … --data-dir {config.data_dir})",
               flush=True)
+        if first_key:
+            print("next: generate in the playground, or upload a model with "
+                  f"`WISP_API_KEY=<key> wisp upload FILE.safetensors --category lora --server http://{config.host}:{server.port}` "
+                  "(it goes under your team's source, e.g. default:FILE@1). "
+                  f"Lost the key? `wisp keys create --data-dir {config.data_dir}` makes another.", flush=True)
     await stop.wait()
     print("wisp shutting down", flush=True)
     await server.stop()

@@ -2,7 +2,9 @@
 
 ``POST /v1`` (the task array, ``Authorization: Bearer KEY``, answered through
 the same gateway as a socket), ``PUT /v1/files`` (a model file streamed to
-disk for a later modelUpload), ``GET /images/<file>``, ``GET /healthz``, the
+disk for a later modelUpload), ``GET /v1/account`` (the key's team, its
+sources and limits: what a client checks before it sends a file),
+``GET /images/<file>``, ``GET /healthz``, the
 playground's static files, and the REST dialects under their prefixes.  Every
 error body is ``{"errors": [{"code", "message"}]}`` with a code from
 :class:`protocol.errors.ErrorCode` (:func:`server.http.error_response`).
@@ -24,6 +26,8 @@ import msgspec
 
 from engine.images.store import ImageStore
 from engine.registry.keys import KeyStore
+from engine.registry.models import ModelRegistry
+from engine.registry.team_settings import TeamSettings
 from protocol.errors import ErrorCode
 from server import metrics
 from server.config import ServerConfig
@@ -46,6 +50,9 @@ def _is_loopback(peer: str) -> bool:
     mapped = getattr(address, "ipv4_mapped", None)
     return (mapped or address).is_loopback
 
+
+ACCOUNT_PATH = "/v1/account"
+"""The key's team, sources and limits (a wisp extension; ``wisp upload`` reads it before sending a byte)."""
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -187,6 +194,8 @@ class HTTPRoutes:
             return json_response(201, {"url": f"{ctx.base_url}{FILES_PATH}{token}", "size": sink.size, "expiresIn": int(self.files.ttl_s)})
         if method in ("GET", "HEAD") and (path in ("/", "/playground") or path.startswith("/static/")):
             return await asyncio.to_thread(static_response, "index.html" if path in ("/", "/playground") else path[len("/static/"):])
+        if path.rstrip("/") == ACCOUNT_PATH and method in ("GET", "HEAD"):
+            return await self._account(headers, peer)
         if path == "/metrics" and method in ("GET", "HEAD"):
             return self.metrics(headers, peer)
         if path == "/healthz" and method in ("GET", "HEAD"):
@@ -205,6 +214,34 @@ class HTTPRoutes:
             ctx = request_context(headers.get("host"), self.config.host, self.port(), self.config.public_url, peer=peer)
             return await self.dialects.handle(method, path, target.query, headers, body, ctx)
         return error_response(404, ErrorCode.NOT_FOUND, f"no route {path[:100]}")
+
+    async def _account(self, headers: dict[str, str], peer: str) -> HTTPResponse:
+        key = self.bearer(headers)
+        if not key:
+            return error_response(401, ErrorCode.MISSING_API_KEY, "send Authorization: Bearer <apiKey>")
+        team = await self.gateway.team_for_key(key, peer)
+        if not isinstance(team, str):
+            status = 429 if team.code == ErrorCode.AUTH_RATE_LIMITED else 401
+            return json_response(status, {"errors": [msgspec.to_builtins(team)]})
+        return json_response(200, await asyncio.to_thread(self.account_details, team))
+
+    def account_details(self, team: str) -> dict[str, Any]:
+        """``GET /v1/account`` (a wisp extension): what a client needs before it uploads.
+
+        The team, its default source (where an upload with no AIR of its own
+        goes: ``<defaultSource>:<name>@<version>``), every source it owns, the
+        largest model file the server takes, and the LoRA quota.
+        """
+        settings = TeamSettings(self.keys.db)
+        registry = ModelRegistry(self.keys.db)
+        return {
+            "team": team,
+            "defaultSource": settings.default_source(team),
+            "sources": [name for name, owner in registry.list_sources() if owner == team],
+            "maxModelBytes": self.config.max_model_bytes,
+            "loraUploadLimit": settings.lora_upload_limit(team),
+            "loraModels": settings.lora_models(team),
+        }
 
     async def _post_tasks(self, headers: dict[str, str], body: bytes, peer: str) -> HTTPResponse:
         key = self.bearer(headers)

@@ -1,6 +1,12 @@
 """``wisp upload PATH|URL``: put a model into a running wisp, with progress.
 
-A local file is first streamed to ``PUT /v1/files`` (a bytes progress bar;
+Before a byte of the file moves, ``GET /v1/account`` checks the server, the
+key, the AIR (its form, and that its source is the team's) and the file's
+size against the server's limit: a refusal costs a round trip, not a
+multi-GB transfer.  Without ``--air`` the model goes under the team's default
+source, named after the file (``<source>:<file stem>@<version>``).
+
+A local file is then streamed to ``PUT /v1/files`` (a bytes progress bar;
 its SHA-256 is computed on the way and becomes the default
 ``uniqueIdentifier``), then a ``modelUpload`` task is sent over the socket
 and each of the five phases is shown as it arrives.  Exit status 0 only once
@@ -14,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -99,27 +106,79 @@ async def run_model_upload(ws_url: str, api_key: str, task: dict, quiet: bool = 
                     return 0
 
 
+class Refused(Exception):
+    """What the preflight found wrong, in one line for the user."""
+
+
+def preflight(ws_url: str, api_key: str) -> dict:
+    """The key's account (``GET /v1/account``): proves the server answers and takes the key, before any upload."""
+    import httpx
+
+    response = httpx.get(f"{_http_base(ws_url)}/v1/account", headers={"Authorization": f"Bearer {api_key}"}, timeout=30.0)
+    if response.status_code == 200:
+        return dict(response.json())
+    try:
+        error = response.json()["errors"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        error = {"code": f"HTTP {response.status_code}", "message": response.text[:200]}
+    if response.status_code in (401, 429):
+        raise Refused(f"the server refused the API key ({error.get('code')}): {error.get('message')}")
+    raise Refused(f"the server's account check failed ({error.get('code')}): {error.get('message')}")
+
+
+def model_id(stem: str) -> str:
+    """A file name as the ``id`` of an AIR (letters, digits, ``-``, ``_``; at most 64)."""
+    text = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-_")[:64].strip("-_")
+    return text or "model"
+
+
+def choose_air(given: str | None, account: dict, stem: str, version: str) -> str:
+    """The AIR to upload as: ``given`` once checked, else one under the team's default source."""
+    from protocol.models import AIR_PATTERN
+
+    air = given or f"{account['defaultSource']}:{model_id(stem)}@{version}"
+    if not re.fullmatch(AIR_PATTERN, air):
+        raise Refused(f"--air {air!r} is not an AIR: give source:id@version, such as {account['defaultSource']}:my-model@1")
+    source = air.split(":", 1)[0]
+    if source not in account.get("sources", []):
+        yours = ", ".join(account.get("sources", [])) or "none"
+        raise Refused(f"the source {source!r} is not your team's (team {account['team']!r} has: {yours}); "
+                      f"use one of those, or leave out --air to upload as {account['defaultSource']}:{model_id(stem)}@{version}")
+    return air
+
+
 def cmd_upload(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("WISP_API_KEY")
     if not api_key:
         print("give --api-key or set WISP_API_KEY", file=sys.stderr)
         return 2
     source = args.source
-    if source.startswith(("http://", "https://")):
+    remote = source.startswith(("http://", "https://"))
+    path = Path(source)
+    if not remote and not path.is_file():
+        print(f"wisp: no such file: {path}", file=sys.stderr)
+        return 2
+    stem = (Path(urlsplit(source).path).stem or "model") if remote else path.stem
+    try:
+        account = preflight(args.server, api_key)
+        air = choose_air(args.air, account, stem, args.version)
+        limit = account.get("maxModelBytes")
+        if not remote and limit and path.stat().st_size > limit:
+            raise Refused(f"{path} is {path.stat().st_size} bytes; this server takes model files up to {limit} bytes "
+                          "(WISP_MAX_MODEL_BYTES)")
+    except Refused as exc:
+        print(f"wisp: {exc}", file=sys.stderr)
+        return 1
+    if remote:
         url, unique = source, args.unique_identifier or hashlib.sha256(source.encode()).hexdigest()
-        default_name = Path(urlsplit(source).path).stem or "model"
     else:
-        path = Path(source)
-        if not path.is_file():
-            print(f"no such file: {path}", file=sys.stderr)
-            return 2
         url, sha = put_file(path, args.server, api_key, args.quiet)
         unique = args.unique_identifier or sha
-        default_name = path.stem
+    default_name = stem
     task: dict = {
         "taskType": "modelUpload",
         "taskUUID": str(uuid.uuid4()),
-        "air": args.air,
+        "air": air,
         "category": args.category,
         "architecture": args.architecture,
         "format": "safetensors",
@@ -143,7 +202,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     upload = sub.add_parser("upload", help="upload a model file (path or URL) to a running server, with progress")
     upload.add_argument("source", help="a local .safetensors file, or an http(s) URL the server can fetch")
-    upload.add_argument("--air", required=True, help="source:id@version (the source must be your team's)")
+    upload.add_argument("--air", default=None,
+                        help="source:id@version under one of your team's sources (default: your team's default source, "
+                             "the file's name, --version)")
     upload.add_argument("--category", required=True, choices=["checkpoint", "lora", "lycoris", "controlnet", "vae", "embeddings"])
     upload.add_argument("--architecture", default="sd1x")
     upload.add_argument("--type", default=None, help="checkpoint: base|inpainting|refiner; embeddings: positive|negative")

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 
 from engine.registry.db import Database
+from engine.registry.sources import claim_default_source
 
 KEY_PREFIX = "wisp_"
 DEFAULT_TEAM = "default"
@@ -36,9 +37,22 @@ class KeyStore:
         self.db = db
 
     def ensure_team(self, name: str) -> int:
+        """The team's id, creating the team (and its default source) if it is new."""
         conn = self.db.connect()
-        conn.execute("INSERT OR IGNORE INTO teams(name) VALUES (?)", (name,))
-        return int(conn.execute("SELECT id FROM teams WHERE name=?", (name,)).fetchone()[0])
+        row = conn.execute("SELECT id FROM teams WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            created = conn.execute("INSERT OR IGNORE INTO teams(name) VALUES (?)", (name,)).rowcount
+            team_id = int(conn.execute("SELECT id FROM teams WHERE name=?", (name,)).fetchone()[0])
+            if created:
+                claim_default_source(conn, team_id, name)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return team_id
 
     def create(self, team: str = DEFAULT_TEAM) -> str:
         """Create a key for ``team`` (created if new); returns the key, shown once."""

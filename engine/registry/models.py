@@ -19,28 +19,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from engine.errors import EngineError
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
-from protocol.errors import ErrorCode
+from engine.registry.sources import RESERVED_SOURCES as RESERVED_SOURCES
+from engine.registry.sources import ReservedSource as ReservedSource
+from engine.registry.sources import check_source_name as check_source_name
 
 USD_PER_GB_MONTH = 0.05
 
-RESERVED_SOURCES = frozenset({"wisp"})
-"""Sources no team may hold (``wisp`` names the built-in models)."""
 _NOT_RESERVED = f"m.source NOT IN ({', '.join(repr(s) for s in sorted(RESERVED_SOURCES))})"
-
-
-class ReservedSource(EngineError):
-    """A reserved source name (``wisp``) was asked for."""
-
-    code = ErrorCode.SOURCE_NOT_ALLOWED
-
-
-def check_source_name(name: str) -> None:
-    """Raise :class:`ReservedSource` for a name no team may hold."""
-    if name in RESERVED_SOURCES:
-        raise ReservedSource(f"the source {name!r} is reserved for wisp's built-in models", parameter="air")
 
 
 @dataclass

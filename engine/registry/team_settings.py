@@ -15,17 +15,15 @@ created on first use, named after the team when that name is free.
 
 from __future__ import annotations
 
-import re
-import sqlite3
 from dataclasses import dataclass
 
 from engine.errors import EngineError
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
-from engine.registry.models import RESERVED_SOURCES as RESERVED_SOURCES, check_source_name
+from engine.registry.sources import RESERVED_SOURCES as RESERVED_SOURCES
+from engine.registry.sources import check_source_name, claim_default_source
 
 LORA_CATEGORIES = ("lora", "lycoris")
-_SOURCE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class QuotaExceeded(EngineError):
@@ -38,11 +36,6 @@ class TeamSettingsRow:
     lora_upload_limit: int | None
     lora_models: int
     default_source: str | None
-
-
-def _slug(team: str) -> str:
-    slug = re.sub(r"[^a-z0-9_-]+", "-", team.lower()).strip("-_")[:56]
-    return slug if slug and _SOURCE_RE.fullmatch(slug) else "team"
 
 
 class TeamSettings:
@@ -100,29 +93,23 @@ class TeamSettings:
         return None if row is None or not row[0] or row[0] in RESERVED_SOURCES else str(row[0])
 
     def default_source(self, team: str) -> str:
-        """The team's default source, created on first use (named after the team when free)."""
+        """The team's default source; a team without one (made before wisp gave every team one) gets it now."""
         conn = self.db.connect()
         team_id = self.keys.ensure_team(team)
         row = conn.execute("SELECT default_source FROM team_settings WHERE team_id=?", (team_id,)).fetchone()
         if row is not None and row[0] and row[0] not in RESERVED_SOURCES:  # a reserved one an older version set is replaced
             return str(row[0])
-        base = _slug(team)
-        for n in range(1, 1000):
-            name = base if n == 1 else f"{base}-{n}"
-            if name in RESERVED_SOURCES:
-                continue
-            owner = conn.execute("SELECT team_id FROM sources WHERE name=?", (name,)).fetchone()
-            if owner is None:
-                try:
-                    conn.execute("INSERT INTO sources(name, team_id) VALUES (?, ?)", (name, team_id))
-                except sqlite3.IntegrityError:  # taken between the read and the write: look again
-                    owner = conn.execute("SELECT team_id FROM sources WHERE name=?", (name,)).fetchone()
-                else:
-                    owner = (team_id,)
-            if owner is not None and int(owner[0]) == team_id:
-                self.set_default_source(team, name)
-                return name
-        raise EngineError("no free source name for this team; an admin can set one with `wisp teams set --default-source`")
+        return claim_default_source(conn, team_id, team)
+
+    def ensure_default_sources(self) -> int:
+        """Give every team that lacks one its default source (a database from before teams had them); returns how many."""
+        rows = self.db.connect().execute(
+            "SELECT t.name FROM teams t LEFT JOIN team_settings s ON s.team_id = t.id "
+            "WHERE s.default_source IS NULL OR s.default_source = ''"
+        ).fetchall()
+        for (team,) in rows:
+            self.default_source(team)
+        return len(rows)
 
     def set_default_source(self, team: str, source: str) -> None:
         """Point the team's default at ``source`` (which must be one of its sources, never a reserved one)."""

@@ -187,8 +187,11 @@ class ModelIngest:
         source, _, _ = split_air(req.air)
         owner = await asyncio.to_thread(self.registry.source_team, source)
         if owner != team:
+            default = await asyncio.to_thread(TeamSettings(self.registry.db).default_source, team)
             raise SourceNotAllowed(
-                f"source {source!r} is not one of your team's sources (an admin creates it with `wisp sources create`)",
+                f"source {source!r} is not one of your team's sources: upload under your team's default source "
+                f"({default}:<id>@<version>), or have an admin create {source!r} for your team "
+                f"(`wisp sources create {source} --team {team}`)",
                 parameter="air",
             )
         existing = await asyncio.to_thread(self.registry.get, req.air)

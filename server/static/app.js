@@ -68,6 +68,39 @@ function renderConnection(state, detail) {
   localStorage.setItem(KEY_STORAGE, client.apiKey);
   // Fill the pickers on every (re)connect: another client may have uploaded meanwhile.
   refreshModels();
+  loadAccount();
+}
+
+// ---- the key's account: its team's default source pre-fills the upload AIR ------------
+
+let account = null;  // GET /v1/account: {team, defaultSource, sources, maxModelBytes, …}
+
+async function loadAccount() {
+  try {
+    const response = await fetch("/v1/account", { headers: { Authorization: `Bearer ${client.apiKey}` } });
+    if (!response.ok) return;
+    account = await response.json();
+  } catch {
+    return;  // the socket still works; the AIR field just stays empty
+  }
+  $("#u-air").placeholder = `${account.defaultSource}:my-model@1`;
+  $("#u-air-hint").textContent = `source:id@version under one of team ${account.team}'s sources (${account.sources.join(", ")}).`;
+  suggestAir();
+}
+
+/** A file name as the id of an AIR (letters, digits, "-", "_"). */
+const modelId = (name) => name.replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9_-]+/g, "-").replace(/^[-_]+|[-_]+$/g, "").slice(0, 64) || "my-model";
+
+/** Fill the AIR under the team's default source, unless the user typed their own. */
+function suggestAir() {
+  const air = $("#u-air");
+  if (!account || (air.value && air.dataset.auto !== "1")) return;
+  const form = $("#upload-form");
+  const file = form.elements.file.files[0];
+  const url = form.elements.downloadURL.value.trim();
+  const name = file ? file.name : (url ? decodeURIComponent(url.split(/[?#]/)[0].split("/").pop() || "") : "");
+  air.value = `${account.defaultSource}:${modelId(name)}@${form.elements.version.value.trim() || "1"}`;
+  air.dataset.auto = "1";
 }
 
 function setupKeyForm() {
@@ -438,7 +471,8 @@ function uploadTask(form, downloadURL) {
     air: value("air"),
     category: value("category"),
     architecture: value("architecture"),
-    name: value("name") || undefined,
+    // Runware requires a name; blank means the AIR's id (as `wisp upload` names a model after its file).
+    name: value("name") || (value("air").split(":")[1] || "").split("@")[0] || undefined,
     version: value("version") || undefined,
     downloadURL,
     format: "safetensors",
@@ -507,6 +541,10 @@ function setupUpload() {
     event.preventDefault();
     upload(form);
   });
+  $("#u-air").addEventListener("input", (event) => { event.target.dataset.auto = event.target.value ? "0" : "1"; });
+  // "input", not "change": a change fires on blur, i.e. just as the user moves into the AIR field to type their own.
+  form.elements.file.addEventListener("change", suggestAir);
+  for (const input of [form.elements.downloadURL, form.elements.version]) input.addEventListener("input", suggestAir);
   renderPhases($("#upload-phases"));
 }
 

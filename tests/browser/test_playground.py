@@ -103,9 +103,9 @@ def test_generate_shows_images_seeds_and_cost(playground, screenshot_dir):
 @pytest.mark.parametrize(
     "fields, parameter, text",
     [
-        ({"width": 63}, "width", ">= 64"),
+        ({"width": 63}, "width", "must be a whole number from 64 to 2048"),
         ({"width": 100}, "width", "multiple of 8"),
-        ({"steps": 0}, "steps", ">= 1"),
+        ({"steps": 0}, "steps", "must be a whole number from 1 to 100"),
     ],
 )
 def test_validation_error_is_shown_at_its_field(playground, fields, parameter, text):
@@ -178,7 +178,7 @@ def test_lora_upload_by_url_streams_phases_then_is_usable(playground, wisp_serve
     # A LoRA weight out of range comes back at that LoRA's row.
     page.fill("#g-loras input[type=number]", "9")
     page.click("#gen-form button[type=submit]")
-    expect(page.locator("#g-loras [data-param='lora[0].weight'] .field-error")).to_contain_text("<= 4")
+    expect(page.locator("#g-loras [data-param='lora[0].weight'] .field-error")).to_contain_text("must be a number from -4 to 4")
 
 
 def test_lora_upload_from_a_local_file(playground, wisp_server, lora_file):
@@ -200,6 +200,27 @@ def test_lora_upload_from_a_local_file(playground, wisp_server, lora_file):
     page.fill("#u-air", "wisp:stolen@1")
     page.click("#upload-form button[type=submit]")
     expect(page.locator("#upload-form [data-param='air'] > .field-error")).to_be_visible()
+
+
+def test_upload_air_is_prefilled_under_the_teams_default_source(playground, lora_file, tmp_path):
+    """A first upload needs no AIR typed and no shell step: the team's default source is there from the start."""
+    named = tmp_path / f"pg first {uuid.uuid4().hex[:6]}.safetensors"
+    shutil.copy(lora_file, named)
+    playground.open()
+    page = playground.page
+    playground.tab("models")
+    expect(page.locator("#u-air")).to_have_value("default:my-model@1")
+    expect(page.locator("#u-air-hint")).to_contain_text("team default's sources (default")
+    page.check("#upload-form input[name=source][value=file]")
+    page.set_input_files("#u-file", str(named))
+    air = "default:" + re.sub(r"[^A-Za-z0-9_-]+", "-", named.stem) + "@1"
+    expect(page.locator("#u-air")).to_have_value(air)
+    page.click("#upload-form button[type=submit]")
+    expect(page.locator("#upload-form .form-message")).to_have_text(f"{air} is ready", timeout=60_000)
+    # A user's own AIR is never overwritten by a later file choice.
+    page.fill("#u-air", "default:mine@2")
+    page.set_input_files("#u-file", str(lora_file))
+    expect(page.locator("#u-air")).to_have_value("default:mine@2")
 
 
 def test_dropped_socket_reconnects_and_resumes_the_session(playground):

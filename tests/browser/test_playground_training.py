@@ -208,7 +208,7 @@ def test_training_tab_fits_a_phone_and_takes_a_zip(playground, pngs, tmp_path, s
     [
         ({"importAir": "wisp:stolen@1"}, "importModel.air", "your team's sources"),
         ({"trainingSteps": "0"}, "trainingSteps", "between 1 and 10000"),
-        ({"rank": "500"}, "rank", "<= 128"),
+        ({"rank": "500"}, "rank", "must be a whole number from 1 to 128"),
     ],
 )
 def test_refused_fields_are_shown_at_their_field(playground, pngs, fields, parameter, text):

@@ -84,7 +84,9 @@ def test_a_legacy_builtin_source_grants_nothing(tmp_path: Path):
     registry = ModelRegistry(Database(tmp_path / "wisp.db"))
     assert registry.source_team("wisp") is None
     team_id = registry.keys.ensure_team("default")
-    registry.db.connect().execute("INSERT INTO team_settings(team_id, default_source) VALUES (?, 'wisp')", (team_id,))
+    registry.db.connect().execute(  # as an older version left it (teams now get their default source when made)
+        "INSERT INTO team_settings(team_id, default_source) VALUES (?, 'wisp') "
+        "ON CONFLICT(team_id) DO UPDATE SET default_source='wisp'", (team_id,))
     settings = TeamSettings(registry.db)
     assert settings.existing_default_source("default") is None
     assert settings.default_source("default") == "default"  # a fresh one, owned by the team

@@ -278,7 +278,8 @@ def test_wisp_upload_cli_and_usage(wisp_server, corpus):
     assert stored_bytes > 0 and gb == 1
     failed = wisp_cli("upload", str(path), "--air", "nosuchsource:1@1", "--category", "lora", "--server", wisp_server.ws_url,
                       "--api-key", wisp_server.key, "--quiet")
-    assert failed.returncode == 1 and "sourceNotAllowed" in failed.stderr
+    assert failed.returncode == 1 and "the source 'nosuchsource' is not your team's" in failed.stderr
+    assert "upload   [" not in failed.stderr  # refused before a byte was sent
 
 
 @pytest.fixture(scope="module")
