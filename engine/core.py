@@ -107,6 +107,8 @@ class EngineConfig:
     """Per-request work limit in megapixel-steps (width × height / 2^20 × steps × numberResults); 0: by device (see :func:`default_max_work`)."""
     download_timeout_s: float = 3600.0
     """Total time one model download may take."""
+    image_ttl_s: float = 30 * 86400.0
+    """How long a generated or uploaded image is kept when its request names no ``ttl`` (0: until deleted by hand)."""
 
 
 def default_max_work(device: str) -> float:
@@ -147,7 +149,7 @@ class Engine:
         self.registry = ModelRegistry(self.db)
         self.model_view = ModelView(self.registry)
         self.model_store = ModelStore(data_dir / "store")
-        self.images = ImageStore(data_dir / "images", data_dir / "tmp", self.db)
+        self.images = ImageStore(data_dir / "images", data_dir / "tmp", self.db, default_ttl_s=config.image_ttl_s)
         self._stopping = threading.Event()
         self.cache = ModelCache(config.device, device_bytes=config.cache_device_bytes, host_bytes=config.cache_host_bytes)
         from engine.lora_cache import LoraCache

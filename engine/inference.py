@@ -126,7 +126,7 @@ class Inference:
             vae=None if vae is None else VaeRef(air=vae.air, sha256=vae.path.stem, family=vae.family, parameter=vae.parameter),
             seed_image=task.seedImage, mask_image=task.maskImage, output_format=task.outputFormat,
             output_quality=task.outputQuality, progress=bool(task.includeProgress), previews=bool(task.includePreviews),
-            cost_per_image=image_cost(task.width, task.height, steps),
+            cost_per_image=image_cost(task.width, task.height, steps), ttl_s=task.ttl,
         )
 
     async def load_inputs(self, job: InferenceJob, own_hosts: frozenset[str] = frozenset()) -> InferenceJob:
@@ -203,12 +203,12 @@ class Inference:
             compatible = batch_key(spec)
             if compatible is not None and self.batching:
                 batch = Batchable(key=(self.library.cache_key(entry), compatible),
-                                  payload=(spec, job.output_format, job.output_quality, job.team),
+                                  payload=(spec, job.output_format, job.output_quality, job.team, job.ttl_s),
                                   run=lambda payloads: self._render_batch(entry, payloads))
             relay.begin()
             try:
                 images = await submit(
-                    self.queue, job.owner, lambda: self._render(entry, spec, job.output_format, job.output_quality, cancel, job.team),
+                    self.queue, job.owner, lambda: self._render(entry, spec, job.output_format, job.output_quality, cancel, job.team, job.ttl_s),
                     batch=batch, on_start_here=relay.started(lambda: sink(Started(job.task_uuid))), cancel=cancel,
                 )
             finally:
@@ -251,7 +251,7 @@ class Inference:
 
     def _render(
         self, entry: ModelEntry, spec: GenerationSpec, output_format: str, quality: int, cancel: threading.Event | None = None,
-        team: str | None = None,
+        team: str | None = None, ttl_s: int | None = None,
     ) -> list[GeneratedImage]:
         """Worker thread: generate, encode, store; stops between steps when the engine stops or ``cancel`` is set."""
         stopping = self.stopping
@@ -266,23 +266,26 @@ class Inference:
             if cancel is not None and cancel.is_set() and not stopping.is_set():
                 raise JobCancelled("cancelled by taskCancel between denoising steps") from None
             raise
-        return self._store(spec, images, output_format, quality, team)
+        return self._store(spec, images, output_format, quality, team, ttl_s)
 
-    def _render_batch(self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, str, int, str]]) -> list[list[GeneratedImage]]:
+    def _render_batch(
+        self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, str, int, str, int | None]],
+    ) -> list[list[GeneratedImage]]:
         """Worker thread: compatible one-image requests in one pipeline call (dynamic batching)."""
         with self.library.use(entry) as model:
             images = model.run_batch([payload[0] for payload in payloads], self.stopping.is_set)
-        return [self._store(spec, [image], fmt, quality, team) for (spec, fmt, quality, team), image in zip(payloads, images)]
+        return [self._store(spec, [image], fmt, quality, team, ttl) for (spec, fmt, quality, team, ttl), image in zip(payloads, images)]
 
     def _store(
         self, spec: GenerationSpec, images: list[Any], output_format: str, quality: int, team: str | None = None,
+        ttl_s: int | None = None,
     ) -> list[GeneratedImage]:
         _, ext, mime = FORMATS[output_format]
         cost = image_cost(spec.width, spec.height, spec.steps)
         results = []
         for seed, image in zip(spec.seeds, images):
             data = encode_image(image, output_format, quality)
-            image_uuid, name = self.images.put(data, ext, team=team)
+            image_uuid, name = self.images.put(data, ext, team=team, ttl_s=ttl_s)
             results.append(GeneratedImage(image_uuid=image_uuid, file_name=name, seed=seed, data=data, mime=mime, cost=cost))
         return results
 

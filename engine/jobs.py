@@ -98,6 +98,8 @@ class InferenceJob(msgspec.Struct, frozen=True, kw_only=True, tag="imageInferenc
     progress: bool = False
     previews: bool = False
     cost_per_image: float = 0.0
+    ttl_s: int | None = None
+    """The request's ``ttl``: seconds its images are kept (None: the server's default retention)."""
 
     @property
     def inputs_loaded(self) -> bool:

@@ -2,9 +2,9 @@
 
 Fields wisp cannot honour yet are declared here so that a request using them
 is refused with ``unsupportedParameter`` naming the field, never silently
-ignored.  Two fields are accepted and ignored because they change nothing a
-client can observe on a self-hosted server: ``ttl`` (images are kept until the
-server's own retention removes them) and ``useCache``.
+ignored.  ``ttl`` (at least 60 s) is how long the request's images are kept
+(without it, the server's ``WISP_IMAGE_TTL``); ``useCache`` is accepted and
+ignored, as it changes nothing a client can observe on a self-hosted server.
 """
 
 from __future__ import annotations

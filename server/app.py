@@ -209,12 +209,32 @@ class WispServer:
                 log.exception("revocation check failed")
 
     async def _housekeep(self) -> None:
+        last = {"chores": 0.0, "images": 0.0, "unowned": 0.0}
         while True:
-            await asyncio.sleep(10)
-            self.sessions.sweep()
-            self.tasks.prune()
-            self.files.sweep()
-            await asyncio.to_thread(self.engine.registry.record_daily_usage)
+            now = time.monotonic()
+            if now - last["chores"] >= 10:
+                last["chores"] = now
+                self.sessions.sweep()
+                self.tasks.prune()
+                self.files.sweep()
+                await asyncio.to_thread(self.engine.registry.record_daily_usage)
+            if now - last["images"] >= self.config.image_sweep_s:
+                last["images"] = now
+                unowned = now - last["unowned"] >= 86400 or last["unowned"] == 0.0
+                if unowned:
+                    last["unowned"] = now
+                await self._sweep_images(unowned)
+            await asyncio.sleep(min(10.0, self.config.image_sweep_s))
+
+    async def _sweep_images(self, unowned: bool) -> None:
+        """Delete expired images (their request's ``ttl``, else ``WISP_IMAGE_TTL``); a failure is logged, never fatal."""
+        try:
+            removed = await asyncio.to_thread(self.engine.images.sweep, None, unowned)
+        except Exception:
+            log.exception("the image sweep failed; it is tried again at the next interval")
+            return
+        if removed:
+            log.info("deleted %d expired image(s)", removed)
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace_s = self.config.shutdown_grace_s if grace_s is None else grace_s

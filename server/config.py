@@ -77,6 +77,10 @@ class ServerConfig:
     """Model downloads run at once, on their own threads; more wait their turn."""
     download_timeout_s: float = EngineConfig.download_timeout_s
     """Total time one model download may take, retries included."""
+    image_ttl_s: float = EngineConfig.image_ttl_s
+    """Images (generated or uploaded) are kept this long unless their request's ``ttl`` says otherwise; 0: forever."""
+    image_sweep_s: float = 60.0
+    """How often expired images are looked for and deleted."""
     fetch_timeout_s: float = 60.0
     """Total time one image or dataset fetch (seedImage, maskImage, training inputs) may take."""
     """A ``POST /v1`` response body is built in memory: past this many bytes its results are left out (getResponse has them)."""
@@ -167,4 +171,6 @@ class ServerConfig:
         c.download_timeout_s = _env_float("WISP_DOWNLOAD_TIMEOUT", c.download_timeout_s)
         c.fetch_timeout_s = _env_float("WISP_FETCH_TIMEOUT", c.fetch_timeout_s)
         c.send_stall_s = _env_float("WISP_SEND_STALL", c.send_stall_s)
+        c.image_ttl_s = max(0.0, _env_float("WISP_IMAGE_TTL", c.image_ttl_s))
+        c.image_sweep_s = max(0.1, _env_float("WISP_IMAGE_SWEEP_INTERVAL", c.image_sweep_s))
         return c

@@ -2,6 +2,16 @@
 
 Files are ``images/<uuid>.<ext>``; the UUID is random (v4), so an image URL is
 an unguessable capability.  Writes go to ``tmp/`` and are renamed into place.
+
+Images do not live forever: each is kept for its request's ``ttl`` (Runware's
+field, at least 60 s) or else the server's default retention
+(``WISP_IMAGE_TTL``, 30 days; 0 keeps them until deleted by hand), and
+:meth:`ImageStore.sweep` deletes what has expired.  A request's ttl is stored
+as the ``expires_at`` of the image's ``image_owners`` row; a row without one
+goes by its ``created_at`` and the default as it is *now* (an operator who
+shortens the retention shortens it for what is already stored).  An image
+stored without a team (engine tests, older versions) has no row, and goes by
+its file's age.
 """
 
 from __future__ import annotations
@@ -22,21 +32,36 @@ if TYPE_CHECKING:
 _NAME_RE = re.compile(r"^(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.(?P<ext>png|jpg|webp)$")
 
 
+DEFAULT_TTL_S = 30 * 86400.0
+"""How long an image is kept when its request names no ``ttl``."""
+
+
 class ImageStore:
-    def __init__(self, root: Path, tmp: Path, db: "Database | None" = None) -> None:
-        """``db``: where each image's team is recorded, so an imageUUID works as an input for its own team only."""
+    def __init__(self, root: Path, tmp: Path, db: "Database | None" = None, default_ttl_s: float = DEFAULT_TTL_S) -> None:
+        """``db``: where each image's team and expiry are recorded, so an imageUUID works as an input for its own team only.
+
+        ``default_ttl_s``: how long an image without a ``ttl`` of its own is kept (0: until deleted by hand).
+        """
         self.root = Path(root)
         self.tmp = Path(tmp)
         self.db = db
+        self.default_ttl_s = default_ttl_s
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
 
-    def put(self, data: bytes, ext: str, image_uuid: str | None = None, team: str | None = None) -> tuple[str, str]:
-        """Store bytes (for ``team``, when given); returns (imageUUID, file name).  Worker threads only: it writes a file."""
+    def put(
+        self, data: bytes, ext: str, image_uuid: str | None = None, team: str | None = None, ttl_s: float | None = None,
+    ) -> tuple[str, str]:
+        """Store bytes (for ``team``, when given, kept ``ttl_s`` or the default); returns (imageUUID, file name).
+
+        Worker threads only: it writes a file.
+        """
         image_uuid = image_uuid or str(uuid.uuid4())
         if team is not None and self.db is not None:
+            now = time.time()
             self.db.connect().execute(
-                "INSERT OR REPLACE INTO image_owners(image_uuid, team, created_at) VALUES (?, ?, ?)", (image_uuid, team, time.time())
+                "INSERT OR REPLACE INTO image_owners(image_uuid, team, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (image_uuid, team, now, now + ttl_s if ttl_s else None),
             )
         name = f"{image_uuid}.{ext}"
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="img-")
@@ -77,6 +102,57 @@ class ImageStore:
             if path is not None:
                 return path
         return None
+
+    def _remove(self, image_uuid: str) -> bool:
+        removed = False
+        for ext in EXT_MIME:
+            try:
+                (self.root / f"{image_uuid}.{ext}").unlink()
+                removed = True
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def sweep(self, now: float | None = None, unowned: bool = False) -> int:
+        """Delete every image whose time is up; returns how many files went.  Worker threads only.
+
+        ``unowned``: also look at files with no row (stored without a team,
+        or before expiry existed) and delete those older than the default
+        retention by their modification time; that lists the folder, so the
+        server does it at start and once a day, not every sweep.
+        """
+        now = time.time() if now is None else now
+        removed = 0
+        if self.db is not None:
+            conn = self.db.connect()
+            cutoff = now - self.default_ttl_s if self.default_ttl_s > 0 else float("-inf")
+            while True:
+                rows = conn.execute(
+                    "SELECT image_uuid FROM image_owners WHERE expires_at <= ? "
+                    "UNION SELECT image_uuid FROM image_owners WHERE expires_at IS NULL AND created_at <= ? LIMIT 500",
+                    (now, cutoff),
+                ).fetchall()
+                if not rows:
+                    break
+                for (image_uuid,) in rows:
+                    removed += self._remove(image_uuid)
+                conn.executemany("DELETE FROM image_owners WHERE image_uuid=?", [(r[0],) for r in rows])
+        if unowned and self.default_ttl_s > 0:
+            cutoff = now - self.default_ttl_s
+            for entry in os.scandir(self.root):
+                match = _NAME_RE.match(entry.name)
+                if match is None or entry.stat().st_mtime > cutoff:
+                    continue
+                if self.db is not None and self.db.connect().execute(
+                    "SELECT 1 FROM image_owners WHERE image_uuid=?", (match["uuid"],)
+                ).fetchone() is not None:
+                    continue  # it has a row: the row's expiry decides
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     @staticmethod
     def mime_for(path: Path) -> str:

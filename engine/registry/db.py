@@ -101,6 +101,11 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO registry_version(id, value) VALUES (1, 0);
     """,
+    """
+    ALTER TABLE image_owners ADD COLUMN expires_at REAL;
+    CREATE INDEX image_owners_expiry ON image_owners(expires_at);
+    CREATE INDEX image_owners_created ON image_owners(created_at);
+    """,
 ]
 
 

@@ -89,9 +89,17 @@ class ModelRegistry:
     # ---- sources ----------------------------------------------------------
 
     def create_source(self, name: str, team: str) -> None:
+        """Give ``team`` the source ``name``; a no-op when it already has it (a new team comes with its default one).
+
+        Raises ``sqlite3.IntegrityError`` when another team holds it.
+        """
         check_source_name(name)
         team_id = self.keys.ensure_team(team)
-        self.db.connect().execute("INSERT INTO sources(name, team_id) VALUES (?, ?)", (name, team_id))
+        conn = self.db.connect()
+        owner = conn.execute("SELECT team_id FROM sources WHERE name=?", (name,)).fetchone()
+        if owner is not None and int(owner[0]) == team_id:
+            return
+        conn.execute("INSERT INTO sources(name, team_id) VALUES (?, ?)", (name, team_id))
 
     def source_team(self, name: str) -> str | None:
         if name in RESERVED_SOURCES:
