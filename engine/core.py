@@ -25,6 +25,7 @@ from protocol.inference import ImageInference, ImageUpload
 from engine.cache import ModelCache
 from engine.images.codec import decode_image, encode_image
 from engine.images.sources import load_image_bytes
+from engine.file_leases import FileLeases
 from engine.images.store import ImageStore
 from engine.models import ModelEntry, ModelLibrary
 from engine.net import NetPolicy
@@ -184,8 +185,11 @@ class Engine:
         )
         self._started = False
         self.max_work = config.max_work or default_max_work(config.device)
+        self.leases = FileLeases()
+        self._doomed_files: set[str] = set()
+        """Hashes of deleted models' files, removed by :meth:`collect_files` once nothing uses them."""
         self.inference = Inference(self.library, self.images, self.queue, config.net, self._stopping, self.max_work,
-                                   batching=config.max_batch > 1)
+                                   batching=config.max_batch > 1, leases=self.leases)
 
     def _init_thread(self) -> None:
         from engine.models import LOAD_LOCK
@@ -204,6 +208,37 @@ class Engine:
     def sweep_store(self, older_than_s: float = 3600.0) -> int:
         """Start-up: delete stored model files no model row references (see :meth:`ModelStore.sweep`)."""
         return self.model_store.sweep(self.registry.stored_sha256s(), older_than_s)
+
+    FILE_GRACE_S = 60.0
+    """A deleted model's file written or reused this recently waits (an upload of the same bytes may be registering)."""
+
+    def delete_model(self, air: str, team: str) -> ModelRow:
+        """Worker thread: delete ``team``'s model ``air``; its file goes when nothing refers to or uses it.
+
+        The AIR stops resolving at once.  Jobs already prepared name the file
+        by its hash and hold a lease on it (:class:`FileLeases`), so they
+        finish; :meth:`collect_files` (now, and from the server's
+        housekeeping) removes the file afterwards.
+        """
+        row = self.registry.delete(air, team)
+        self._doomed_files.add(row.sha256)
+        self.collect_files()
+        return row
+
+    def files_to_remove(self) -> int:
+        """Deleted models' files still waiting for their last user (or their grace period)."""
+        return len(self._doomed_files)
+
+    def collect_files(self) -> int:
+        """Worker thread: remove deleted models' files that no row names and no running job uses; returns how many."""
+        removed = 0
+        for sha256 in list(self._doomed_files):
+            if self.registry.refers_to(sha256):
+                self._doomed_files.discard(sha256)  # another AIR has these bytes (or they were uploaded again)
+            elif not self.leases.held(sha256) and self.model_store.remove(sha256, self.FILE_GRACE_S):
+                self._doomed_files.discard(sha256)
+                removed += 1
+        return removed
 
     def start(self) -> None:
         if not self._started:
@@ -454,6 +489,10 @@ class Engine:
         return await self._train(await asyncio.to_thread(self._prepare_training, task, team), emit, own_hosts)
 
     async def _train(self, job: jobs.TrainingJob, emit: StatusEmit, own_hosts: frozenset[str]) -> TrainingOutcome:
+        with self.leases.hold([job.base.sha256]):
+            return await self._train_with(job, emit, own_hosts)
+
+    async def _train_with(self, job: jobs.TrainingJob, emit: StatusEmit, own_hosts: frozenset[str]) -> TrainingOutcome:
         from engine.training import dataset
 
         plan, entry, team, task_uuid = job.plan, self.inference.entry(job.base), job.team, job.task_uuid

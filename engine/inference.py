@@ -22,6 +22,7 @@ from typing import Any, Callable
 import msgspec
 
 from engine.errors import EngineError, EngineStopped, InvalidInput, JobCancelled, QueueFull, WorkLimitExceeded
+from engine.file_leases import FileLeases
 from engine.images.codec import FORMATS, decode_image, encode_image
 from engine.images.sources import load_image_bytes
 from engine.images.store import ImageStore
@@ -60,9 +61,11 @@ def failure(task_uuid: str, exc: BaseException) -> Failed:
 class Inference:
     def __init__(
         self, library: ModelLibrary, images: ImageStore, queue: FairQueue, net: NetPolicy, stopping: threading.Event,
-        max_work: float, batching: bool,
+        max_work: float, batching: bool, leases: FileLeases | None = None,
     ) -> None:
         self.library = library
+        self.leases = leases or FileLeases()
+        """The stored files running jobs use: a model deleted meanwhile keeps its file until they finish."""
         self.images = images
         self.queue = queue
         self.net = net
@@ -184,6 +187,14 @@ class Inference:
         ``errors``: in-process callers that want the exception behind a
         Failed event (tests) get it appended there too.
         """
+        files = [job.model.sha256, *(lora.sha256 for lora in job.loras), *(e.sha256 for e in job.embeddings),
+                 job.vae.sha256 if job.vae is not None else None]
+        with self.leases.hold(files):
+            await self._run(job, sink, own_hosts, errors)
+
+    async def _run(
+        self, job: InferenceJob, sink: Sink, own_hosts: frozenset[str], errors: list[BaseException] | None,
+    ) -> None:
         cancel = threading.Event()
         key = (job.team, job.task_uuid.lower())
         self._cancels[key] = cancel

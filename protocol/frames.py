@@ -24,7 +24,7 @@ import msgspec
 from protocol.common import UUID_PATTERN, LenientTask, Task
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.inference import ImageInference, ImageUpload
-from protocol.models import AIR_PATTERN, ModelSearch, ModelUpload
+from protocol.models import AIR_PATTERN, ModelDelete, ModelSearch, ModelUpload
 from protocol.plain import plain_message
 from protocol.session import Authentication, GetResponse, GetTaskDetails, Ping
 from protocol.training import TaskCancel, Training
@@ -35,7 +35,8 @@ MAX_OUT_FRAME_BYTES = 1_000_000
 TASK_TYPES: dict[str, type[Task] | type[LenientTask]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
-        Authentication, Ping, ImageInference, ImageUpload, GetResponse, GetTaskDetails, ModelUpload, ModelSearch, Training, TaskCancel
+        Authentication, Ping, ImageInference, ImageUpload, GetResponse, GetTaskDetails, ModelUpload, ModelSearch, Training, TaskCancel,
+        ModelDelete,
     )
 }
 """taskType → struct, for every task this protocol version decodes."""

@@ -153,6 +153,25 @@ class ModelUploadStatus(msgspec.Struct):
     air: str
 
 
+class ModelDelete(Task, tag="modelDelete"):
+    """Delete a model of the caller's team (a wisp extension; Runware has no such task).
+
+    The AIR stops resolving at once; tasks already running with it finish,
+    and its file goes once no model refers to those bytes and nothing is
+    using them.
+    """
+
+    taskUUID: TaskUUID
+    air: AIR
+
+
+class ModelDeleteResult(msgspec.Struct):
+    taskType: str
+    taskUUID: str
+    air: str
+    status: str = "deleted"
+
+
 class ModelSearch(Task, tag="modelSearch"):
     taskUUID: TaskUUID
     search: Annotated[str, msgspec.Meta(max_length=400)] | None = None

@@ -218,6 +218,8 @@ class WispServer:
                 self.tasks.prune()
                 self.files.sweep()
                 await asyncio.to_thread(self.engine.registry.record_daily_usage)
+                if self.engine.files_to_remove():
+                    await asyncio.to_thread(self.engine.collect_files)  # deleted models' files, once no job uses them
             if now - last["images"] >= self.config.image_sweep_s:
                 last["images"] = now
                 unowned = now - last["unowned"] >= 86400 or last["unowned"] == 0.0

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from server.teams_cli import add_parser as add_teams
 
     add_teams(sub)
+    from server.models_cli import add_parser as add_models
+
+    add_models(sub)
     from server.loadtest import add_arguments, cmd_loadtest
 
     loadtest = sub.add_parser("loadtest", help="load-test a Runware-protocol endpoint (code in server/loadtest.py)")

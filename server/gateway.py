@@ -28,7 +28,7 @@ from protocol.frames import (
     DecodedTask, decode_elements, element_head, encode_data, encode_errors, iter_frames, parse_frame, task_heads,
 )
 from protocol.inference import AsyncAck, ImageInference, ImageUpload
-from protocol.models import ModelSearch, ModelUpload
+from protocol.models import ModelDelete, ModelDeleteResult, ModelSearch, ModelUpload
 from protocol.training import TaskCancel, TaskCancelResult, Training
 from protocol.session import (
     Authentication,
@@ -120,6 +120,7 @@ class Gateway:
             ImageUpload: self._submit,
             ModelUpload: self._submit,
             ModelSearch: self._search,
+            ModelDelete: lambda conn, session, item, started: self._delete_model(session, item.task),  # type: ignore[arg-type]
             Training: self._submit,
         }
         """taskType (its struct) → the handler of an authenticated task of that type."""
@@ -390,6 +391,17 @@ class Gateway:
                               level=logging.DEBUG, ran=False)  # answered from memory: counted, no queue or run time to observe
                 return result
         return self._submit(conn, session, item, started)
+
+    async def _delete_model(self, session: Session, task: ModelDelete) -> Any:
+        """modelDelete (a wisp extension): the team's own model, answered at once; its file goes once unused."""
+        started = time.monotonic()
+        try:
+            row = await asyncio.to_thread(self.engine.delete_model, task.air, session.team)
+        except EngineError as exc:
+            task_finished("modelDelete", task.taskUUID, session.team, task.air, exc.code, started, started, ran=False)
+            return to_wire_error(exc, "modelDelete", task.taskUUID)
+        task_finished("modelDelete", task.taskUUID, session.team, row.air, "success", started, started, ran=False)
+        return ModelDeleteResult(taskType="modelDelete", taskUUID=task.taskUUID, air=row.air)
 
     def interrupted(self, record: TaskRecord) -> None:
         """Record a task the server stopped before it finished."""

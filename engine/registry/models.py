@@ -19,15 +19,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from engine.errors import EngineError
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
 from engine.registry.sources import RESERVED_SOURCES as RESERVED_SOURCES
+from protocol.errors import ErrorCode
 from engine.registry.sources import ReservedSource as ReservedSource
 from engine.registry.sources import check_source_name as check_source_name
 
 USD_PER_GB_MONTH = 0.05
 
 _NOT_RESERVED = f"m.source NOT IN ({', '.join(repr(s) for s in sorted(RESERVED_SOURCES))})"
+
+
+class NotYourModel(EngineError):
+    """A model another team uploaded (and published) was asked to be deleted."""
+
+    code = ErrorCode.SOURCE_NOT_ALLOWED
 
 
 @dataclass
@@ -171,6 +179,42 @@ class ModelRegistry:
             raise
         for changed in self.on_change:
             changed()
+
+    def delete(self, air: str, team: str) -> ModelRow:
+        """Delete ``team``'s model ``air`` in one transaction; returns the row it had.
+
+        Another team's private model looks missing (:class:`ModelNotFound`),
+        as everywhere; another team's public one is :class:`NotYourModel`;
+        the built-in source is reserved.
+        """
+        from engine.errors import ModelNotFound
+        from protocol.models import split_air
+
+        check_source_name(split_air(air)[0])
+        conn = self.db.connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = conn.execute("SELECT m.*, t.name AS team FROM models m JOIN teams t ON t.id = m.team_id WHERE m.air=?",
+                                 (air,)).fetchone()
+            row = None if found is None else _row(found)
+            if row is None or (row.private and row.team != team):
+                raise ModelNotFound(f"no model {air[:200]!r} is available", parameter="air")
+            if row.team != team:
+                raise NotYourModel(f"{air} belongs to another team; only the team that uploaded it can delete it", parameter="air")
+            conn.execute("DELETE FROM models WHERE air=?", (air,))
+            self._record_usage(conn, int(found["team_id"]))
+            conn.execute("UPDATE registry_version SET value = value + 1 WHERE id = 1")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        for changed in self.on_change:
+            changed()
+        return row
+
+    def refers_to(self, sha256: str) -> bool:
+        """True while some model row names these bytes (two AIRs may share one file)."""
+        return self.db.connect().execute("SELECT 1 FROM models WHERE sha256=? LIMIT 1", (sha256,)).fetchone() is not None
 
     def search(
         self,

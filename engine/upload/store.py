@@ -42,6 +42,22 @@ class ModelStore:
         os.replace(tmp_file, target)
         return target
 
+    def remove(self, sha256: str, older_than_s: float) -> bool | None:
+        """Delete one stored file unless it was written or reused in the last ``older_than_s``.
+
+        True: removed (or already gone); None: kept for now, being too fresh
+        (an upload of the same bytes may be about to register it: :meth:`put`
+        touches a reused file).  The caller has checked that no row refers to it.
+        """
+        path = self.path_for(sha256)
+        try:
+            if path.stat().st_mtime > time.time() - older_than_s:
+                return None
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        return True
+
     def sweep(self, referenced: set[str], older_than_s: float) -> int:
         """Delete stored files no model references and not touched for ``older_than_s``; returns how many.
 
