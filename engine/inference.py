@@ -220,7 +220,7 @@ class Inference:
             try:
                 images = await submit(
                     self.queue, job.owner, lambda: self._render(entry, spec, job.output_format, job.output_quality, cancel, job.team, job.ttl_s),
-                    batch=batch, on_start_here=relay.started(lambda: sink(Started(job.task_uuid))), cancel=cancel,
+                    batch=batch, on_start_here=relay.started(lambda when: sink(Started(job.task_uuid, at=when))), cancel=cancel,
                 )
             finally:
                 relay.finish()  # every step is reported before the result

@@ -158,6 +158,9 @@ class Started(msgspec.Struct, frozen=True, tag="started"):
     """The device took the job from the queue."""
 
     task_uuid: str
+    at: float | None = None
+    """When (``time.monotonic()`` of the engine's process): the event may reach the loop later, in a bunch with the
+    steps.  Meaningful in-process only; an engine in another process leaves it None (the receiver's clock then)."""
 
 
 class Step(msgspec.Struct, frozen=True, tag="step"):

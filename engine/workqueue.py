@@ -264,18 +264,21 @@ class StepRelay:
         """Loop, when the job is queued: start fetching (a timer every ``interval_s``; an empty fetch is free)."""
         self._poll_later()
 
-    def started(self, then: Callable[[], None]) -> Callable[[], None]:
-        """A worker-thread ``on_start_here`` for :func:`submit`: ``then`` on the loop when the worker takes the job.
+    def started(self, then: Callable[[float], None]) -> Callable[[], None]:
+        """A worker-thread ``on_start_here`` for :func:`submit`: ``then(when)`` on the loop when the worker takes the job.
 
         Live, at once; otherwise queued with the steps and fetched with them, so
-        taking a job costs the loop no wake-up either.
+        taking a job costs the loop no wake-up either.  ``when`` is the
+        ``time.monotonic()`` at which the worker took it, since the call itself
+        may come much later.
         """
 
         def on_start() -> None:
+            when = time.monotonic()
             if self.live:
-                self.loop.call_soon_threadsafe(then)
+                self.loop.call_soon_threadsafe(then, when)
             else:
-                self._pending.append((then, ()))
+                self._pending.append((then, (when,)))
 
         return on_start
 

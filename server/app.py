@@ -302,6 +302,9 @@ async def run_forever(config: ServerConfig, announce: bool = True) -> None:
         # running on a thread while the interpreter tears down (the C++ runtime aborts the process), and
         # everything worth keeping is already written: the journal is closed, the task marked interrupted.
         log.warning("the device is still inside a step; exiting without waiting for it (its task is recorded as interrupted)")
+        from server.tasklog import flush
+
+        flush()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -87,7 +87,7 @@ class Delivery:
     def sink(self, event: jobs.Event) -> None:
         record, task = self.record, self.task
         if isinstance(event, jobs.Started):
-            record.start()
+            record.start(event.at)
         elif isinstance(event, jobs.Step):
             record.progress = min(1.0, event.step / max(1, event.steps))
             if isinstance(task, ImageInference) and task.includeProgress:

@@ -38,6 +38,7 @@ from server.files import FILES_PATH, FileDrop, FileSink
 from server.gateway import Gateway
 from server.http import BodySink, Response as HTTPResponse, error_response, json_response
 from server.sessions import Session
+from server.tasklog import drain
 
 log = logging.getLogger("wisp.server")
 
@@ -149,6 +150,7 @@ class HTTPRoutes:
         if not allowed:
             return error_response(403, ErrorCode.FORBIDDEN, "metrics are served to loopback, or with the server's "
                                   "WISP_METRICS_TOKEN as a Bearer token")
+        drain()  # every task that has ended is counted in this scrape, even if the writer thread has not run since
         return 200, [(b"content-type", metrics.CONTENT_TYPE.encode())], metrics.exposition()
 
     @staticmethod

@@ -4,14 +4,24 @@
 ms running, images and bytes sent.  Never a prompt, a key or an image: what a request said stays out of
 the log.  ``WISP_LOG_LEVEL`` (default INFO) and ``WISP_LOG_FORMAT=json`` (one JSON object per line, the
 fields as keys) are read by :func:`configure`.
+
+A task line is logged on the event loop, once per task, so what it costs the
+loop is budgeted (issue 16: at most 0.1 ms; ``bench/observability.py``).
+The loop only queues the finished task; a writer thread observes its metrics
+and writes its line a bunch at a time (see :class:`_Writer`), and the record
+skips what wisp's formats never show (the caller's frame, thread and process
+names), as the logging HOWTO's "Optimization" section suggests.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import threading
 import time
+from collections import deque
 from typing import Any
 
 from server import metrics
@@ -33,35 +43,116 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body)
 
 
-def configure() -> None:
-    """The server's logging, from ``WISP_LOG_LEVEL`` and ``WISP_LOG_FORMAT`` (``text`` or ``json``)."""
-    handler = logging.StreamHandler()
+class _Writer:
+    """The thread that turns finished tasks into metrics and log lines, a bunch at a time.
+
+    Per task the loop only appends a tuple to a deque (thread-safe, no
+    wake-up); every ``interval_s`` this thread takes what is there, observes
+    the metrics and writes the lines.  Waking a thread per task, or doing the
+    work on the loop, cost the loop ~0.1 ms per task in a busy server
+    (bench/observability.py).  A line is at most ``interval_s`` late; its time
+    is the task's own end.  ``/metrics`` drains first, so a scrape sees every
+    task that has ended.
+    """
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="wisp-tasklog", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.interval_s):
+            drain()
+        drain()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+
+
+_pending: deque[tuple[Any, ...]] = deque()
+_writer: _Writer | None = None
+
+
+def configure(stream: Any = None) -> None:
+    """The server's logging, from ``WISP_LOG_LEVEL`` and ``WISP_LOG_FORMAT`` (``text`` or ``json``), to stderr (or ``stream``).
+
+    Also starts the writer thread that task lines and task metrics go through.
+    """
+    global _writer
+    flush()  # configured again (a benchmark switching formats): what is pending is written the old way first
+    handler = logging.StreamHandler(stream)
     if os.environ.get("WISP_LOG_FORMAT", "text").lower() == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=os.environ.get("WISP_LOG_LEVEL", "INFO").upper(), handlers=[handler])
+    # Neither format shows the caller's file and line, thread or process: don't pay to find them per record.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging.basicConfig(level=os.environ.get("WISP_LOG_LEVEL", "INFO").upper(), handlers=[handler], force=True)
     logging.getLogger("websockets").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    _writer = _Writer()
+    atexit.register(flush)
+
+
+def flush() -> None:
+    """Write every pending task line and stop the writer (before the process exits, ``os._exit`` included)."""
+    global _writer
+    if _writer is not None:
+        writer, _writer = _writer, None
+        writer.stop()
+    drain()
+
+
+def drain() -> None:
+    """Observe and log every finished task not yet handled (the writer thread; ``/metrics`` before a scrape)."""
+    while True:
+        try:
+            item = _pending.popleft()
+        except IndexError:
+            return
+        _record(*item)
+
+
+_LINE = ("%(taskType)s %(taskUUID)s team=%(team)s model=%(model)s %(outcome)s queued=%(queuedMs)sms "
+         "running=%(runningMs)sms images=%(images)s bytes=%(bytes)s")
+
+
+def _record(task_type: str, task_uuid: str, team: str, model: str | None, outcome: str, queued_s: float, running_s: float,
+            images: int, sent_bytes: int, level: int, ran: bool, ended: float) -> None:
+    metrics.task_done(task_type, outcome, queued_s, running_s, images, sent_bytes, ran)
+    if not log.isEnabledFor(level):
+        return
+    fields = {"taskType": task_type, "taskUUID": task_uuid, "team": team, "model": model or "-", "outcome": outcome,
+              "queuedMs": round(queued_s * 1000, 1), "runningMs": round(running_s * 1000, 1), "images": images,
+              "bytes": sent_bytes}
+    record = log.makeRecord(log.name, level, "(task)", 0, _LINE, (fields,), None, extra={"task": fields})
+    record.created = ended
+    record.msecs = int((ended - int(ended)) * 1000)
+    log.handle(record)
 
 
 def task_finished(
     task_type: str, task_uuid: str, team: str, model: str | None, outcome: str, created_at: float,
     started_at: float | None, images: int = 0, sent_bytes: int = 0, level: int = logging.INFO, ran: bool = True,
 ) -> None:
-    """Log one finished task (``outcome``: ``success`` or the error code) at ``level``.
+    """Count and log one finished task (``outcome``: ``success`` or the error code) at ``level``.
 
     Work tasks log at INFO.  A modelSearch answered from memory logs at DEBUG:
     it costs ~30 µs, and a log line as much again (measured), so at INFO a
-    search-heavy client would double the server's CPU for them.
+    search-heavy client would double the server's CPU for them.  With the
+    writer running (``wisp serve``) this only queues the task; otherwise
+    (in-process use) it is counted and logged at once.
     """
     now = time.monotonic()
     begun = started_at if started_at is not None else now
-    metrics.task_done(task_type, outcome, max(0.0, begun - created_at), now - begun, images, sent_bytes, ran)
-    if not log.isEnabledFor(level):
-        return
-    fields = {"taskType": task_type, "taskUUID": task_uuid, "team": team, "model": model or "-", "outcome": outcome,
-              "queuedMs": round((begun - created_at) * 1000, 1), "runningMs": round((now - begun) * 1000, 1),
-              "images": images, "bytes": sent_bytes}
-    log.log(level, "%(taskType)s %(taskUUID)s team=%(team)s model=%(model)s %(outcome)s queued=%(queuedMs)sms "
-            "running=%(runningMs)sms images=%(images)s bytes=%(bytes)s", fields, extra={"task": fields})
+    item = (task_type, task_uuid, team, model, outcome, max(0.0, begun - created_at), now - begun, images, sent_bytes,
+            level, ran, time.time())
+    if _writer is None:
+        _record(*item)
+    else:
+        _pending.append(item)

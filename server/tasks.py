@@ -97,9 +97,10 @@ class TaskRecord:
             return "error"
         return "processing" if self.finished_at is None else "success"
 
-    def start(self) -> None:
+    def start(self, at: float | None = None) -> None:
+        """The work began (``at``: when, by ``time.monotonic()``, if the engine said; else now)."""
         if self.started_at is None:
-            self.started_at = time.monotonic()
+            self.started_at = time.monotonic() if at is None else at
 
     def succeed(self, items: list[Any]) -> None:
         self.items = items

@@ -46,7 +46,7 @@ def test_banner_health_and_shutdown_lines(tmp_path: Path):
 
 def test_one_json_log_line_per_finished_task_without_the_prompt(tmp_path: Path):
     running = start_server(tmp_path / "data", env={"WISP_WARM_BUILTIN": "0", "WISP_LOG_FORMAT": "json"})
-    ok, bad = str(uuid.uuid4()), str(uuid.uuid4())
+    ok, bad, warm = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     try:
         async def tasks() -> None:
             async with connect(running.ws_url, max_size=None) as ws:
@@ -64,6 +64,11 @@ def test_one_json_log_line_per_finished_task_without_the_prompt(tmp_path: Path):
                 while seen != {ok, bad}:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
                     seen |= {i.get("taskUUID") for i in frame.get("data", []) + frame.get("errors", [])} & {ok, bad}
+                await ws.send(json.dumps([{"taskType": "imageInference", "taskUUID": warm, "model": "wisp:tiny-sd15@1",
+                                           "positivePrompt": "x", "width": 128, "height": 128, "steps": 8}]))
+                while warm not in seen:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                    seen |= {i.get("taskUUID") for i in frame.get("data", []) + frame.get("errors", [])}
 
         asyncio.run(tasks())
     finally:
@@ -73,6 +78,9 @@ def test_one_json_log_line_per_finished_task_without_the_prompt(tmp_path: Path):
     assert by_task[ok]["outcome"] == "success" and by_task[ok]["images"] == 1 and by_task[ok]["bytes"] > 0
     assert by_task[ok]["model"] == "wisp:tiny-sd15@1" and by_task[ok]["team"] == "default"
     assert by_task[ok]["queuedMs"] >= 0 and by_task[ok]["runningMs"] >= 0
+    # A lone request on a warm server waits for nothing: its time is running time, though the Started event
+    # reaches the loop only with the result (no per-step wake-ups): the device's own start time counts.
+    assert by_task[warm]["runningMs"] > 5 * by_task[warm]["queuedMs"], by_task[warm]
     assert by_task[bad]["outcome"] == "imageNotFound"
     assert any("authentication failed" in line["message"] for line in lines)
     assert "secret lighthouse" not in running.log() and "wisp_wrong" not in running.log()
