@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from engine.core import Engine
+from engine.core import Engine, effective_max_batch
 from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
 from engine.registry.db import Database
 from engine.registry.keys import KeyStore
@@ -166,6 +166,17 @@ class WispServer:
 
     # ---- lifecycle --------------------------------------------------------
 
+    def summary(self) -> str:
+        """The start-up log line: what this server is and runs with (no secrets)."""
+        engine, cache = self.engine, self.engine.cache.stats()
+        mib = 1024 * 1024
+        ttl = f"{self.config.image_ttl_s / 86400:g} d" if self.config.image_ttl_s else "kept"
+        return (f"wisp {VERSION} · data dir {self.config.data_dir} · engine embedded · device {engine.config.device} "
+                f"({engine.config.torch_threads} torch threads, dtype {engine.config.dtype}) · model cache {cache.device_budget // mib} MiB "
+                f"device + {cache.host_budget // mib} MiB host · LoRA cache {engine.lora_cache.stats().as_dict().get('budget', 0) // mib} MiB · "
+                f"max batch {effective_max_batch(engine.config)} · work limit {engine.max_work:g} MP-steps · images {ttl} · "
+                f"log {os.environ.get('WISP_LOG_FORMAT', 'text')} at {logging.getLevelName(logging.getLogger().getEffectiveLevel())}")
+
     def ensure_first_key(self) -> str | None:
         """On a first start with no keys, create one (printed once by the CLI)."""
         if self.keys.count_live() == 0:
@@ -284,6 +295,7 @@ async def run_forever(config: ServerConfig, announce: bool = True) -> None:
             pass
     if first_key and announce:
         print(f"created API key for team 'default' (shown once): {first_key}", flush=True)
+    log.info("%s", server.summary())
     print(f"wisp listening on ws://{config.host}:{server.port}/v1", flush=True)
     if announce:
         print(f"wisp playground: http://{config.host}:{server.port}/  (paste an API key there)", flush=True)

@@ -99,21 +99,26 @@ class Delivery:
                 self.outbox.push(encode_data([progress_item]))  # live only: never recorded for getResponse
         elif isinstance(event, jobs.UploadPhase):
             assert isinstance(task, ModelUpload)
+            record.start()  # an upload's work begins with its first phase (it has no device queue)
             phase = ModelUploadStatus(taskType="modelUpload", taskUUID=task.taskUUID, status=event.status, message=event.message,
                                       air=task.air)
             self.streamed.append(phase)
             record.items = list(self.streamed)
+            log.info("modelUpload %s %s: %s (air=%s, team=%s)", task.taskUUID, event.status, event.message, task.air, self.session.team)
             if not self.is_async:
                 self.outbox.push(encode_data([phase]))
             if self.webhook:
                 self._hook(encode_data([phase])[0])
         elif isinstance(event, jobs.TrainingProgress):
+            record.start()  # a training's first status comes when it leaves the line for a slot
             status = TrainingStatus(
                 taskType="training", taskUUID=task.taskUUID, status="processing", trainingStatus=event.status, message=event.message,
                 progress=event.progress, step=event.step, steps=event.steps, loss=event.loss,
             )
             record.items = [status]  # the latest status only: a long job's progress never piles up
             self.outbox.push(encode_data([status]))
+            if self._last_training_status != event.status:  # a line per status change, never per step
+                log.info("training %s %s: %s (team=%s)", task.taskUUID, event.status, event.message, self.session.team)
             if self.webhook and self._last_training_status != event.status:  # one POST per status change, in order
                 self._hook(encode_data([status])[0])
             self._last_training_status = event.status

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -81,6 +82,10 @@ def test_first_upload_needs_no_air_and_no_shell_step(fresh: RunningServer, lora:
     result = upload(fresh, str(lora), "--category", "lora", "--quiet")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "default:My-Ink-Style-v2@1"
+    time.sleep(0.3)
+    phases = [line for line in fresh.log().splitlines() if "modelUpload" in line and "default:My-Ink-Style-v2@1" in line
+              and "wisp.server" in line]
+    assert [p.split(": ", 1)[1].split()[2].rstrip(":") for p in phases] == ["validated", "downloaded", "optimized", "stored", "ready"]
 
 
 def test_a_wrong_key_is_refused_before_a_byte_is_sent(fresh: RunningServer, lora: Path):

@@ -21,6 +21,11 @@ def test_banner_health_and_shutdown_lines(tmp_path: Path):
         log = running.log()
         assert f"wisp playground: http://127.0.0.1:{running.port}/" in log
         assert f"wisp data dir: {running.data_dir}" in log
+        # the start-up summary: version, data dir, engine mode, device, budgets
+        summary = next(line for line in log.splitlines() if "wisp.server: wisp " in line)
+        for part in (f"data dir {running.data_dir}", "engine embedded", "device cpu", "1 torch threads", "MiB device +",
+                     "LoRA cache", "max batch", "images 30 d", "log text at INFO"):
+            assert part in summary, (part, summary)
         health = httpx.get(f"{running.http_url}/healthz").json()
         assert health["version"] and health["uptimeSeconds"] >= 0
 

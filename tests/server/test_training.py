@@ -61,6 +61,16 @@ async def test_statuses_are_pushed_in_order_and_the_lora_is_usable(wisp_server: 
         assert items[0] == {"taskType": "training", "taskUUID": u}  # the ack, alone
         assert not client.errors_for(u)
         assert statuses(client, u) == SEED_ORDER
+        logged = [line.split(f"training {u} ", 1)[1].split(":")[0] for line in wisp_server.log().splitlines() if f"training {u} " in line]
+        assert logged == SEED_ORDER[:-1]  # one server log line per status change, none per step; the end is the task line
+        for _ in range(40):  # the task line is written by the log writer, at most 0.1 s after the task ends
+            line = next((line for line in wisp_server.log().splitlines() if f"training {u} team=default" in line), None)
+            if line is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert line is not None and " success " in line
+        running_ms = float(line.split("running=")[1].split("ms")[0])
+        assert running_ms > 1000  # the training's time is running time, not queued time
         for item in items[1:-1]:
             assert item["status"] == "processing" and "outputs" not in item
         final = items[-1]
