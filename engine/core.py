@@ -325,7 +325,8 @@ class Engine:
 
                 local = Path(job.local_source) if job.local_source is not None else None
                 row = await self.ingest.run(job.request, job.team, phase, local_source=local)
-                sink(jobs.Finished(task_uuid=job.task_uuid, uploaded=jobs.UploadedModel(air=row.air, sha256=row.sha256)))
+                sink(jobs.Finished(task_uuid=job.task_uuid, uploaded=jobs.UploadedModel(air=row.air, sha256=row.sha256,
+                                                                                                size_bytes=row.size_bytes)))
             elif isinstance(job, jobs.SearchJob):
                 sink(jobs.Finished(task_uuid=job.task_uuid, search=await self.search_models(job.query, job.team)))
             elif isinstance(job, jobs.TrainingJob):

@@ -211,6 +211,8 @@ class TrainedLora(msgspec.Struct, frozen=True, kw_only=True):
 class UploadedModel(msgspec.Struct, frozen=True, kw_only=True):
     air: str
     sha256: str
+    size_bytes: int = 0
+    """The stored file's size (0 from an engine that does not say)."""
 
 
 class Finished(msgspec.Struct, frozen=True, kw_only=True, tag="finished"):

@@ -26,9 +26,10 @@ from protocol.frames import encode_data, encode_errors
 from protocol.inference import ImageInference, ImageResult, ImageUpload, ImageUploadResult, ProgressItem
 from protocol.models import ModelSearch, ModelUpload, ModelUploadStatus
 from protocol.training import Training, TrainingStatus
+from server import metrics
+from server.context import RequestContext
 from server.errors import to_wire_error
 from server.sessions import Session
-from server.context import RequestContext
 from server.tasklog import task_finished
 from server.tasks import TaskRecord, TaskStore
 
@@ -123,6 +124,8 @@ class Delivery:
                 self._hook(encode_data([status])[0])
             self._last_training_status = event.status
         else:
+            if isinstance(event, jobs.Finished) and event.uploaded is not None:
+                metrics.model_stored(event.uploaded.size_bytes)
             self.end = event
 
     # ---- the whole task ---------------------------------------------------------------

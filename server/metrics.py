@@ -35,6 +35,19 @@ RUNNING = Histogram("wisp_task_running_seconds", "Time a task's work ran.", ["ta
 TOTAL = Histogram("wisp_task_seconds", "Time from a task's arrival to its end.", ["task_type"], buckets=_BUCKETS, registry=REGISTRY)
 SENT = Counter("wisp_result_bytes", "Bytes of results sent to clients, by taskType.", ["task_type"], registry=REGISTRY)
 IMAGES = Counter("wisp_images", "Images generated or stored, by taskType.", ["task_type"], registry=REGISTRY)
+MODELS_STORED = Counter("wisp_models_stored", "Models registered by modelUpload.", registry=REGISTRY)
+MODEL_BYTES = Counter("wisp_model_bytes", "Bytes of model files registered by modelUpload (after conversion).", registry=REGISTRY)
+FILE_BYTES = Counter("wisp_file_upload_bytes", "Bytes received by PUT /v1/files (model files sent for a later modelUpload).",
+                     registry=REGISTRY)
+
+
+def model_stored(size_bytes: int) -> None:
+    MODELS_STORED.inc()
+    MODEL_BYTES.inc(size_bytes)
+
+
+def file_received(size_bytes: int) -> None:
+    FILE_BYTES.inc(size_bytes)
 
 
 _children: dict[tuple[str, str], Any] = {}

@@ -192,6 +192,7 @@ class HTTPRoutes:
                 sink.abort()
                 log.warning("PUT /v1/files could not be stored: %s", exc)
                 return error_response(507, ErrorCode.INSUFFICIENT_STORAGE, "the server could not store this upload")
+            metrics.file_received(sink.size)
             ctx = request_context(headers.get("host"), self.config.host, self.port(), self.config.public_url)
             return json_response(201, {"url": f"{ctx.base_url}{FILES_PATH}{token}", "size": sink.size, "expiresIn": int(self.files.ttl_s)})
         if method in ("GET", "HEAD") and (path in ("/", "/playground") or path.startswith("/static/")):

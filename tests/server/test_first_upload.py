@@ -86,6 +86,12 @@ def test_first_upload_needs_no_air_and_no_shell_step(fresh: RunningServer, lora:
     phases = [line for line in fresh.log().splitlines() if "modelUpload" in line and "default:My-Ink-Style-v2@1" in line
               and "wisp.server" in line]
     assert [p.split(": ", 1)[1].split()[2].rstrip(":") for p in phases] == ["validated", "downloaded", "optimized", "stored", "ready"]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped = httpx.get(f"{fresh.http_url}/metrics").text
+    samples = {s.name: s.value for family in text_string_to_metric_families(scraped) for s in family.samples}
+    assert samples["wisp_models_stored_total"] == 1 and samples["wisp_model_bytes_total"] > 0
+    assert samples["wisp_file_upload_bytes_total"] == lora.stat().st_size
 
 
 def test_a_wrong_key_is_refused_before_a_byte_is_sent(fresh: RunningServer, lora: Path):
