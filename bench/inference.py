@@ -7,8 +7,10 @@ generate, PNG encode, store, reply with a URL) against the minimum a script
 would do for the same result in-process: call the diffusers pipeline,
 PNG-encode the image and write the file.
 
-It runs several cases (``--cases``, default ``1:1,4:7,20:7``: steps:CFG) in
-one run and prints one table: the 1-step unguided case shows the fixed cost
+It runs several cases (``--cases``, default ``1:1,4:7,20:7``: steps:CFG; add
+``:cn`` for a request with the built-in ControlNet and a 64×64 guide image,
+e.g. ``4:7:cn``, against diffusers' ControlNet pipeline in-process: issue 15's
+goal ≤ 1.05×) in one run and prints one table: the 1-step unguided case shows the fixed cost
 per request, the guided ones any cost per denoising step (20 steps would
 multiply it; amortising a fixed cost would not hide it there).  Goal, for
 every guided case: wisp/direct ≤ 1.03× mean per request and the server's
@@ -81,6 +83,21 @@ PROMPT = "a cat"
 WIDTH = HEIGHT = 64
 GOAL_RATIO = 1.03
 GOAL_CPU_MS = 1.0
+CONTROLNET = "wisp:tiny-controlnet-sd15@1"
+GOAL_CONTROLNET_RATIO = 1.05
+"""ControlNet requests (issue 15): wisp/direct ≤ 1.05× mean (no CPU goal)."""
+
+
+def guide_png() -> bytes:
+    """The guide image both sides use: 64×64 vertical stripes, PNG."""
+    from PIL import Image
+
+    image = Image.new("RGB", (WIDTH, HEIGHT), (0, 0, 0))
+    for x in range(0, WIDTH, 16):
+        image.paste((255, 255, 255), (x, 0, x + 8, HEIGHT))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
 
 @dataclass(frozen=True)
@@ -89,10 +106,11 @@ class Case:
 
     steps: int
     cfg: float
+    controlnet: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.steps} step{'s' if self.steps != 1 else ''}, CFG {self.cfg:g}"
+        return f"{self.steps} step{'s' if self.steps != 1 else ''}, CFG {self.cfg:g}{', ControlNet' if self.controlnet else ''}"
 
     @property
     def guided(self) -> bool:
@@ -101,8 +119,11 @@ class Case:
 
     @classmethod
     def parse(cls, text: str) -> "Case":
-        steps, _, cfg = text.partition(":")
-        return cls(int(steps), float(cfg or 7.0))
+        steps, _, rest = text.partition(":")
+        cfg, _, extra = rest.partition(":")
+        if extra not in ("", "cn"):
+            raise ValueError(f"unknown case flag {extra!r}")
+        return cls(int(steps), float(cfg or 7.0), extra == "cn")
 
 
 DEFAULT_CASES = (Case(1, 1.0), Case(4, 7.0), Case(20, 7.0))
@@ -148,7 +169,7 @@ class Side:
 class Direct:
     """The in-process baseline: the diffusers pipeline as wisp loads and calls it."""
 
-    def __init__(self, folder: Path, out_dir: Path, tmp_dir: Path, threads: int) -> None:
+    def __init__(self, folder: Path, out_dir: Path, tmp_dir: Path, threads: int, controlnet_folder: Path | None = None) -> None:
         import diffusers
         import torch
 
@@ -160,6 +181,12 @@ class Direct:
             str(folder), local_files_only=True, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
         )
         self.pipe.set_progress_bar_config(disable=True)
+        self.control_pipe = None
+        if controlnet_folder is not None:  # what a script would keep: the ControlNet pipeline made once
+            controlnet = diffusers.ControlNetModel.from_pretrained(str(controlnet_folder), local_files_only=True, dtype=torch.float32)
+            self.control_pipe = diffusers.StableDiffusionControlNetPipeline.from_pipe(self.pipe, controlnet=controlnet)
+            self.control_pipe.set_progress_bar_config(disable=True)
+        self.guide = guide_png()
         self.out_dir, self.tmp_dir = out_dir, tmp_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -167,8 +194,17 @@ class Direct:
     def generate(self, seed: int, case: Case) -> bytes:
         """Generate one image, PNG-encode it and write it to disk; returns the PNG bytes."""
         torch = self.torch
+        extra: dict[str, Any] = {}
+        pipe = self.pipe
+        if case.controlnet:
+            from PIL import Image
+
+            assert self.control_pipe is not None
+            pipe = self.control_pipe
+            extra = {"image": Image.open(io.BytesIO(self.guide)).convert("RGB"), "controlnet_conditioning_scale": 1.0}
         with torch.inference_mode():
-            image = self.pipe(
+            image = pipe(
+                **extra,
                 prompt=PROMPT,
                 num_inference_steps=case.steps,
                 guidance_scale=case.cfg,
@@ -224,6 +260,10 @@ class WispClient:
             "numberResults": 1,
             "outputType": "URL",
         }
+        if case.controlnet:
+            import base64
+
+            task["controlNet"] = [{"model": CONTROLNET, "guideImage": "data:image/png;base64," + base64.b64encode(guide_png()).decode()}]
         await self.ws.send(json.dumps([task]))
         while True:
             reply = json.loads(await self.ws.recv())
@@ -314,7 +354,7 @@ def case_verdicts(case: Case, requests: int, sides: dict[str, Side], block_load:
     quiet, n_quiet = quiet_ratio(sides["wisp"].block_mean_ms, sides["direct"].block_mean_ms, block_load)
     block_ratios = [ratio(a, b) for a, b in zip(sides["wisp"].block_mean_ms, sides["direct"].block_mean_ms)]
     return {
-        "case": {"steps": case.steps, "cfg": case.cfg, "requests": requests},
+        "case": {"steps": case.steps, "cfg": case.cfg, "controlnet": case.controlnet, "requests": requests},
         "results": {"wisp": w, "direct": d},
         "ratio_mean": mean_ratio,
         "ratio_p50": ratio(w["ms"]["p50"], d["ms"]["p50"]),
@@ -329,7 +369,7 @@ def case_verdicts(case: Case, requests: int, sides: dict[str, Side], block_load:
         "foreign_load_cores": {"mean": statistics.fmean(block_load), "max": max(block_load), "per_block": block_load},
         "identical_png": f"{identical}/{requests}",
         "goal_applies": case.guided,
-        "goal_met": mean_ratio <= GOAL_RATIO and cpu_delta <= GOAL_CPU_MS,
+        "goal_met": (mean_ratio <= GOAL_CONTROLNET_RATIO) if case.controlnet else (mean_ratio <= GOAL_RATIO and cpu_delta <= GOAL_CPU_MS),
     }
 
 
@@ -341,7 +381,7 @@ def report(s: Settings, cases: list[dict[str, Any]]) -> str:
     for v in cases:
         c, w, d = v["case"], v["results"]["wisp"], v["results"]["direct"]
         rows.append([
-            Case(c["steps"], c["cfg"]).name, c["requests"], w["ms"]["mean"], d["ms"]["mean"], fmt_ratio(v["ratio_mean"]),
+            Case(c["steps"], c["cfg"], c.get("controlnet", False)).name, c["requests"], w["ms"]["mean"], d["ms"]["mean"], fmt_ratio(v["ratio_mean"]),
             fmt_ratio(v["ratio_p50"]), f"{fmt_ratio(v['quiet_block_ratio'])} ({v['quiet_blocks']}/{v['blocks']})",
             w["cpu_ms_per_request"], d["cpu_ms_per_request"], f"{v['cpu_overhead_ms']:+.2f}", v["identical_png"],
             f"{v['foreign_load_cores']['mean']:.2f} (max {v['foreign_load_cores']['max']:.2f})",
@@ -361,6 +401,10 @@ def report(s: Settings, cases: list[dict[str, Any]]) -> str:
     for v in cases:
         if v["goal_applies"]:
             c = v["case"]
+            if c.get("controlnet"):
+                lines.append(f"goal ({Case(c['steps'], c['cfg'], True).name}): ≤ {GOAL_CONTROLNET_RATIO:.2f}× mean: "
+                             f"{v['ratio_mean']:.3f}× → {'MET' if v['goal_met'] else 'NOT MET'}.")
+                continue
             lines.append(
                 f"goal ({Case(c['steps'], c['cfg']).name}): ≤ {GOAL_RATIO:.2f}× mean and CPU ≤ +{GOAL_CPU_MS:g} ms: "
                 f"{v['ratio_mean']:.3f}×, {v['cpu_overhead_ms']:+.2f} ms → {'MET' if v['goal_met'] else 'NOT MET'}."
@@ -403,12 +447,17 @@ def main(argv: list[str] | None = None) -> int:
         from engine.builtin.tiny_sd15 import ensure_tiny_sd15
 
         folder = ensure_tiny_sd15(data_dir)
+        controlnet_folder = None
+        if any(c.controlnet for c in cases):
+            from engine.builtin.tiny_controlnet import ensure_tiny_controlnet
+
+            controlnet_folder = ensure_tiny_controlnet(data_dir, "sd15", ensure_tiny_sd15)
         key = create_wisp_key(data_dir)
         wisp = wisp_server(data_dir, env={"WISP_TORCH_THREADS": str(s.threads)})
         try:
             wisp.start()
             log(f"wisp on {wisp.url}; loading the direct pipeline")
-            direct = Direct(folder, Path(tmp) / "direct" / "images", Path(tmp) / "direct" / "tmp", s.threads)
+            direct = Direct(folder, Path(tmp) / "direct" / "images", Path(tmp) / "direct" / "tmp", s.threads, controlnet_folder)
             waited = wisp.wait_idle()
             log(f"wisp idle after {waited:.1f} s (model warmed); measuring")
             own_pids = [os.getpid(), wisp.pid]

@@ -21,12 +21,13 @@ from typing import Any, Callable
 
 import msgspec
 
+from engine.controlnets import BUILTIN_CONTROLNETS, scale_and_mode, step_range
 from engine.errors import EngineError, EngineStopped, InvalidInput, JobCancelled, QueueFull, WorkLimitExceeded
 from engine.file_leases import FileLeases
 from engine.images.codec import FORMATS, decode_image, encode_image
 from engine.images.sources import load_image_bytes
 from engine.images.store import ImageStore
-from engine.jobs import EmbeddingRef, Failed, Finished, GeneratedImage, InferenceJob, LoraRef, ModelRef, Sink, Started, Step, VaeRef
+from engine.jobs import ControlRef, EmbeddingRef, Failed, Finished, GeneratedImage, InferenceJob, LoraRef, ModelRef, Sink, Started, Step, VaeRef
 from engine.models import BUILTIN_MODELS, ModelEntry, ModelLibrary, architecture_defaults, family
 from engine.net import NetPolicy
 from engine.pipelines import families
@@ -84,7 +85,8 @@ class Inference:
         A request for a built-in model with none of those is resolved from
         memory alone, so it is prepared where it arrives, without a thread hop.
         """
-        return task.model not in BUILTIN_MODELS or bool(task.lora) or bool(task.embeddings) or bool(task.vae)
+        return (task.model not in BUILTIN_MODELS or bool(task.lora) or bool(task.embeddings) or bool(task.vae)
+                or any(c.model not in BUILTIN_CONTROLNETS for c in task.controlNet))
 
     def prepare(self, task: ImageInference, team: str, owner: str) -> InferenceJob:
         """Resolve and check ``task`` for ``team``: the job, or an :class:`EngineError` to answer before any ack."""
@@ -116,6 +118,14 @@ class Inference:
             for use in extras["embeddings"]
         )
         vae = extras["vae"]
+        controlnets = []
+        for index, item in enumerate(task.controlNet):
+            where = f"controlNet[{index}]"
+            resolved = self.library.resolve_controlnet(item.model, team, entry, f"{where}.model")
+            start, end = step_range(steps, item.startStep, item.endStep, item.startStepPercentage, item.endStepPercentage, where)
+            scale, guess_mode = scale_and_mode(item.weight, item.controlMode)
+            controlnets.append(ControlRef(air=resolved.air, family=resolved.family, sha256=resolved.sha256, scale=scale, start=start,
+                                          end=end, guess_mode=guess_mode, guide_image=item.guideImage, parameter=where))
         if task.seed is not None:
             seeds = tuple((task.seed + i) % 2**63 for i in range(task.numberResults))
         else:
@@ -129,7 +139,7 @@ class Inference:
             vae=None if vae is None else VaeRef(air=vae.air, sha256=vae.path.stem, family=vae.family, parameter=vae.parameter),
             seed_image=task.seedImage, mask_image=task.maskImage, output_format=task.outputFormat,
             output_quality=task.outputQuality, progress=bool(task.includeProgress), previews=bool(task.includePreviews),
-            cost_per_image=image_cost(task.width, task.height, steps), ttl_s=task.ttl,
+            cost_per_image=image_cost(task.width, task.height, steps), ttl_s=task.ttl, controlnets=tuple(controlnets),
         )
 
     async def load_inputs(self, job: InferenceJob, own_hosts: frozenset[str] = frozenset()) -> InferenceJob:
@@ -138,7 +148,12 @@ class Inference:
             return job
         init = await self._read(job.seed_image, "seedImage", own_hosts, job.team) if job.seed_image is not None else None
         mask = await self._read(job.mask_image, "maskImage", own_hosts, job.team) if job.mask_image is not None else None
-        return msgspec.structs.replace(job, init_bytes=init, mask_bytes=mask)
+        controls = []
+        for c in job.controlnets:
+            if c.guide_bytes is None:
+                c = msgspec.structs.replace(c, guide_bytes=await self._read(c.guide_image, f"{c.parameter}.guideImage", own_hosts, job.team))
+            controls.append(c)
+        return msgspec.structs.replace(job, init_bytes=init, mask_bytes=mask, controlnets=tuple(controls))
 
     async def _read(self, ref: str, parameter: str, own_hosts: frozenset[str], team: str) -> bytes:
         """An input image's bytes; an imageUUID must be ``team``'s own (another team's looks missing)."""
@@ -174,6 +189,7 @@ class Inference:
             ),
             vae=None if job.vae is None else VaeUse(key=f"vae|{job.vae.sha256}|{job.vae.family}", air=job.vae.air,
                                                     path=path_for(job.vae.sha256), family=job.vae.family, parameter=job.vae.parameter),
+            controlnets=tuple(self.library.control_use(c, job.width, job.height) for c in job.controlnets),
             on_step=on_step,
         )
 
@@ -188,7 +204,7 @@ class Inference:
         Failed event (tests) get it appended there too.
         """
         files = [job.model.sha256, *(lora.sha256 for lora in job.loras), *(e.sha256 for e in job.embeddings),
-                 job.vae.sha256 if job.vae is not None else None]
+                 job.vae.sha256 if job.vae is not None else None, *(c.sha256 for c in job.controlnets)]
         with self.leases.hold(files):
             await self._run(job, sink, own_hosts, errors)
 
@@ -206,7 +222,7 @@ class Inference:
             relay = StepRelay(asyncio.get_running_loop(), lambda step, steps, previews: sink(Step(job.task_uuid, step, steps, previews)),
                               live=job.progress)
             on_step = self._step_reporter(relay, job.progress and job.previews, entry)
-            if job.init_bytes is None and job.mask_bytes is None:
+            if job.init_bytes is None and job.mask_bytes is None and not job.controlnets:
                 spec = self.spec(job, on_step)  # nothing to decode: no thread hop
             else:
                 spec = await asyncio.to_thread(self.spec, job, on_step)  # input images are decoded off the loop
@@ -271,7 +287,8 @@ class Inference:
             return stopping.is_set() or (cancel is not None and cancel.is_set())
 
         try:
-            with self.library.use(entry) as model, self.library.use_vae(spec) as spec:  # pinned: not evicted while it runs
+            with (self.library.use(entry) as model, self.library.use_vae(spec) as spec,  # pinned: not evicted while it runs
+                  self.library.use_controlnets(spec) as spec):
                 images = model.run(spec, should_stop)
         except EngineStopped:
             if cancel is not None and cancel.is_set() and not stopping.is_set():

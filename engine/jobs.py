@@ -64,6 +64,23 @@ class VaeRef(msgspec.Struct, frozen=True, kw_only=True):
     parameter: str = "vae"
 
 
+class ControlRef(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``controlNet`` item, resolved: which ControlNet, how strongly, over which steps, and its guide image."""
+
+    air: str
+    family: str
+    sha256: str | None
+    """The stored file's hash (None: a built-in ControlNet)."""
+    scale: float
+    start: float
+    end: float
+    guess_mode: bool
+    guide_image: str
+    """The request's reference until :meth:`Inference.load_inputs` reads it."""
+    guide_bytes: bytes | None = None
+    parameter: str
+
+
 class InferenceJob(msgspec.Struct, frozen=True, kw_only=True, tag="imageInference"):
     """One imageInference, resolved and defaulted: a generation spec with references instead of objects."""
 
@@ -98,12 +115,14 @@ class InferenceJob(msgspec.Struct, frozen=True, kw_only=True, tag="imageInferenc
     progress: bool = False
     previews: bool = False
     cost_per_image: float = 0.0
+    controlnets: tuple[ControlRef, ...] = ()
     ttl_s: int | None = None
     """The request's ``ttl``: seconds its images are kept (None: the server's default retention)."""
 
     @property
     def inputs_loaded(self) -> bool:
-        return (self.seed_image is None or self.init_bytes is not None) and (self.mask_image is None or self.mask_bytes is not None)
+        return ((self.seed_image is None or self.init_bytes is not None) and (self.mask_image is None or self.mask_bytes is not None)
+                and all(c.guide_bytes is not None for c in self.controlnets))
 
 
 class TrainingTarget(msgspec.Struct, frozen=True, kw_only=True):

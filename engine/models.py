@@ -15,6 +15,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 from engine.cache import ModelCache
@@ -231,6 +232,70 @@ class ModelLibrary:
         )
         vae = self.resolve_vae(task.vae, team, base) if task.vae else None
         return {"embeddings": embeddings, "vae": vae}
+
+    def resolve_controlnet(self, air: str, team: str, base: ModelEntry, parameter: str) -> Any:
+        """``air`` as a ControlNet usable on ``base``: a built-in one of its family, or an upload (category ``controlnet``).
+
+        Returns what a job records of it (air, family, sha256: None for a
+        built-in).  Uploaded ControlNets are stored and searchable but cannot
+        run yet: refused here, before the task is acknowledged.
+        """
+        from engine.controlnets import BUILTIN_CONTROLNETS, ControlNetNotRunnable
+
+        kind = BUILTIN_CONTROLNETS.get(air)
+        if kind is not None:
+            if kind.name != family(base.architecture):
+                raise InvalidInput(f"{air} is a ControlNet for {kind.name}; the model {base.air} is {base.architecture}", parameter=parameter)
+            return SimpleNamespace(air=air, family=kind.name, sha256=None)
+        row = self._visible_of(air, team, base, "controlnet", "ControlNet", parameter)
+        raise ControlNetNotRunnable(f"{row.air}: uploaded ControlNets cannot run yet on this build (the built-in "
+                                    "wisp:tiny-controlnet-sd15@1 and wisp:tiny-controlnet-sdxl@1 can)", parameter=parameter)
+
+    def control_use(self, ref: Any, width: int, height: int) -> Any:
+        """A job's ControlRef as the generation uses it: the guide decoded and resized to the output (worker thread)."""
+        from engine.controlnets import BUILTIN_CONTROLNETS, ControlUse
+        from engine.images.codec import decode_image
+
+        from PIL import Image
+
+        guide = decode_image(ref.guide_bytes, f"{ref.parameter}.guideImage").convert("RGB")
+        if guide.size != (width, height):
+            guide = guide.resize((width, height), Image.Resampling.LANCZOS)
+        kind = BUILTIN_CONTROLNETS.get(ref.air)
+        if kind is None:
+            folder = None
+        else:
+            with LOAD_LOCK:  # a first use builds it, which imports diffusers
+                folder = kind.builtin_controlnet.build(self.data_dir)
+        key = f"{ref.air}|builtin-v{kind.builtin_controlnet.version}" if kind is not None else f"{ref.air}|{ref.sha256}"
+        return ControlUse(key=key, air=ref.air, family=ref.family, folder=folder,
+                          path=None if ref.sha256 is None else self.store.path_for(ref.sha256), image=guide, scale=ref.scale,
+                          start=ref.start, end=ref.end, guess_mode=ref.guess_mode, parameter=ref.parameter)
+
+    @contextmanager
+    def use_controlnets(self, spec: Any) -> Iterator[Any]:
+        """``with library.use_controlnets(spec) as spec:`` — its ControlNets loaded (cached, pinned for the block)."""
+        if not spec.controlnets:
+            yield spec
+            return
+        from contextlib import ExitStack
+        from dataclasses import replace
+
+        from engine.controlnets import load_controlnet, size_of_folder
+
+        with ExitStack() as stack:
+            loaded = []
+            for use in spec.controlnets:
+                def load(use: Any = use) -> Any:
+                    with LOAD_LOCK:
+                        return load_controlnet(use, self.device, self.dtype)
+
+                def size(use: Any = use) -> int | None:
+                    return size_of_folder(use.folder, self.dtype) if use.folder is not None else None
+
+                module = stack.enter_context(self.cache.use(use.key, load, size_hint=size))
+                loaded.append(replace(use, module=module))
+            yield replace(spec, controlnets=tuple(loaded))
 
     def config_folder(self, architecture: str, path: Path | None = None) -> Path:
         """Component configs and tokenizer(s) used to load a single-file checkpoint offline.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.models import BUILTIN_MODELS, ModelEntry
+from engine.models import BUILTIN_MODELS, ModelEntry, architecture_defaults
+from engine.pipelines import families
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.registry.view import ModelView
 from protocol.models import ModelInfo, ModelSearch, ModelSearchResult
@@ -54,7 +55,8 @@ def _result(task: ModelSearch, rows: list[ModelRow]) -> ModelSearchResult:
 def _builtin_matches(entry: ModelEntry, text: str, task: ModelSearch) -> bool:
     if task.visibility == "private" or task.tags or task.conditioning:
         return False
-    if task.category not in (None, entry.category) or task.type not in (None, "base"):
+    kind = "base" if entry.category == "checkpoint" else None
+    if task.category not in (None, entry.category) or task.type not in (None, kind):
         return False
     if task.architecture not in (None, entry.architecture):
         return False
@@ -85,7 +87,20 @@ def _row_info(row: ModelRow) -> ModelInfo:
     )
 
 
+def _builtin_controlnet(air: str, name: str, architecture: str) -> tuple[ModelEntry, ModelInfo]:
+    entry = ModelEntry(air=air, name=name, category="controlnet", architecture=architecture,
+                       defaults=architecture_defaults(architecture), builtin=True)
+    info = ModelInfo(air=air, name=name, version="1", category="controlnet", architecture=architecture, tags=["builtin"],
+                     heroImage="", private=False, comment="built offline with random weights from the tiny model's U-Net: "
+                     "changes the image with its guide, draws no structure")
+    return entry, info
+
+
 _BUILTINS: list[tuple[ModelEntry, str, ModelInfo]] = [
     (entry, f"{entry.air} {entry.name} builtin".lower(), _builtin_info(entry)) for entry in BUILTIN_MODELS.values()
+] + [
+    (entry, f"{entry.air} {entry.name} builtin controlnet".lower(), info)
+    for entry, info in (_builtin_controlnet(f.builtin_controlnet.air, f.builtin_controlnet.name, f.builtin_controlnet.architecture)
+                        for f in families.all() if f.builtin_controlnet is not None)
 ]
 """The built-in models with their lowered search text and their (immutable) ModelInfo, made once."""

@@ -45,7 +45,6 @@ ImageRef = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IMAGE_REF_CH
 # Fields of Runware's imageInference that wisp refuses for now (each would
 # change the picture; ignoring one would hand back a wrong result).
 UNSUPPORTED_INFERENCE_FIELDS: tuple[str, ...] = (
-    "controlNet",
     "lycoris",
     "refiner",
     "instantID",
@@ -117,6 +116,36 @@ class EmbeddingRef(msgspec.Struct, forbid_unknown_fields=True):
     """Scales the embedding's vectors; None: 1.0; 0: the embedding is not applied at all."""
 
 
+ControlWeight = Annotated[float, msgspec.Meta(ge=0, le=2)]
+ControlMode = Literal["balanced", "prompt", "controlnet"]
+StepPercentage = Annotated[float, msgspec.Meta(ge=0, le=100)]
+
+
+class ControlNetRef(msgspec.Struct, forbid_unknown_fields=True):
+    """One ``controlNet`` item (Runware's ``IControlNet``; the 0.5 SDK sends every field, ``null`` where unset).
+
+    ``weight`` is diffusers' conditioning scale (default 1; 0 leaves the image
+    exactly as without this ControlNet).  The step range is given in steps or
+    in percent of the steps, not both; ``controlMode``: ``balanced`` (default),
+    ``controlnet`` (diffusers' guess mode: the guide image matters more than the
+    prompt), ``prompt`` (the weight is halved: the prompt matters more).
+    """
+
+    model: ModelAIR
+    guideImage: ImageRef
+    weight: ControlWeight | None = None
+    startStep: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    endStep: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    startStepPercentage: StepPercentage | None = None
+    endStepPercentage: StepPercentage | None = None
+    controlMode: ControlMode | None = None
+    preprocessor: Keyword | None = None
+    """Preprocessing the guide image inline (the SDK's ``IControlNetCanny``): not offered yet, refused."""
+    lowThresholdCanny: int | None = None
+    highThresholdCanny: int | None = None
+    includeHandsAndFaceOpenPose: bool | None = None
+
+
 class Safety(msgspec.Struct, forbid_unknown_fields=True):
     checkContent: bool = False
     checkInputs: bool = False
@@ -162,8 +191,9 @@ class ImageInference(Task, tag="imageInference"):
     safety: Safety | None = None
     ttl: int | None = None
     useCache: bool | None = None
+    controlNet: Annotated[list[ControlNetRef], msgspec.Meta(max_length=4)] = []
+    """ControlNets (at most 4), each with its guide image, weight and step range; see :class:`ControlNetRef`."""
     # Declared only to be refused clearly; see UNSUPPORTED_INFERENCE_FIELDS.
-    controlNet: Any = msgspec.UNSET
     lycoris: Any = msgspec.UNSET
     refiner: Any = msgspec.UNSET
     instantID: Any = msgspec.UNSET
@@ -236,6 +266,23 @@ class ImageInference(Task, tag="imageInference"):
                     parameter=f"lora[{index}].model",
                 )
             seen.add(ref.model)
+        for index, control in enumerate(self.controlNet):
+            where = f"controlNet[{index}]"
+            if control.preprocessor is not None:
+                return wire_error(ErrorCode.UNSUPPORTED_PARAMETER,
+                                  f"wisp does not preprocess guide images inline yet; send a preprocessed guideImage "
+                                  f"without `preprocessor` ({control.preprocessor!r} was asked)", parameter=f"{where}.preprocessor")
+            if control.startStep is not None and control.startStepPercentage is not None:
+                return wire_error(ErrorCode.INVALID_PARAMETER, "give startStep or startStepPercentage, not both",
+                                  parameter=f"{where}.startStepPercentage")
+            if control.endStep is not None and control.endStepPercentage is not None:
+                return wire_error(ErrorCode.INVALID_PARAMETER, "give endStep or endStepPercentage, not both",
+                                  parameter=f"{where}.endStepPercentage")
+            start = control.startStep if control.startStep is not None else control.startStepPercentage
+            end = control.endStep if control.endStep is not None else control.endStepPercentage
+            if start is not None and end is not None and (control.startStep is None) == (control.endStep is None) and start >= end:
+                return wire_error(ErrorCode.INVALID_PARAMETER, "the ControlNet's start must come before its end",
+                                  parameter=f"{where}.endStep" if control.endStep is not None else f"{where}.endStepPercentage")
         seen.clear()
         for index, emb in enumerate(self.embeddings):
             if emb.model in seen:

@@ -18,14 +18,18 @@ _lock = threading.Lock()
 MARKER = "model_index.json"
 
 
-def build_once(data_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
-    """``data_dir/builtin/<name>``, calling ``build(target)`` the first time only."""
+def build_once(data_dir: Path, name: str, build: Callable[[Path], None], marker: str = MARKER) -> Path:
+    """``data_dir/builtin/<name>``, calling ``build(target)`` the first time only.
+
+    ``marker``: the file whose presence says the folder is complete (a pipeline's
+    ``model_index.json``; a lone model's ``config.json``).
+    """
     root = Path(data_dir) / "builtin"
     final = root / name
-    if (final / MARKER).exists():
+    if (final / marker).exists():
         return final
     with _lock:
-        if (final / MARKER).exists():
+        if (final / marker).exists():
             return final
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
@@ -35,7 +39,7 @@ def build_once(data_dir: Path, name: str, build: Callable[[Path], None]) -> Path
             try:
                 os.rename(target, final)
             except OSError:
-                if not (final / MARKER).exists():
+                if not (final / marker).exists():
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -107,6 +107,8 @@ class ModelFamily:
     lycoris_conv_projections: bool
     """Whether the U-Net's ``proj_in``/``proj_out`` are 1×1 convolutions (LyCORIS → LoRA conversion)."""
     sniffing: Sniffing
+    builtin_controlnet: BuiltinModel | None = None
+    """The tiny built-in ControlNet made from the built-in model's U-Net (``build``: data_dir → its folder)."""
     default_scheduler_adds_a_step: bool = False
     """Whether the checkpoints' own ("Default") scheduler is PNDM, whose img2img runs one step more than
     ``int(steps × strength)`` (so a request with fewer is still not empty)."""

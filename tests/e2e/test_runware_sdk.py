@@ -188,3 +188,23 @@ async def test_sdk_model_upload_and_search(rw, wisp_server, file_server, tmp_pat
     assert model.air == f"{source}:7@1" and model.private is True and model.tags == ["sdk"] and model.category == "lora"
     builtin = await rw.modelSearch(IModelSearch(category="checkpoint", visibility="public"))
     assert any(m.air == MODEL for m in builtin.results)
+
+
+async def test_sdk_controlnet_guides_the_image(rw, tmp_path):
+    """The 0.5 SDK's IControlNetGeneral: it uploads the guide first and sends every field (null where unset)."""
+    from runware.types import IControlNetGeneral
+
+    path = tmp_path / "guide.png"
+    guide = Image.new("RGB", (64, 64), (0, 0, 0))
+    for x in range(0, 64, 16):
+        guide.paste((255, 255, 255), (x, 0, x + 8, 64))
+    guide.save(path)
+    (plain,) = await rw.imageInference(requestImage=request(outputType="base64Data", seed=5))
+    (steered,) = await rw.imageInference(requestImage=request(
+        outputType="base64Data", seed=5,
+        controlNet=[IControlNetGeneral(model="wisp:tiny-controlnet-sd15@1", guideImage=str(path), weight=1.0, endStepPercentage=80)]))
+    assert steered.imageBase64Data != plain.imageBase64Data
+    (off,) = await rw.imageInference(requestImage=request(
+        outputType="base64Data", seed=5,
+        controlNet=[IControlNetGeneral(model="wisp:tiny-controlnet-sd15@1", guideImage=str(path), weight=0.0)]))
+    assert off.imageBase64Data == plain.imageBase64Data

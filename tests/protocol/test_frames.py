@@ -112,11 +112,13 @@ def test_task_uuid_must_be_uuid():
 def test_unknown_and_unsupported_fields():
     d = one(inference(bogusField=1))
     assert d.error.code == ErrorCode.UNKNOWN_PARAMETER and d.error.parameter == "bogusField"
-    d = one(inference(controlNet=[{"model": "x"}]))
-    assert d.error.code == ErrorCode.UNSUPPORTED_PARAMETER and d.error.parameter == "controlNet"
+    d = one(inference(controlNet=[{"model": "x"}]))  # ControlNet is supported: an item without its guide is incomplete
+    assert d.error.code == ErrorCode.MISSING_PARAMETER and d.error.parameter == "controlNet[0].guideImage"
+    d = one(inference(outpaint={"top": 64}))
+    assert d.error.code == ErrorCode.UNSUPPORTED_PARAMETER and d.error.parameter == "outpaint"
     d = one(inference(safety={"checkContent": True}))
     assert d.error.code == ErrorCode.UNSUPPORTED_PARAMETER
-    # accepted and ignored (documented): ttl, useCache; an empty controlNet list asks for nothing
+    # accepted (documented): ttl, useCache; an empty controlNet list asks for nothing
     assert one(inference(ttl=3600, useCache=True, controlNet=[])).error is None
 
 

@@ -507,12 +507,15 @@ async def test_unknown_scheduler(client: WireClient):
     assert "Euler a" in err["message"] and "DPM++ 2M Karras" in err["message"]
 
 
-async def test_control_net_refused(client: WireClient):
+async def test_an_unknown_control_net_is_named(client: WireClient):
     task = inference(controlNet=[{"model": "civitai:38784@44716", "guideImage": "x", "weight": 1}])
     err = await client.error_of(task)
-    assert err["code"] == "unsupportedParameter"
-    assert err["parameter"] == "controlNet"
+    assert err["code"] == "modelNotFound"
+    assert err["parameter"] == "controlNet[0].model"
     assert err["taskUUID"] == task["taskUUID"]
+    task = inference(outpaint={"top": 64, "blur": 8})  # still not offered: refused, never ignored
+    err = await client.error_of(task)
+    assert err["code"] == "unsupportedParameter" and err["parameter"] == "outpaint"
 
 
 async def test_undecodable_seed_image(client: WireClient):

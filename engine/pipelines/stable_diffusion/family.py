@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.builtin.sd15_config import ensure_sd15_config, sd1_config_for
+from engine.builtin import tiny_controlnet
 from engine.builtin.tiny_sd15 import BUILD_VERSION, BUILTIN_SD15_AIR, ensure_tiny_sd15
 from engine.pipelines.family import BuiltinModel, CheckpointComponent, ModelDefaults, ModelFamily, Sniffing
 from engine.pipelines.stable_diffusion.pipeline import StableDiffusionModel
@@ -32,6 +33,10 @@ FAMILY = ModelFamily(
     builtin=BuiltinModel(
         air=BUILTIN_SD15_AIR, name="wisp tiny SD 1.x (random weights)", architecture="sd1x",
         version=BUILD_VERSION, build=ensure_tiny_sd15,
+    ),  # fmt: skip
+    builtin_controlnet=BuiltinModel(
+        air=tiny_controlnet.BUILTIN_CONTROLNET_SD15_AIR, name="wisp tiny ControlNet SD 1.x (random weights)", architecture="sd1x",
+        version=tiny_controlnet.BUILD_VERSION, build=lambda data_dir: tiny_controlnet.ensure_tiny_controlnet(data_dir, "sd15", ensure_tiny_sd15),
     ),  # fmt: skip
     training_resolution=512,
     preview_factors=(

@@ -50,6 +50,8 @@ class GenerationSpec:
     # Textual inversions and a VAE override, for this request only (engine.embeddings, engine.vae).
     embeddings: tuple[Any, ...] = ()
     vae: Any = None
+    controlnets: tuple[Any, ...] = ()
+    """ControlNets for this request (engine.controlnets.ControlUse, loaded), in request order."""
     on_step: Callable[[int, int, Any], None] | None = field(default=None, compare=False)
     """Called on the worker thread after each denoising step with (step, steps, latents): progress items."""
 
@@ -112,6 +114,12 @@ class StableDiffusionModel:
         "inpaint": "StableDiffusionInpaintPipeline",
     }
     """The diffusers pipeline class of each task (by name: diffusers is imported lazily)."""
+    CONTROLNET_PIPELINES: ClassVar[dict[str, str]] = {
+        "txt2img": "StableDiffusionControlNetPipeline",
+        "img2img": "StableDiffusionControlNetImg2ImgPipeline",
+        "inpaint": "StableDiffusionControlNetInpaintPipeline",
+    }
+    """The same with ControlNets (engine.controlnets): made per request with ``from_pipe``, sharing every weight."""
     LOAD_KWARGS: ClassVar[dict[str, Any]] = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     """Extra ``from_pretrained``/``from_single_file`` arguments: wisp runs no safety checker."""
 
@@ -225,12 +233,54 @@ class StableDiffusionModel:
                 with torch.inference_mode():
                     return self._generate(spec, should_stop)
 
+    def _controlled(self, spec: GenerationSpec, kwargs: dict[str, Any]) -> Any:
+        """The ControlNet pipeline for ``spec``'s mode with its ControlNets, and their call arguments added to ``kwargs``.
+
+        Made per request with ``from_pipe`` (the ControlNets are the request's,
+        pinned in the model cache only while it runs); it shares the loaded
+        model's components, VAE override and textual inversions included.
+        """
+        import diffusers
+        from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+        uses = spec.controlnets
+        modules = [use.module for use in uses]
+        controlnet = modules[0] if len(modules) == 1 else MultiControlNetModel(modules)
+        variant = f"controlnet-{spec.mode}"
+        pipe = self._variants.get(variant)
+        if pipe is None:  # made once per mode (``from_pipe`` costs ~10 ms); a variant, so VAE overrides reach it too
+            pipe = getattr(diffusers, self.CONTROLNET_PIPELINES[spec.mode]).from_pipe(self._variant(spec.mode), controlnet=controlnet)
+            pipe.set_progress_bar_config(disable=True)
+            self._variants[variant] = pipe
+        else:
+            pipe.controlnet = controlnet  # this request's; released after the call (see _generate)
+        one = len(uses) == 1
+        guides = [use.image for use in uses]
+        kwargs[("image" if spec.mode == "txt2img" else "control_image")] = guides[0] if one else guides
+        kwargs["controlnet_conditioning_scale"] = uses[0].scale if one else [use.scale for use in uses]
+        kwargs["control_guidance_start"] = uses[0].start if one else [use.start for use in uses]
+        kwargs["control_guidance_end"] = uses[0].end if one else [use.end for use in uses]
+        kwargs["guess_mode"] = any(use.guess_mode for use in uses)
+        return pipe
+
     def _generate(self, spec: GenerationSpec, should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
         """The diffusers call itself (caller holds the lock)."""
         pipe = self._variant(spec.mode)
         scheduler = make_scheduler(spec.scheduler, self._scheduler_config)
         pipe.scheduler = scheduler if scheduler is not None else self._default_scheduler
         kwargs = self._call_kwargs(spec)
+        if spec.controlnets:
+            pipe = self._controlled(spec, kwargs)
+            pipe.scheduler = scheduler if scheduler is not None else self._default_scheduler
+            try:
+                return self._call(pipe, spec, kwargs, should_stop)
+            finally:
+                # The ControlNets are pinned in the model cache only for this run: the pipeline must not keep one alive.
+                pipe.controlnet = None
+        return self._call(pipe, spec, kwargs, should_stop)
+
+    @staticmethod
+    def _call(pipe: Any, spec: GenerationSpec, kwargs: dict[str, Any], should_stop: Callable[[], bool] | None) -> list[Image.Image]:
         callback = _step_callback([spec], should_stop)
         if callback is not None:
             kwargs["callback_on_step_end"] = callback
@@ -291,7 +341,7 @@ def batch_key(spec: GenerationSpec) -> tuple[Any, ...] | None:
     """
     if spec.mode != "txt2img" or len(spec.seeds) != 1:
         return None
-    if spec.embeddings or spec.vae is not None:  # applied per request in ``run`` (engine.embeddings, engine.vae)
+    if spec.embeddings or spec.vae is not None or spec.controlnets:  # applied per request in ``run``
         return None
     loras = tuple((lora.key, lora.weight) for lora in spec.loras)
     return (spec.width, spec.height, spec.steps, spec.scheduler, spec.cfg_scale, spec.clip_skip, loras)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.builtin.sdxl_config import ensure_sdxl_config, sdxl_config_for
+from engine.builtin import tiny_controlnet
 from engine.builtin.tiny_sdxl import BUILD_VERSION, BUILTIN_SDXL_AIR, ensure_tiny_sdxl
 from engine.pipelines.family import BuiltinModel, CheckpointComponent, ModelDefaults, ModelFamily, Sniffing
 from engine.pipelines.stable_diffusion.family import UNET, VAE
@@ -39,6 +40,10 @@ FAMILY = ModelFamily(
     builtin=BuiltinModel(
         air=BUILTIN_SDXL_AIR, name="wisp tiny SDXL (random weights)", architecture="sdxl",
         version=BUILD_VERSION, build=ensure_tiny_sdxl,
+    ),  # fmt: skip
+    builtin_controlnet=BuiltinModel(
+        air=tiny_controlnet.BUILTIN_CONTROLNET_SDXL_AIR, name="wisp tiny ControlNet SDXL (random weights)", architecture="sdxl",
+        version=tiny_controlnet.BUILD_VERSION, build=lambda data_dir: tiny_controlnet.ensure_tiny_controlnet(data_dir, "sdxl", ensure_tiny_sdxl),
     ),  # fmt: skip
     training_resolution=1024,
     preview_factors=(

@@ -26,6 +26,11 @@ class StableDiffusionXLModel(StableDiffusionModel):
         "img2img": "StableDiffusionXLImg2ImgPipeline",
         "inpaint": "StableDiffusionXLInpaintPipeline",
     }
+    CONTROLNET_PIPELINES: ClassVar[dict[str, str]] = {
+        "txt2img": "StableDiffusionXLControlNetPipeline",
+        "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLControlNetInpaintPipeline",
+    }
     LOAD_KWARGS: ClassVar[dict[str, Any]] = {"add_watermarker": False}
     """No invisible watermark: it needs an optional package and changes the pixels it returns."""
 

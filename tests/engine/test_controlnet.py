@@ -1,0 +1,112 @@
+"""ControlNet through the engine (issue 15, first part): built-in tiny ControlNets on both families."""
+
+from __future__ import annotations
+
+import base64
+import io
+import uuid
+
+import msgspec
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.builtin.tiny_controlnet import BUILTIN_CONTROLNET_SD15_AIR, BUILTIN_CONTROLNET_SDXL_AIR
+from engine.builtin.tiny_sd15 import BUILTIN_SD15_AIR
+from engine.builtin.tiny_sdxl import BUILTIN_SDXL_AIR
+from engine.errors import InvalidInput
+from protocol.inference import ImageInference
+from protocol.models import ModelSearch
+
+
+def guide(pattern: str = "stripes", size: int = 64) -> str:
+    """A guide image as a data URI: stripes or a checkerboard (different edges, same colours)."""
+    y, x = np.indices((size, size))
+    values = ((x // 8) % 2) if pattern == "stripes" else (((x // 8) + (y // 8)) % 2)
+    image = Image.fromarray((values * 255).astype(np.uint8)).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def task(model: str = BUILTIN_SD15_AIR, **fields) -> ImageInference:
+    base = dict(taskUUID=str(uuid.uuid4()), model=model, positivePrompt="a red fox", width=64, height=64, steps=4, seed=7)
+    base.update(fields)
+    return msgspec.convert({"taskType": "imageInference", **base}, ImageInference)
+
+
+def control(model: str = BUILTIN_CONTROLNET_SD15_AIR, **fields) -> dict:
+    return {"model": model, "guideImage": guide(), **fields}
+
+
+async def pixels(engine, t: ImageInference) -> np.ndarray:
+    [image] = await engine.generate(t, team="t", owner="a")
+    return np.asarray(Image.open(io.BytesIO(image.data))).astype(int)
+
+
+@pytest.mark.parametrize(("model", "controlnet"), [(BUILTIN_SD15_AIR, BUILTIN_CONTROLNET_SD15_AIR),
+                                                   (BUILTIN_SDXL_AIR, BUILTIN_CONTROLNET_SDXL_AIR)])
+async def test_the_builtin_controlnet_steers_and_weight_zero_is_the_plain_image(engine, model, controlnet):
+    plain = await pixels(engine, task(model))
+    steered = await pixels(engine, task(model, controlNet=[control(controlnet)]))
+    other_guide = await pixels(engine, task(model, controlNet=[control(controlnet, guideImage=guide("checks"))]))
+    off = await pixels(engine, task(model, controlNet=[control(controlnet, weight=0)]))
+    assert np.abs(steered - plain).mean() > 1 and np.abs(other_guide - steered).mean() > 1
+    assert np.array_equal(off, plain)  # weight 0: bit for bit the plain image
+    again = await pixels(engine, task(model, controlNet=[control(controlnet)]))
+    assert np.array_equal(again, steered)  # deterministic
+
+
+async def test_step_ranges_modes_and_two_controlnets_differ(engine):
+    full = await pixels(engine, task(controlNet=[control()]))
+    late = await pixels(engine, task(controlNet=[control(startStep=2)]))
+    late_pct = await pixels(engine, task(controlNet=[control(startStepPercentage=50)]))
+    early = await pixels(engine, task(controlNet=[control(endStepPercentage=50)]))
+    guess = await pixels(engine, task(controlNet=[control(controlMode="controlnet")]))
+    prompt_first = await pixels(engine, task(controlNet=[control(controlMode="prompt")]))
+    half = await pixels(engine, task(controlNet=[control(weight=0.5)]))
+    two = await pixels(engine, task(controlNet=[control(), control(guideImage=guide("checks"), weight=0.7)]))
+    assert np.array_equal(late, late_pct)  # step 2 of 4 is 50 %
+    for other in (late, early, guess, two):
+        assert np.abs(other - full).mean() > 0.5
+    assert np.array_equal(prompt_first, half)  # "prompt" halves the weight
+
+
+async def test_img2img_and_inpainting_take_a_controlnet(engine):
+    seed_image = guide("checks")
+    plain = await pixels(engine, task(seedImage=seed_image, strength=0.8))
+    steered = await pixels(engine, task(seedImage=seed_image, strength=0.8, controlNet=[control()]))
+    assert np.abs(steered - plain).mean() > 0.5
+    mask = guide("stripes")
+    inpainted = await pixels(engine, task(seedImage=seed_image, maskImage=mask, controlNet=[control()]))
+    assert inpainted.shape[:2] == (64, 64)
+
+
+async def test_refusals_name_the_field(engine):
+    with pytest.raises(InvalidInput) as wrong_family:
+        await engine.generate(task(BUILTIN_SDXL_AIR, controlNet=[control(BUILTIN_CONTROLNET_SD15_AIR)]), team="t", owner="a")
+    assert wrong_family.value.parameter == "controlNet[0].model"
+    from engine.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound) as missing:
+        await engine.generate(task(controlNet=[control("nobody:nothing@1")]), team="t", owner="a")
+    assert missing.value.parameter == "controlNet[0].model"
+
+
+async def test_modelsearch_lists_the_builtin_controlnets(engine):
+    found = await engine.search_models(msgspec.convert({"taskType": "modelSearch", "taskUUID": str(uuid.uuid4()), "category": "controlnet"},
+                                                       ModelSearch), "t")
+    airs = {m.air: m for m in found.results}
+    assert {BUILTIN_CONTROLNET_SD15_AIR, BUILTIN_CONTROLNET_SDXL_AIR} <= set(airs)
+    assert airs[BUILTIN_CONTROLNET_SDXL_AIR].architecture == "sdxl" and airs[BUILTIN_CONTROLNET_SD15_AIR].category == "controlnet"
+
+
+async def test_the_cached_controlnet_pipeline_keeps_no_controlnet_alive(engine):
+    """The ControlNet is pinned in the model cache only while a run uses it: the reused pipeline drops it after."""
+    await pixels(engine, task(controlNet=[control()]))
+    from engine.models import BUILTIN_MODELS
+
+    model = engine.library.pipeline(BUILTIN_MODELS[BUILTIN_SD15_AIR])
+    assert model._variants["controlnet-txt2img"].controlnet is None
+    key = next(k for k in engine.cache.keys() if str(k).startswith(BUILTIN_CONTROLNET_SD15_AIR))
+    assert engine.cache.tier_of(key) is not None  # and the cache holds it, counted, for the next request
