@@ -33,7 +33,8 @@ Every error, where it lives, and its code:
 ``QuotaExceeded`` (engine.registry.team_settings)      ``quotaExceeded``
 ``TrainingFailed`` (engine.training.runner)            ``trainingFailed``
 ``UploadSourceGone`` (server.gateway)                  ``downloadFailed``
-``ControlNetNotRunnable`` (engine.controlnets)         ``unsupportedParameter``
+``ControlNetNotRunnable`` (engine.controlnets),        ``unsupportedParameter``
+``PreprocessorUnavailable`` (engine.preprocessors)
 ``NotYourModel`` (engine.registry.models)              ``sourceNotAllowed``
 ====================================================  =========================
 """

@@ -33,6 +33,7 @@ from engine.net import NetPolicy
 from engine.pipelines import families
 from engine.pipelines.stable_diffusion import GenerationSpec
 from engine.pipelines.stable_diffusion.pipeline import batch_key
+from engine.preprocessors import check as check_preprocessor
 from engine.pricing import image_cost
 from engine.schedulers import canonical_scheduler
 from engine.workqueue import Batchable, FairQueue, StepRelay, submit, withdraw
@@ -124,8 +125,11 @@ class Inference:
             resolved = self.library.resolve_controlnet(item.model, team, entry, f"{where}.model")
             start, end = step_range(steps, item.startStep, item.endStep, item.startStepPercentage, item.endStepPercentage, where)
             scale, guess_mode = scale_and_mode(item.weight, item.controlMode)
+            preprocessor = None if item.preprocessor is None else check_preprocessor(item.preprocessor, f"{where}.preprocessor")
             controlnets.append(ControlRef(air=resolved.air, family=resolved.family, sha256=resolved.sha256, scale=scale, start=start,
-                                          end=end, guess_mode=guess_mode, guide_image=item.guideImage, parameter=where))
+                                          end=end, guess_mode=guess_mode, guide_image=item.guideImage, parameter=where,
+                                          preprocessor=preprocessor, low_threshold=item.lowThresholdCanny,
+                                          high_threshold=item.highThresholdCanny))
         if task.seed is not None:
             seeds = tuple((task.seed + i) % 2**63 for i in range(task.numberResults))
         else:

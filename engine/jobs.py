@@ -79,6 +79,10 @@ class ControlRef(msgspec.Struct, frozen=True, kw_only=True):
     """The request's reference until :meth:`Inference.load_inputs` reads it."""
     guide_bytes: bytes | None = None
     parameter: str
+    preprocessor: str | None = None
+    """Run on the guide first (engine.preprocessors): ``canny``, with its thresholds."""
+    low_threshold: int | None = None
+    high_threshold: int | None = None
 
 
 class InferenceJob(msgspec.Struct, frozen=True, kw_only=True, tag="imageInference"):

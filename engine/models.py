@@ -261,6 +261,10 @@ class ModelLibrary:
         guide = decode_image(ref.guide_bytes, f"{ref.parameter}.guideImage").convert("RGB")
         if guide.size != (width, height):
             guide = guide.resize((width, height), Image.Resampling.LANCZOS)
+        if ref.preprocessor is not None:  # after the resize: edges at the output's scale
+            from engine.preprocessors import apply
+
+            guide = apply(ref.preprocessor, guide, ref.low_threshold, ref.high_threshold)
         kind = BUILTIN_CONTROLNETS.get(ref.air)
         if kind is None:
             folder = None

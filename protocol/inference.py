@@ -140,9 +140,10 @@ class ControlNetRef(msgspec.Struct, forbid_unknown_fields=True):
     endStepPercentage: StepPercentage | None = None
     controlMode: ControlMode | None = None
     preprocessor: Keyword | None = None
-    """Preprocessing the guide image inline (the SDK's ``IControlNetCanny``): not offered yet, refused."""
-    lowThresholdCanny: int | None = None
-    highThresholdCanny: int | None = None
+    """Preprocess the guide image first (the SDK's ``IControlNetCanny``): ``canny`` runs in wisp; those that need an
+    annotator model are refused naming it (engine.preprocessors)."""
+    lowThresholdCanny: Annotated[int, msgspec.Meta(ge=0, le=255)] | None = None
+    highThresholdCanny: Annotated[int, msgspec.Meta(ge=0, le=255)] | None = None
     includeHandsAndFaceOpenPose: bool | None = None
 
 
@@ -268,10 +269,14 @@ class ImageInference(Task, tag="imageInference"):
             seen.add(ref.model)
         for index, control in enumerate(self.controlNet):
             where = f"controlNet[{index}]"
-            if control.preprocessor is not None:
-                return wire_error(ErrorCode.UNSUPPORTED_PARAMETER,
-                                  f"wisp does not preprocess guide images inline yet; send a preprocessed guideImage "
-                                  f"without `preprocessor` ({control.preprocessor!r} was asked)", parameter=f"{where}.preprocessor")
+            for name, value in (("lowThresholdCanny", control.lowThresholdCanny), ("highThresholdCanny", control.highThresholdCanny)):
+                if value is not None and control.preprocessor is None:
+                    return wire_error(ErrorCode.INVALID_PARAMETER, f"{name} applies only with preprocessor canny",
+                                      parameter=f"{where}.{name}")
+            low, high = control.lowThresholdCanny, control.highThresholdCanny
+            if low is not None and high is not None and low > high:
+                return wire_error(ErrorCode.INVALID_PARAMETER, "lowThresholdCanny must not exceed highThresholdCanny",
+                                  parameter=f"{where}.lowThresholdCanny")
             if control.startStep is not None and control.startStepPercentage is not None:
                 return wire_error(ErrorCode.INVALID_PARAMETER, "give startStep or startStepPercentage, not both",
                                   parameter=f"{where}.startStepPercentage")

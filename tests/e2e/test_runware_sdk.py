@@ -208,3 +208,17 @@ async def test_sdk_controlnet_guides_the_image(rw, tmp_path):
         outputType="base64Data", seed=5,
         controlNet=[IControlNetGeneral(model="wisp:tiny-controlnet-sd15@1", guideImage=str(path), weight=0.0)]))
     assert off.imageBase64Data == plain.imageBase64Data
+
+
+async def test_sdk_controlnet_canny_preprocesses_inline(rw, tmp_path):
+    """The 0.5 SDK's IControlNetCanny always sends preprocessor "canny" with its thresholds."""
+    from runware.types import IControlNetCanny
+
+    path = tmp_path / "photo.png"
+    photo = Image.new("RGB", (64, 64), (20, 40, 200))
+    photo.paste((250, 240, 30), (16, 16, 48, 48))
+    photo.save(path)
+    (out,) = await rw.imageInference(requestImage=request(outputType="base64Data", seed=5, controlNet=[
+        IControlNetCanny(model="wisp:tiny-controlnet-sd15@1", guideImage=str(path), lowThresholdCanny=80, highThresholdCanny=160)]))
+    (plain,) = await rw.imageInference(requestImage=request(outputType="base64Data", seed=5))
+    assert out.imageBase64Data != plain.imageBase64Data

@@ -110,3 +110,40 @@ async def test_the_cached_controlnet_pipeline_keeps_no_controlnet_alive(engine):
     assert model._variants["controlnet-txt2img"].controlnet is None
     key = next(k for k in engine.cache.keys() if str(k).startswith(BUILTIN_CONTROLNET_SD15_AIR))
     assert engine.cache.tier_of(key) is not None  # and the cache holds it, counted, for the next request
+
+
+def photo(size: int = 80) -> tuple[str, Image.Image]:
+    """A 'photo' with shapes (a disc and a bar on a gradient), as a data URI and as the image."""
+    y, x = np.indices((size, size))
+    rgb = np.stack([x * 3 % 256, y * 3 % 256, np.full_like(x, 90)], axis=-1).astype(np.uint8)
+    rgb[(x - 40) ** 2 + (y - 40) ** 2 < 300] = (250, 250, 20)
+    rgb[10:20, 5:70] = (10, 10, 200)
+    image = Image.fromarray(rgb)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode(), image
+
+
+async def test_canny_inline_equals_sending_its_edge_map(engine):
+    from engine.preprocessors import canny
+
+    uri, image = photo()
+    inline = await pixels(engine, task(controlNet=[control(guideImage=uri, preprocessor="canny", lowThresholdCanny=50,
+                                                           highThresholdCanny=150)]))
+    edges = canny(image.resize((64, 64), Image.Resampling.LANCZOS), 50, 150)
+    assert 0 < (np.asarray(edges) > 0).mean() < 0.5  # an edge map: some white, mostly black
+    out = io.BytesIO()
+    edges.save(out, format="PNG")
+    sent = await pixels(engine, task(controlNet=[control(guideImage="data:image/png;base64," + base64.b64encode(out.getvalue()).decode())]))
+    raw = await pixels(engine, task(controlNet=[control(guideImage=uri)]))
+    assert np.array_equal(inline, sent) and not np.array_equal(inline, raw)
+
+
+@pytest.mark.parametrize(("name", "needs"), [("depth_midas", "depth estimator"), ("openpose_face", "pose estimator"),
+                                             ("softedge_hed", "soft-edge network"), ("magic", "no preprocessor")])
+async def test_preprocessors_that_need_a_model_are_refused_naming_it(engine, name, needs):
+    from engine.preprocessors import PreprocessorUnavailable
+
+    with pytest.raises(PreprocessorUnavailable) as refused:
+        await engine.generate(task(controlNet=[control(preprocessor=name)]), team="t", owner="a")
+    assert refused.value.parameter == "controlNet[0].preprocessor" and needs in refused.value.message

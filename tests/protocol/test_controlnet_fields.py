@@ -25,9 +25,12 @@ def test_the_05_sdks_item_with_every_field_null_is_accepted():
     assert decoded.task.controlNet[0].guideImage.endswith("f")
 
 
-def test_inline_preprocessing_is_refused_naming_the_item():
-    decoded = decode({"model": "m:c@1", "guideImage": "x", "preprocessor": "canny", "lowThresholdCanny": 100})
-    assert decoded.error.code == ErrorCode.UNSUPPORTED_PARAMETER and decoded.error.parameter == "controlNet[0].preprocessor"
+def test_canny_thresholds_need_the_preprocessor_and_an_order():
+    assert decode({"model": "m:c@1", "guideImage": "x", "preprocessor": "canny", "lowThresholdCanny": 100}).error is None
+    alone = decode({"model": "m:c@1", "guideImage": "x", "lowThresholdCanny": 100})
+    assert alone.error.code == ErrorCode.INVALID_PARAMETER and alone.error.parameter == "controlNet[0].lowThresholdCanny"
+    reversed_ = decode({"model": "m:c@1", "guideImage": "x", "preprocessor": "canny", "lowThresholdCanny": 200, "highThresholdCanny": 100})
+    assert reversed_.error.parameter == "controlNet[0].lowThresholdCanny"
 
 
 def test_steps_and_percentages_are_not_mixed_and_ranges_are_not_empty():
