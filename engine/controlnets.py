@@ -21,15 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import EngineError, InvalidInput
+from engine.errors import InvalidInput
 from engine.pipelines import families
-from protocol.errors import ErrorCode
 
 
-class ControlNetNotRunnable(EngineError):
-    """An uploaded ControlNet: stored and searchable, but this build runs only the built-in ones so far."""
-
-    code = ErrorCode.UNSUPPORTED_PARAMETER
 
 BUILTIN_CONTROLNETS: dict[str, Any] = {
     f.builtin_controlnet.air: f for f in families.all() if f.builtin_controlnet is not None
@@ -79,16 +74,82 @@ def scale_and_mode(weight: float | None, mode: str | None) -> tuple[float, bool]
     return scale, mode == "controlnet"
 
 
-def load_controlnet(use: ControlUse, device: str, dtype: Any) -> Any:
-    """Worker thread: a built-in ControlNet from its folder (uploaded ones are not loadable yet)."""
+FULL_SIZE_CONDITIONING = (16, 32, 96, 256)
+"""The guide-image encoder of every published SD-1.x/SDXL ControlNet (lllyasviel's layout)."""
+
+
+def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def _full_size_config(family_name: str, data_dir: Path) -> Path:
+    """A folder holding the config.json of the family's full-size ControlNet, derived from its U-Net's config (offline)."""
+    import json
+
+    from engine.builtin.build_once import build_once
+
+    descriptor = families.get(family_name)
+
+    def build(target: Path) -> None:
+        from diffusers import ControlNetModel
+
+        unet = json.loads((descriptor.config_folder(data_dir, None) / "unet" / "config.json").read_text())
+        init, _ = ControlNetModel.extract_init_dict(unet)[:2]
+        config = {"_class_name": "ControlNetModel", **init, "conditioning_embedding_out_channels": list(FULL_SIZE_CONDITIONING)}
+        target.mkdir(parents=True)
+        (target / "config.json").write_text(json.dumps(config, indent=1, default=list))
+
+    return build_once(data_dir, f"controlnet-config-{family_name}-v1", build, marker="config.json")
+
+
+def config_folder_for(path: Path, family_name: str, data_dir: Path) -> Path:
+    """The config folder an uploaded ControlNet file fits, judged from its header: the built-in tiny one's
+    (same tensor names and shapes), else the family's full size."""
+    tiny = families.get(family_name).builtin_controlnet
+    if tiny is not None:
+        folder = tiny.build(data_dir)
+        if _shapes(path) == _shapes(folder / "diffusion_pytorch_model.safetensors"):
+            return folder
+    return _full_size_config(family_name, data_dir)
+
+
+def load_controlnet(use: ControlUse, device: str, dtype: Any, data_dir: Path) -> Any:
+    """Worker thread: a built-in ControlNet from its folder, or an uploaded one from its stored file.
+
+    An upload in the diffusers layout is built from its config and loaded
+    strictly (every tensor named and shaped as the config says); one in the
+    original (LDM) layout goes through diffusers' single-file conversion with
+    the same offline config.  Either way a file that does not fit is
+    ``modelLoadFailed``, naming the item.
+    """
     import torch
     from diffusers import ControlNetModel
 
-    if use.folder is None:
-        raise ControlNetNotRunnable(f"{use.air}: uploaded ControlNets cannot run yet (built-in ones can)",
-                                    parameter=f"{use.parameter}.model")
-    model = ControlNetModel.from_pretrained(str(use.folder), local_files_only=True, dtype=dtype or torch.float32)
-    return model.to(device).eval()
+    dtype = dtype or torch.float32
+    if use.folder is not None:
+        return ControlNetModel.from_pretrained(str(use.folder), local_files_only=True, dtype=dtype).to(device).eval()
+    from engine.registry.integrity import verify_stored_file
+    from engine.safetensors_header import ModelLoadError
+
+    assert use.path is not None
+    where = f"{use.parameter}.model"
+    verify_stored_file(use.path, ModelLoadError, where)
+    folder = config_folder_for(use.path, use.family, data_dir)
+    try:
+        if any(name.startswith("controlnet_cond_embedding.") for name in _shapes(use.path)):
+            from safetensors.torch import load_file
+
+            model = ControlNetModel.from_config(ControlNetModel.load_config(str(folder)))
+            model.load_state_dict(load_file(str(use.path)), strict=True)
+        else:
+            model = ControlNetModel.from_single_file(str(use.path), config=str(folder), local_files_only=True, torch_dtype=dtype)
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        raise ModelLoadError(f"{use.air} cannot be loaded as a {use.family} ControlNet ({type(exc).__name__}: {str(exc)[:200]})",
+                             parameter=where) from None
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def size_of_folder(folder: Path, dtype: Any) -> int:

@@ -33,8 +33,7 @@ Every error, where it lives, and its code:
 ``QuotaExceeded`` (engine.registry.team_settings)      ``quotaExceeded``
 ``TrainingFailed`` (engine.training.runner)            ``trainingFailed``
 ``UploadSourceGone`` (server.gateway)                  ``downloadFailed``
-``ControlNetNotRunnable`` (engine.controlnets),        ``unsupportedParameter``
-``PreprocessorUnavailable`` (engine.preprocessors)
+``PreprocessorUnavailable`` (engine.preprocessors)      ``unsupportedParameter``
 ``NotYourModel`` (engine.registry.models)              ``sourceNotAllowed``
 ====================================================  =========================
 """

@@ -237,10 +237,9 @@ class ModelLibrary:
         """``air`` as a ControlNet usable on ``base``: a built-in one of its family, or an upload (category ``controlnet``).
 
         Returns what a job records of it (air, family, sha256: None for a
-        built-in).  Uploaded ControlNets are stored and searchable but cannot
-        run yet: refused here, before the task is acknowledged.
+        built-in).
         """
-        from engine.controlnets import BUILTIN_CONTROLNETS, ControlNetNotRunnable
+        from engine.controlnets import BUILTIN_CONTROLNETS
 
         kind = BUILTIN_CONTROLNETS.get(air)
         if kind is not None:
@@ -248,8 +247,7 @@ class ModelLibrary:
                 raise InvalidInput(f"{air} is a ControlNet for {kind.name}; the model {base.air} is {base.architecture}", parameter=parameter)
             return SimpleNamespace(air=air, family=kind.name, sha256=None)
         row = self._visible_of(air, team, base, "controlnet", "ControlNet", parameter)
-        raise ControlNetNotRunnable(f"{row.air}: uploaded ControlNets cannot run yet on this build (the built-in "
-                                    "wisp:tiny-controlnet-sd15@1 and wisp:tiny-controlnet-sdxl@1 can)", parameter=parameter)
+        return SimpleNamespace(air=row.air, family=family(row.architecture), sha256=row.sha256)
 
     def control_use(self, ref: Any, width: int, height: int) -> Any:
         """A job's ControlRef as the generation uses it: the guide decoded and resized to the output (worker thread)."""
@@ -292,10 +290,12 @@ class ModelLibrary:
             for use in spec.controlnets:
                 def load(use: Any = use) -> Any:
                     with LOAD_LOCK:
-                        return load_controlnet(use, self.device, self.dtype)
+                        return load_controlnet(use, self.device, self.dtype, self.data_dir)
 
                 def size(use: Any = use) -> int | None:
-                    return size_of_folder(use.folder, self.dtype) if use.folder is not None else None
+                    if use.folder is not None:
+                        return size_of_folder(use.folder, self.dtype)
+                    return 2 * use.path.stat().st_size  # stored at 16 bits or more; loaded at most at 32
 
                 module = stack.enter_context(self.cache.use(use.key, load, size_hint=size))
                 loaded.append(replace(use, module=module))

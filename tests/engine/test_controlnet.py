@@ -147,3 +147,36 @@ async def test_preprocessors_that_need_a_model_are_refused_naming_it(engine, nam
     with pytest.raises(PreprocessorUnavailable) as refused:
         await engine.generate(task(controlNet=[control(preprocessor=name)]), team="t", owner="a")
     assert refused.value.parameter == "controlNet[0].preprocessor" and needs in refused.value.message
+
+
+async def test_an_uploaded_controlnet_runs_like_the_builtin_it_was_made_from(engine, tmp_path):
+    """The built-in ControlNet's own file, uploaded (diffusers layout): the same weights, stored at 16 bits, so nearly
+    the same image (the upload's storage rounding is the only difference)."""
+    import shutil
+
+    from engine.controlnets import BUILTIN_CONTROLNETS
+    from protocol.models import ModelUpload
+
+    from engine.models import LOAD_LOCK
+
+    with LOAD_LOCK:  # a first build imports diffusers: never beside the worker thread's own imports
+        folder = BUILTIN_CONTROLNETS[BUILTIN_CONTROLNET_SD15_AIR].builtin_controlnet.build(engine.config.data_dir)
+    path = tmp_path / "my-controlnet.safetensors"
+    shutil.copy(folder / "diffusion_pytorch_model.safetensors", path)
+    if engine.registry.source_team("cnsrc") is None:
+        engine.registry.create_source("cnsrc", "t")
+    air = f"cnsrc:{uuid.uuid4().hex[:8]}@1"
+
+    async def emit(status: str, message: str) -> None:
+        pass
+
+    body = dict(taskUUID=str(uuid.uuid4()), air=air, category="controlnet", architecture="sd1x", conditioning="canny",
+                downloadURL="https://example.invalid/c.safetensors", uniqueIdentifier=uuid.uuid4().hex, name="mine", version="1")
+    await engine.upload_model(msgspec.convert({"taskType": "modelUpload", **body}, ModelUpload), "t", emit, local_source=path)
+    uploaded = await pixels(engine, task(controlNet=[control(air)]))
+    builtin = await pixels(engine, task(controlNet=[control()]))
+    plain = await pixels(engine, task())
+    assert np.abs(uploaded - builtin).mean() < 0.1 * np.abs(builtin - plain).mean()
+    with pytest.raises(InvalidInput) as wrong_family:  # an SD-1.x ControlNet on the SDXL model
+        await engine.generate(task(BUILTIN_SDXL_AIR, controlNet=[control(air)]), team="t", owner="a")
+    assert wrong_family.value.parameter == "controlNet[0].model"
