@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from protocol.inference import ImageInference, ImageUpload
+from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess
 
 from engine.cache import ModelCache
 from engine.images.codec import decode_image, encode_image
@@ -304,6 +306,15 @@ class Engine:
             return jobs.SearchJob(task_uuid=task.taskUUID, team=team, query=task)
         if isinstance(task, ImageUpload):
             return jobs.ImageUploadJob(task_uuid=task.taskUUID, team=team, image=task.image)
+        if isinstance(task, (ImageControlNetPreProcess, ControlNetPreprocess)):
+            from engine.preprocessors import check as check_preprocessor
+
+            parameter = "preProcessorType" if task.preProcessorType is not None else "model"
+            return jobs.PreprocessJob(
+                task_uuid=task.taskUUID, team=team, image=task.image, preprocessor=check_preprocessor(task.preprocessor, parameter),
+                low_threshold=task.low, high_threshold=task.high, width=task.width, height=task.height,
+                output_format=task.outputFormat, output_quality=task.outputQuality,
+            )
         raise TypeError(f"no job for {type(task).__name__}")
 
     async def run(
@@ -337,6 +348,8 @@ class Engine:
                 sink(jobs.Finished(task_uuid=job.task_uuid, trained=jobs.TrainedLora(
                     air=outcome.air, architecture=outcome.architecture, steps=outcome.steps, loss=outcome.loss,
                     images=outcome.images, seconds=outcome.seconds)))
+            elif isinstance(job, jobs.PreprocessJob):
+                sink(await self.preprocess(job, own_hosts))
             elif isinstance(job, jobs.ImageUploadJob):
                 image_uuid, name = await self.upload_image(job.image, own_hosts, job.team)
                 sink(jobs.Finished(task_uuid=job.task_uuid, images=[jobs.GeneratedImage(
@@ -415,6 +428,35 @@ class Engine:
             return self.images.put(encode_image(image, "PNG", 95), "png", team=team)
 
         return await asyncio.to_thread(store)
+
+    async def preprocess(self, job: jobs.PreprocessJob, own_hosts: frozenset[str] = frozenset()) -> jobs.Finished:
+        """A ControlNet guide from an image: read (the team's own imageUUIDs only), resized if asked, preprocessed, stored.
+
+        CPU work in a thread, not the device queue.  An input that came as
+        anything but an imageUUID is stored too, so ``inputImageUUID`` names it.
+        """
+        from engine.images.codec import FORMATS
+        from engine.preprocessors import apply
+
+        data = await load_image_bytes(job.image, "inputImage", self.images, self.config.net, own_hosts, job.team)
+        known = self.images.find(job.image, job.team) if _is_uuid(job.image) else None
+
+        def work() -> jobs.Finished:
+            from PIL import Image
+
+            image = decode_image(data, "inputImage").convert("RGB")
+            input_uuid = job.image.lower() if known is not None else self.images.put(encode_image(image, "PNG", 95), "png", team=job.team)[0]
+            if job.width or job.height:
+                width, height = job.width or image.width, job.height or image.height
+                image = image.resize((width, height), Image.Resampling.LANCZOS)
+            guide = apply(job.preprocessor, image, job.low_threshold, job.high_threshold)
+            _, ext, mime = FORMATS[job.output_format]
+            encoded = encode_image(guide, job.output_format, job.output_quality)
+            guide_uuid, name = self.images.put(encoded, ext, team=job.team)
+            made = jobs.GeneratedImage(image_uuid=guide_uuid, file_name=name, seed=0, data=encoded, mime=mime, cost=0.0)
+            return jobs.Finished(task_uuid=job.task_uuid, images=[made], input_image_uuid=input_uuid)
+
+        return await asyncio.to_thread(work)
 
     # ---- the model library -------------------------------------------------
 
@@ -542,3 +584,10 @@ class Engine:
     def search_now(self, task: ModelSearch, team: str) -> ModelSearchResult | None:
         """modelSearch answered from memory, on the event loop (no I/O); None while the view is stale."""
         return search_in_view(self.model_view, task, team)
+
+
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _is_uuid(ref: str) -> bool:
+    return _UUID_RE.match(ref) is not None

@@ -171,7 +171,23 @@ class ImageUploadJob(msgspec.Struct, frozen=True, kw_only=True, tag="imageUpload
     """The request's reference (imageUUID, URL, data URI or base64)."""
 
 
-Job = Union[InferenceJob, TrainingJob, UploadJob, SearchJob, ImageUploadJob]
+class PreprocessJob(msgspec.Struct, frozen=True, kw_only=True, tag="controlNetPreprocess"):
+    """A ControlNet guide made from an image (imageControlNetPreProcess / controlNetPreprocess); CPU only."""
+
+    task_uuid: str
+    team: str
+    image: str
+    """The request's reference (imageUUID, URL, data URI, base64)."""
+    preprocessor: str
+    low_threshold: int | None = None
+    high_threshold: int | None = None
+    width: int | None = None
+    height: int | None = None
+    output_format: str = "PNG"
+    output_quality: int = 95
+
+
+Job = Union[InferenceJob, TrainingJob, UploadJob, SearchJob, ImageUploadJob, PreprocessJob]
 
 
 # ---- events ----------------------------------------------------------------------
@@ -246,6 +262,8 @@ class Finished(msgspec.Struct, frozen=True, kw_only=True, tag="finished"):
     search: ModelSearchResult | None = None
     trained: TrainedLora | None = None
     uploaded: UploadedModel | None = None
+    input_image_uuid: str | None = None
+    """A preprocess job's input, as an imageUUID (stored if it came some other way)."""
 
 
 class Failed(msgspec.Struct, frozen=True, kw_only=True, tag="failed"):

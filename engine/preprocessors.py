@@ -25,6 +25,7 @@ COMPUTED = ("canny",)
 NEEDS_A_MODEL: dict[str, str] = {
     "depth": "a depth estimator (MiDaS, ZoE, Depth Anything)",
     "normalbae": "a surface-normal estimator (NormalBAE)",
+    "normal": "a surface-normal estimator (NormalBAE)",
     "openpose": "a pose estimator (OpenPose)",
     "seg": "a segmentation network (OneFormer, UniFormer)",
     "lineart": "a line-art network",
@@ -34,6 +35,7 @@ NEEDS_A_MODEL: dict[str, str] = {
     "scribble": "a soft-edge network (HED, PiDiNet)",
     "shuffle": "a content-shuffle implementation (not built yet)",
     "tile": "a tile resampler (not built yet)",
+    "inpaint": "an inpainting preprocessor (not built yet)",
 }
 """Preprocessor family → what running it would need (for the refusal)."""
 

@@ -25,6 +25,7 @@ from protocol.errors import ErrorCode, wire_error
 from protocol.frames import encode_data, encode_errors
 from protocol.inference import ImageInference, ImageResult, ImageUpload, ImageUploadResult, ProgressItem
 from protocol.models import ModelSearch, ModelUpload, ModelUploadStatus
+from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess, PreprocessResult
 from protocol.training import Training, TrainingStatus
 from server import metrics
 from server.context import RequestContext
@@ -46,7 +47,7 @@ class Host(Protocol):
 
 log = logging.getLogger("wisp.server")
 
-JobTask = ImageInference | ImageUpload | ModelUpload | ModelSearch | Training
+JobTask = ImageInference | ImageUpload | ModelUpload | ModelSearch | Training | ImageControlNetPreProcess | ControlNetPreprocess
 
 
 class _Outbox:
@@ -174,6 +175,8 @@ class Delivery:
         if isinstance(task, ModelSearch):
             assert finished.search is not None
             return [finished.search]
+        if isinstance(task, (ImageControlNetPreProcess, ControlNetPreprocess)):
+            return [self._preprocess_item(task, finished)]
         if isinstance(task, Training):
             outcome = finished.trained
             assert outcome is not None
@@ -186,6 +189,23 @@ class Delivery:
                 cost=training_cost(outcome.steps) if task.includeCost else None,
             )]
         return []  # modelUpload: its phases were the items
+
+    def _preprocess_item(self, task: ImageControlNetPreProcess | ControlNetPreprocess, finished: jobs.Finished) -> PreprocessResult:
+        (image,) = finished.images
+        assert finished.input_image_uuid is not None
+        if task.outputType == "URL":
+            suffix, value = "URL", f"{self.ctx.base_url}/images/{image.file_name}"
+        elif task.outputType == "base64Data":
+            suffix, value = "Base64Data", base64.b64encode(image.data).decode("ascii")
+        else:
+            suffix, value = "DataURI", f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
+        extra: dict[str, Any] = {f"guideImage{suffix}": value}
+        if task.new_shape:  # the newer task shape: also the generic image fields
+            extra.update({"imageUUID": image.image_uuid, f"image{suffix}": value})
+        if task.includeCost:
+            extra["cost"] = 0.0
+        return PreprocessResult(taskType=task.__struct_config__.tag, taskUUID=task.taskUUID,  # type: ignore[arg-type]
+                                guideImageUUID=image.image_uuid, inputImageUUID=finished.input_image_uuid, **extra)
 
     def _image_item(self, task: ImageInference, image: jobs.GeneratedImage) -> ImageResult:
         fields: dict[str, Any] = {}

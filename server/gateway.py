@@ -29,6 +29,7 @@ from protocol.frames import (
 )
 from protocol.inference import AsyncAck, ImageInference, ImageUpload
 from protocol.models import ModelDelete, ModelDeleteResult, ModelSearch, ModelUpload
+from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess
 from protocol.training import TaskCancel, TaskCancelResult, Training
 from protocol.session import (
     Authentication,
@@ -121,6 +122,8 @@ class Gateway:
             ModelUpload: self._submit,
             ModelSearch: self._search,
             ModelDelete: lambda conn, session, item, started: self._delete_model(session, item.task),  # type: ignore[arg-type]
+            ImageControlNetPreProcess: self._submit,
+            ControlNetPreprocess: self._submit,
             Training: self._submit,
         }
         """taskType (its struct) → the handler of an authenticated task of that type."""
@@ -331,7 +334,8 @@ class Gateway:
     async def _submit(self, conn: Conn, session: Session, item: DecodedTask, started: list[asyncio.Task[None]]) -> Any:
         """A task that is work: prepared into a job once (before any ack), claimed, then run by a :class:`Delivery`."""
         task = item.task
-        assert isinstance(task, (ImageInference, ImageUpload, ModelUpload, ModelSearch, Training))
+        assert isinstance(task, (ImageInference, ImageUpload, ModelUpload, ModelSearch, Training, ImageControlNetPreProcess,
+                                 ControlNetPreprocess))
         task_type, task_uuid = item.task_type or "", item.task_uuid or ""
         try:
             job = await self.engine.prepare_job(task, session.team, session.uuid)
