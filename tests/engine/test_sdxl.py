@@ -157,7 +157,7 @@ async def test_engine_generates_all_three_modes_on_the_builtin(engine):
 
 async def test_model_search_lists_the_builtin(engine):
     found = await engine.search_models(msgspec.convert({"taskUUID": str(uuid.uuid4()), "architecture": "sdxl"}, ModelSearch), TEAM)
-    assert [m.air for m in found.results if m.air.startswith("wisp:")] == [BUILTIN_SDXL_AIR]
+    assert [m.air for m in found.results if m.air.startswith("wisp:")] == [BUILTIN_SDXL_AIR, "wisp:tiny-controlnet-sdxl@1"]
     listed = await engine.search_models(msgspec.convert({"taskUUID": str(uuid.uuid4()), "category": "checkpoint"}, ModelSearch), TEAM)
     assert {"wisp:tiny-sd15@1", BUILTIN_SDXL_AIR} <= {m.air for m in listed.results}
 
