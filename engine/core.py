@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from protocol.inference import ImageInference, ImageUpload
 from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess
+from protocol.upscale import ImageUpscale, Upscale
 
 from engine.cache import ModelCache
 from engine.images.codec import decode_image, encode_image
@@ -306,6 +307,9 @@ class Engine:
             return jobs.SearchJob(task_uuid=task.taskUUID, team=team, query=task)
         if isinstance(task, ImageUpload):
             return jobs.ImageUploadJob(task_uuid=task.taskUUID, team=team, image=task.image)
+        if isinstance(task, (ImageUpscale, Upscale)):
+            return jobs.UpscaleJob(task_uuid=task.taskUUID, team=team, image=task.image, factor=task.factor,
+                                   output_format=task.outputFormat, output_quality=task.outputQuality)
         if isinstance(task, (ImageControlNetPreProcess, ControlNetPreprocess)):
             from engine.preprocessors import check as check_preprocessor
 
@@ -350,6 +354,8 @@ class Engine:
                     images=outcome.images, seconds=outcome.seconds)))
             elif isinstance(job, jobs.PreprocessJob):
                 sink(await self.preprocess(job, own_hosts))
+            elif isinstance(job, jobs.UpscaleJob):
+                sink(await self.upscale(job, own_hosts))
             elif isinstance(job, jobs.ImageUploadJob):
                 image_uuid, name = await self.upload_image(job.image, own_hosts, job.team)
                 sink(jobs.Finished(task_uuid=job.task_uuid, images=[jobs.GeneratedImage(
@@ -430,31 +436,59 @@ class Engine:
         return await asyncio.to_thread(store)
 
     async def preprocess(self, job: jobs.PreprocessJob, own_hosts: frozenset[str] = frozenset()) -> jobs.Finished:
-        """A ControlNet guide from an image: read (the team's own imageUUIDs only), resized if asked, preprocessed, stored.
-
-        CPU work in a thread, not the device queue.  An input that came as
-        anything but an imageUUID is stored too, so ``inputImageUUID`` names it.
-        """
-        from engine.images.codec import FORMATS
+        """A ControlNet guide from an image, resized first if asked; CPU work on a thread, not the device queue."""
         from engine.preprocessors import apply
 
-        data = await load_image_bytes(job.image, "inputImage", self.images, self.config.net, own_hosts, job.team)
-        known = self.images.find(job.image, job.team) if _is_uuid(job.image) else None
-
-        def work() -> jobs.Finished:
+        def make(image: Any) -> Any:
             from PIL import Image
 
-            image = decode_image(data, "inputImage").convert("RGB")
-            input_uuid = job.image.lower() if known is not None else self.images.put(encode_image(image, "PNG", 95), "png", team=job.team)[0]
             if job.width or job.height:
-                width, height = job.width or image.width, job.height or image.height
-                image = image.resize((width, height), Image.Resampling.LANCZOS)
-            guide = apply(job.preprocessor, image, job.low_threshold, job.high_threshold)
-            _, ext, mime = FORMATS[job.output_format]
-            encoded = encode_image(guide, job.output_format, job.output_quality)
-            guide_uuid, name = self.images.put(encoded, ext, team=job.team)
-            made = jobs.GeneratedImage(image_uuid=guide_uuid, file_name=name, seed=0, data=encoded, mime=mime, cost=0.0)
-            return jobs.Finished(task_uuid=job.task_uuid, images=[made], input_image_uuid=input_uuid)
+                image = image.resize((job.width or image.width, job.height or image.height), Image.Resampling.LANCZOS)
+            return apply(job.preprocessor, image, job.low_threshold, job.high_threshold)
+
+        return await self._image_to_image(job.task_uuid, job.team, job.image, make, job.output_format, job.output_quality, own_hosts)
+
+    MAX_UPSCALED_PIXELS = 4096 * 4096
+    """The largest image an upscale may produce (16.8 megapixels)."""
+
+    async def upscale(self, job: jobs.UpscaleJob, own_hosts: frozenset[str] = frozenset()) -> jobs.Finished:
+        """An image enlarged ``job.factor`` times by Lanczos resampling (the built-in ``wisp:lanczos-upscaler@1``)."""
+        from engine.errors import WorkLimitExceeded
+
+        def make(image: Any) -> Any:
+            from PIL import Image
+
+            size = (max(1, round(image.width * job.factor)), max(1, round(image.height * job.factor)))
+            if size[0] * size[1] > self.MAX_UPSCALED_PIXELS:
+                raise WorkLimitExceeded(f"the upscaled image would be {size[0]}×{size[1]}; this server makes at most "
+                                        f"{self.MAX_UPSCALED_PIXELS} pixels: a smaller factor or image", parameter="upscaleFactor")
+            return image.resize(size, Image.Resampling.LANCZOS)
+
+        return await self._image_to_image(job.task_uuid, job.team, job.image, make, job.output_format, job.output_quality, own_hosts)
+
+    async def _image_to_image(
+        self, task_uuid: str, team: str, ref: str, make: Callable[[Any], Any], output_format: str, quality: int,
+        own_hosts: frozenset[str],
+    ) -> jobs.Finished:
+        """Read an input image (the team's own imageUUIDs only), make a new one from it on a thread, store both.
+
+        An input that came as anything but an imageUUID is stored too, so the
+        result's ``inputImageUUID`` names it.
+        """
+        from engine.images.codec import FORMATS
+
+        data = await load_image_bytes(ref, "inputImage", self.images, self.config.net, own_hosts, team)
+        known = self.images.find(ref, team) if _is_uuid(ref) else None
+
+        def work() -> jobs.Finished:
+            image = decode_image(data, "inputImage").convert("RGB")
+            made = make(image)
+            input_uuid = ref.lower() if known is not None else self.images.put(encode_image(image, "PNG", 95), "png", team=team)[0]
+            _, ext, mime = FORMATS[output_format]
+            encoded = encode_image(made, output_format, quality)
+            made_uuid, name = self.images.put(encoded, ext, team=team)
+            result = jobs.GeneratedImage(image_uuid=made_uuid, file_name=name, seed=0, data=encoded, mime=mime, cost=0.0)
+            return jobs.Finished(task_uuid=task_uuid, images=[result], input_image_uuid=input_uuid)
 
         return await asyncio.to_thread(work)
 

@@ -187,7 +187,18 @@ class PreprocessJob(msgspec.Struct, frozen=True, kw_only=True, tag="controlNetPr
     output_quality: int = 95
 
 
-Job = Union[InferenceJob, TrainingJob, UploadJob, SearchJob, ImageUploadJob, PreprocessJob]
+class UpscaleJob(msgspec.Struct, frozen=True, kw_only=True, tag="upscale"):
+    """An image enlarged by the built-in Lanczos upscaler (imageUpscale / upscale); CPU only."""
+
+    task_uuid: str
+    team: str
+    image: str
+    factor: float
+    output_format: str = "PNG"
+    output_quality: int = 95
+
+
+Job = Union[InferenceJob, TrainingJob, UploadJob, SearchJob, ImageUploadJob, PreprocessJob, UpscaleJob]
 
 
 # ---- events ----------------------------------------------------------------------
@@ -263,7 +274,7 @@ class Finished(msgspec.Struct, frozen=True, kw_only=True, tag="finished"):
     trained: TrainedLora | None = None
     uploaded: UploadedModel | None = None
     input_image_uuid: str | None = None
-    """A preprocess job's input, as an imageUUID (stored if it came some other way)."""
+    """A preprocess or upscale job's input, as an imageUUID (stored if it came some other way)."""
 
 
 class Failed(msgspec.Struct, frozen=True, kw_only=True, tag="failed"):

@@ -27,6 +27,7 @@ from protocol.inference import ImageInference, ImageUpload
 from protocol.models import AIR_PATTERN, ModelDelete, ModelSearch, ModelUpload
 from protocol.plain import plain_message
 from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess
+from protocol.upscale import ImageUpscale, Upscale
 from protocol.session import Authentication, GetResponse, GetTaskDetails, Ping
 from protocol.training import TaskCancel, Training
 
@@ -37,7 +38,7 @@ TASK_TYPES: dict[str, type[Task] | type[LenientTask]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
         Authentication, Ping, ImageInference, ImageUpload, GetResponse, GetTaskDetails, ModelUpload, ModelSearch, Training, TaskCancel,
-        ModelDelete, ImageControlNetPreProcess, ControlNetPreprocess,
+        ModelDelete, ImageControlNetPreProcess, ControlNetPreprocess, ImageUpscale, Upscale,
     )
 }
 """taskType → struct, for every task this protocol version decodes."""

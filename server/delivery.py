@@ -26,6 +26,7 @@ from protocol.frames import encode_data, encode_errors
 from protocol.inference import ImageInference, ImageResult, ImageUpload, ImageUploadResult, ProgressItem
 from protocol.models import ModelSearch, ModelUpload, ModelUploadStatus
 from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess, PreprocessResult
+from protocol.upscale import ImageUpscale, Upscale, UpscaleResult
 from protocol.training import Training, TrainingStatus
 from server import metrics
 from server.context import RequestContext
@@ -47,7 +48,8 @@ class Host(Protocol):
 
 log = logging.getLogger("wisp.server")
 
-JobTask = ImageInference | ImageUpload | ModelUpload | ModelSearch | Training | ImageControlNetPreProcess | ControlNetPreprocess
+JobTask = (ImageInference | ImageUpload | ModelUpload | ModelSearch | Training | ImageControlNetPreProcess | ControlNetPreprocess
+           | ImageUpscale | Upscale)
 
 
 class _Outbox:
@@ -177,6 +179,13 @@ class Delivery:
             return [finished.search]
         if isinstance(task, (ImageControlNetPreProcess, ControlNetPreprocess)):
             return [self._preprocess_item(task, finished)]
+        if isinstance(task, (ImageUpscale, Upscale)):
+            (image,) = finished.images
+            assert finished.input_image_uuid is not None
+            suffix, value = self._image_field(task.outputType, image)
+            return [UpscaleResult(taskType=task.__struct_config__.tag, taskUUID=task.taskUUID,  # type: ignore[arg-type]
+                                  imageUUID=image.image_uuid, inputImageUUID=finished.input_image_uuid, **{f"image{suffix}": value},
+                                  **({"cost": 0.0} if task.includeCost else {}))]
         if isinstance(task, Training):
             outcome = finished.trained
             assert outcome is not None
@@ -193,12 +202,7 @@ class Delivery:
     def _preprocess_item(self, task: ImageControlNetPreProcess | ControlNetPreprocess, finished: jobs.Finished) -> PreprocessResult:
         (image,) = finished.images
         assert finished.input_image_uuid is not None
-        if task.outputType == "URL":
-            suffix, value = "URL", f"{self.ctx.base_url}/images/{image.file_name}"
-        elif task.outputType == "base64Data":
-            suffix, value = "Base64Data", base64.b64encode(image.data).decode("ascii")
-        else:
-            suffix, value = "DataURI", f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
+        suffix, value = self._image_field(task.outputType, image)
         extra: dict[str, Any] = {f"guideImage{suffix}": value}
         if task.new_shape:  # the newer task shape: also the generic image fields
             extra.update({"imageUUID": image.image_uuid, f"image{suffix}": value})
@@ -206,6 +210,13 @@ class Delivery:
             extra["cost"] = 0.0
         return PreprocessResult(taskType=task.__struct_config__.tag, taskUUID=task.taskUUID,  # type: ignore[arg-type]
                                 guideImageUUID=image.image_uuid, inputImageUUID=finished.input_image_uuid, **extra)
+
+    def _image_field(self, output_type: str, image: jobs.GeneratedImage) -> tuple[str, str]:
+        """(field suffix, value) of one image in ``output_type``: ``URL``, ``Base64Data`` or ``DataURI``."""
+        if output_type == "URL":
+            return "URL", f"{self.ctx.base_url}/images/{image.file_name}"
+        encoded = base64.b64encode(image.data).decode("ascii")
+        return ("Base64Data", encoded) if output_type == "base64Data" else ("DataURI", f"data:{image.mime};base64,{encoded}")
 
     def _image_item(self, task: ImageInference, image: jobs.GeneratedImage) -> ImageResult:
         fields: dict[str, Any] = {}

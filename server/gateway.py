@@ -30,6 +30,7 @@ from protocol.frames import (
 from protocol.inference import AsyncAck, ImageInference, ImageUpload
 from protocol.models import ModelDelete, ModelDeleteResult, ModelSearch, ModelUpload
 from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess
+from protocol.upscale import ImageUpscale, Upscale
 from protocol.training import TaskCancel, TaskCancelResult, Training
 from protocol.session import (
     Authentication,
@@ -124,6 +125,8 @@ class Gateway:
             ModelDelete: lambda conn, session, item, started: self._delete_model(session, item.task),  # type: ignore[arg-type]
             ImageControlNetPreProcess: self._submit,
             ControlNetPreprocess: self._submit,
+            ImageUpscale: self._submit,
+            Upscale: self._submit,
             Training: self._submit,
         }
         """taskType (its struct) → the handler of an authenticated task of that type."""
@@ -335,7 +338,7 @@ class Gateway:
         """A task that is work: prepared into a job once (before any ack), claimed, then run by a :class:`Delivery`."""
         task = item.task
         assert isinstance(task, (ImageInference, ImageUpload, ModelUpload, ModelSearch, Training, ImageControlNetPreProcess,
-                                 ControlNetPreprocess))
+                                 ControlNetPreprocess, ImageUpscale, Upscale))
         task_type, task_uuid = item.task_type or "", item.task_uuid or ""
         try:
             job = await self.engine.prepare_job(task, session.team, session.uuid)

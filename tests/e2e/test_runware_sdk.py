@@ -222,3 +222,13 @@ async def test_sdk_controlnet_canny_preprocesses_inline(rw, tmp_path):
         IControlNetCanny(model="wisp:tiny-controlnet-sd15@1", guideImage=str(path), lowThresholdCanny=80, highThresholdCanny=160)]))
     (plain,) = await rw.imageInference(requestImage=request(outputType="base64Data", seed=5))
     assert out.imageBase64Data != plain.imageBase64Data
+
+
+async def test_sdk_image_upscale(rw, tmp_path):
+    from runware.types import IImageUpscale
+
+    path = tmp_path / "small.png"
+    Image.new("RGB", (32, 24), (10, 200, 90)).save(path)
+    (out,) = await rw.imageUpscale(IImageUpscale(inputImage=str(path), upscaleFactor=2, outputType="base64Data"))
+    assert Image.open(io.BytesIO(base64.b64decode(out.imageBase64Data))).size == (64, 48)
+    uuid.UUID(out.inputImageUUID)
