@@ -96,6 +96,8 @@ class Inference:
         scheduler = canonical_scheduler(task.scheduler or defaults.scheduler)
         steps = task.steps or defaults.steps
         strength = task.strength if task.strength is not None else defaults.strength
+        if task.outpaint is not None and task.strength is None:
+            strength = 1.0  # the new margins start as noise: denoise them fully
         if task.seedImage is not None:  # img2img/inpainting: at least one denoising step, the model's defaults included
             kind = families.family_of(entry.architecture)
             pndm = scheduler in ("PNDM", "PNDMScheduler") or (scheduler == "Default" and kind is not None and kind.default_scheduler_adds_a_step)
@@ -144,6 +146,8 @@ class Inference:
             seed_image=task.seedImage, mask_image=task.maskImage, output_format=task.outputFormat,
             output_quality=task.outputQuality, progress=bool(task.includeProgress), previews=bool(task.includePreviews),
             cost_per_image=image_cost(task.width, task.height, steps), ttl_s=task.ttl, controlnets=tuple(controlnets),
+            outpaint=None if task.outpaint is None else (task.outpaint.top, task.outpaint.right, task.outpaint.bottom,
+                                                         task.outpaint.left, task.outpaint.blur),
         )
 
     async def load_inputs(self, job: InferenceJob, own_hosts: frozenset[str] = frozenset()) -> InferenceJob:
@@ -183,8 +187,7 @@ class Inference:
         return GenerationSpec(
             prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width, height=job.height, steps=job.steps,
             cfg_scale=job.cfg_scale, scheduler=job.scheduler, seeds=job.seeds, clip_skip=job.clip_skip,
-            init_image=decode_image(job.init_bytes, "seedImage") if job.init_bytes is not None else None,
-            mask_image=decode_image(job.mask_bytes, "maskImage") if job.mask_bytes is not None else None,
+            **self._inputs(job),
             strength=job.strength, mask_margin=job.mask_margin,
             loras=tuple(LoraUse(key=lora.sha256, path=path_for(lora.sha256), weight=lora.weight) for lora in job.loras),
             embeddings=tuple(
@@ -196,6 +199,18 @@ class Inference:
             controlnets=tuple(self.library.control_use(c, job.width, job.height) for c in job.controlnets),
             on_step=on_step,
         )
+
+    @staticmethod
+    def _inputs(job: InferenceJob) -> dict[str, Any]:
+        """The spec's init and mask images; for ``outpaint``, the extended canvas and a mask of its margins."""
+        init = decode_image(job.init_bytes, "seedImage") if job.init_bytes is not None else None
+        mask = decode_image(job.mask_bytes, "maskImage") if job.mask_bytes is not None else None
+        if job.outpaint is None or init is None:
+            return {"init_image": init, "mask_image": mask}
+        from engine.images.outpaint import extend
+
+        canvas, margins = extend(init.convert("RGB"), job.outpaint, job.width, job.height)
+        return {"init_image": canvas, "mask_image": margins, "keep_unmasked": True}
 
     # ---- running ------------------------------------------------------------------
 
@@ -294,6 +309,10 @@ class Inference:
             with (self.library.use(entry) as model, self.library.use_vae(spec) as spec,  # pinned: not evicted while it runs
                   self.library.use_controlnets(spec) as spec):
                 images = model.run(spec, should_stop)
+            if spec.keep_unmasked:  # outpaint: the seed image's own pixels, exactly, outside the feathered seam
+                from PIL import Image
+
+                images = [Image.composite(image, spec.init_image, spec.mask_image) for image in images]
         except EngineStopped:
             if cancel is not None and cancel.is_set() and not stopping.is_set():
                 raise JobCancelled("cancelled by taskCancel between denoising steps") from None

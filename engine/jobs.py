@@ -120,6 +120,8 @@ class InferenceJob(msgspec.Struct, frozen=True, kw_only=True, tag="imageInferenc
     previews: bool = False
     cost_per_image: float = 0.0
     controlnets: tuple[ControlRef, ...] = ()
+    outpaint: tuple[int, int, int, int, int] | None = None
+    """(top, right, bottom, left, blur): the seed image is extended by these margins and they are painted."""
     ttl_s: int | None = None
     """The request's ``ttl``: seconds its images are kept (None: the server's default retention)."""
 

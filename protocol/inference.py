@@ -48,7 +48,6 @@ UNSUPPORTED_INFERENCE_FIELDS: tuple[str, ...] = (
     "lycoris",
     "refiner",
     "instantID",
-    "outpaint",
     "ipAdapters",
     "referenceImages",
     "acePlusPlus",
@@ -147,6 +146,19 @@ class ControlNetRef(msgspec.Struct, forbid_unknown_fields=True):
     includeHandsAndFaceOpenPose: bool | None = None
 
 
+OutpaintMargin = Annotated[int, msgspec.Meta(ge=0, le=2048, multiple_of=8)]
+
+
+class Outpaint(msgspec.Struct, forbid_unknown_fields=True):
+    """Runware's ``outpaint``: pixels added on each side of the seed image, and the seam's blur radius."""
+
+    top: OutpaintMargin = 0
+    right: OutpaintMargin = 0
+    bottom: OutpaintMargin = 0
+    left: OutpaintMargin = 0
+    blur: Annotated[int, msgspec.Meta(ge=0, le=32)] = 0
+
+
 class Safety(msgspec.Struct, forbid_unknown_fields=True):
     checkContent: bool = False
     checkInputs: bool = False
@@ -192,13 +204,14 @@ class ImageInference(Task, tag="imageInference"):
     safety: Safety | None = None
     ttl: int | None = None
     useCache: bool | None = None
+    outpaint: Outpaint | None = None
+    """Extend ``seedImage`` by these margins and paint them; ``width``/``height`` are the extended size."""
     controlNet: Annotated[list[ControlNetRef], msgspec.Meta(max_length=4)] = []
     """ControlNets (at most 4), each with its guide image, weight and step range; see :class:`ControlNetRef`."""
     # Declared only to be refused clearly; see UNSUPPORTED_INFERENCE_FIELDS.
     lycoris: Any = msgspec.UNSET
     refiner: Any = msgspec.UNSET
     instantID: Any = msgspec.UNSET
-    outpaint: Any = msgspec.UNSET
     ipAdapters: Any = msgspec.UNSET
     referenceImages: Any = msgspec.UNSET
     acePlusPlus: Any = msgspec.UNSET
@@ -243,6 +256,14 @@ class ImageInference(Task, tag="imageInference"):
             return wire_error(
                 ErrorCode.INVALID_PARAMETER, "outputType must name at least one type", parameter="outputType"
             )
+        if self.outpaint is not None:
+            edges = (self.outpaint.top, self.outpaint.right, self.outpaint.bottom, self.outpaint.left)
+            if self.seedImage is None:
+                return wire_error(ErrorCode.MISSING_PARAMETER, "outpaint extends a seedImage", parameter="seedImage")
+            if self.maskImage is not None:
+                return wire_error(ErrorCode.INVALID_PARAMETER, "outpaint makes its own mask; leave out maskImage", parameter="maskImage")
+            if not any(edges):
+                return wire_error(ErrorCode.INVALID_PARAMETER, "outpaint needs at least one margin above 0", parameter="outpaint")
         if self.maskImage is not None and self.seedImage is None:
             return wire_error(
                 ErrorCode.MISSING_PARAMETER, "maskImage needs a seedImage to inpaint", parameter="seedImage"

@@ -180,3 +180,19 @@ async def test_an_uploaded_controlnet_runs_like_the_builtin_it_was_made_from(eng
     with pytest.raises(InvalidInput) as wrong_family:  # an SD-1.x ControlNet on the SDXL model
         await engine.generate(task(BUILTIN_SDXL_AIR, controlNet=[control(air)]), team="t", owner="a")
     assert wrong_family.value.parameter == "controlNet[0].model"
+
+
+async def test_outpaint_returns_the_extended_size_and_keeps_the_seed_pixels(engine):
+    """Outpaint (issue 15): the extended size, the seed image's own pixels kept exactly outside the feathered seam."""
+    _, source = photo(48)
+    buf = io.BytesIO()
+    source.save(buf, format="PNG")
+    seed = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    out = await pixels(engine, task(seedImage=seed, width=64, height=64, outpaint={"top": 8, "right": 0, "bottom": 8, "left": 16,
+                                                                                    "blur": 4}))
+    assert out.shape[:2] == (64, 64)
+    assert np.array_equal(out[8:56, 16:64], np.asarray(source).astype(int))  # the seed image, as sent
+    assert np.abs(out[:8, :] - np.asarray(source)[0:1, :1]).mean() > 0  # the margins were painted, not left blank
+    with pytest.raises(InvalidInput) as wrong_size:
+        await engine.generate(task(seedImage=seed, width=64, height=64, outpaint={"top": 8, "left": 16}), team="t", owner="a")
+    assert wrong_size.value.parameter == "height" and "64×56" in wrong_size.value.message

@@ -114,8 +114,10 @@ def test_unknown_and_unsupported_fields():
     assert d.error.code == ErrorCode.UNKNOWN_PARAMETER and d.error.parameter == "bogusField"
     d = one(inference(controlNet=[{"model": "x"}]))  # ControlNet is supported: an item without its guide is incomplete
     assert d.error.code == ErrorCode.MISSING_PARAMETER and d.error.parameter == "controlNet[0].guideImage"
-    d = one(inference(outpaint={"top": 64}))
-    assert d.error.code == ErrorCode.UNSUPPORTED_PARAMETER and d.error.parameter == "outpaint"
+    d = one(inference(ipAdapters=[{"model": "x"}]))
+    assert d.error.code == ErrorCode.UNSUPPORTED_PARAMETER and d.error.parameter == "ipAdapters"
+    d = one(inference(outpaint={"top": 64}))  # outpaint is offered: it needs a seed image
+    assert d.error.code == ErrorCode.MISSING_PARAMETER and d.error.parameter == "seedImage"
     d = one(inference(safety={"checkContent": True}))
     assert d.error.code == ErrorCode.UNSUPPORTED_PARAMETER
     # accepted (documented): ttl, useCache; an empty controlNet list asks for nothing

@@ -513,9 +513,9 @@ async def test_an_unknown_control_net_is_named(client: WireClient):
     assert err["code"] == "modelNotFound"
     assert err["parameter"] == "controlNet[0].model"
     assert err["taskUUID"] == task["taskUUID"]
-    task = inference(outpaint={"top": 64, "blur": 8})  # still not offered: refused, never ignored
+    task = inference(ipAdapters=[{"model": "x"}])  # still not offered: refused, never ignored
     err = await client.error_of(task)
-    assert err["code"] == "unsupportedParameter" and err["parameter"] == "outpaint"
+    assert err["code"] == "unsupportedParameter" and err["parameter"] == "ipAdapters"
 
 
 async def test_undecodable_seed_image(client: WireClient):

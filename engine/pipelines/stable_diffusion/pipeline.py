@@ -51,6 +51,8 @@ class GenerationSpec:
     embeddings: tuple[Any, ...] = ()
     vae: Any = None
     controlnets: tuple[Any, ...] = ()
+    keep_unmasked: bool = False
+    """Outpainting: after the run, the init image's pixels are put back wherever the mask is black."""
     """ControlNets for this request (engine.controlnets.ControlUse, loaded), in request order."""
     on_step: Callable[[int, int, Any], None] | None = field(default=None, compare=False)
     """Called on the worker thread after each denoising step with (step, steps, latents): progress items."""
