@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import threading
 from typing import Any, Callable
@@ -104,7 +105,17 @@ class Inference:
             err = img2img_steps_error(steps, strength, strength_given=task.strength is not None, extra_step=pndm and task.maskImage is None)
             if err is not None:
                 raise InvalidInput(err.message, parameter=err.parameter if isinstance(err.parameter, str) else None, min=err.min)
+        hires = None
+        if task.hires is not None:
+            fix = task.hires
+            hires_steps = fix.steps or steps
+            if int(hires_steps * fix.strength) < 1:
+                hires_steps = math.ceil(1 / fix.strength)  # at least one denoising step in the second pass
+            hires = (max(64, round(task.width * fix.scale / 8) * 8), max(64, round(task.height * fix.scale / 8) * 8),
+                     fix.strength, hires_steps)
         work = task.width * task.height / 1_048_576 * steps * task.numberResults
+        if hires is not None:
+            work += hires[0] * hires[1] / 1_048_576 * int(hires[3] * hires[2]) * task.numberResults
         if work > self.max_work:
             raise WorkLimitExceeded(
                 f"this request is {work:.1f} megapixel-steps (width × height / 2^20 × steps × numberResults); "
@@ -146,6 +157,7 @@ class Inference:
             seed_image=task.seedImage, mask_image=task.maskImage, output_format=task.outputFormat,
             output_quality=task.outputQuality, progress=bool(task.includeProgress), previews=bool(task.includePreviews),
             cost_per_image=image_cost(task.width, task.height, steps), ttl_s=task.ttl, controlnets=tuple(controlnets),
+            hires=hires,
             outpaint=None if task.outpaint is None else (task.outpaint.top, task.outpaint.right, task.outpaint.bottom,
                                                          task.outpaint.left, task.outpaint.blur),
         )
@@ -187,7 +199,7 @@ class Inference:
         return GenerationSpec(
             prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width, height=job.height, steps=job.steps,
             cfg_scale=job.cfg_scale, scheduler=job.scheduler, seeds=job.seeds, clip_skip=job.clip_skip,
-            **self._inputs(job),
+            **self._inputs(job), hires=job.hires,
             strength=job.strength, mask_margin=job.mask_margin,
             loras=tuple(LoraUse(key=lora.sha256, path=path_for(lora.sha256), weight=lora.weight) for lora in job.loras),
             embeddings=tuple(
@@ -309,15 +321,38 @@ class Inference:
             with (self.library.use(entry) as model, self.library.use_vae(spec) as spec,  # pinned: not evicted while it runs
                   self.library.use_controlnets(spec) as spec):
                 images = model.run(spec, should_stop)
-            if spec.keep_unmasked:  # outpaint: the seed image's own pixels, exactly, outside the feathered seam
-                from PIL import Image
+                if spec.keep_unmasked:  # outpaint: the seed image's own pixels, exactly, outside the feathered seam
+                    from PIL import Image
 
-                images = [Image.composite(image, spec.init_image, spec.mask_image) for image in images]
+                    images = [Image.composite(image, spec.init_image, spec.mask_image) for image in images]
+                if spec.hires is not None:
+                    images = self._hires_pass(model, spec, images, should_stop)
         except EngineStopped:
             if cancel is not None and cancel.is_set() and not stopping.is_set():
                 raise JobCancelled("cancelled by taskCancel between denoising steps") from None
             raise
         return self._store(spec, images, output_format, quality, team, ttl_s)
+
+    @staticmethod
+    def _hires_pass(model: Any, spec: GenerationSpec, images: list[Any], should_stop: Callable[[], bool]) -> list[Any]:
+        """hiresFix's second pass: each image upscaled (Lanczos) to the larger size and refined by img2img with its seed.
+
+        The request's LoRAs, embeddings and VAE apply again; ControlNets, a mask
+        and progress reports belong to the first pass only.
+        """
+        from dataclasses import replace
+
+        from PIL import Image
+
+        assert spec.hires is not None
+        width, height, strength, steps = spec.hires
+        refined = []
+        for seed, image in zip(spec.seeds, images):
+            second = replace(spec, width=width, height=height, steps=steps, strength=strength, seeds=(seed,),
+                             init_image=image.resize((width, height), Image.Resampling.LANCZOS), mask_image=None,
+                             controlnets=(), keep_unmasked=False, hires=None, on_step=None)
+            refined.extend(model.run(second, should_stop))
+        return refined
 
     def _render_batch(
         self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, str, int, str, int | None]],

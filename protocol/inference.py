@@ -55,7 +55,6 @@ UNSUPPORTED_INFERENCE_FIELDS: tuple[str, ...] = (
     "photoMaker",
     "acceleratorOptions",
     "acceleration",
-    "advancedFeatures",
     "providerSettings",
     "inputs",
     "ultralytics",
@@ -159,6 +158,15 @@ class Outpaint(msgspec.Struct, forbid_unknown_fields=True):
     blur: Annotated[int, msgspec.Meta(ge=0, le=32)] = 0
 
 
+class HiresFix(msgspec.Struct, forbid_unknown_fields=True):
+    """``hiresFix`` as an object (``true`` means these defaults): a second img2img pass at ``scale`` × the size."""
+
+    scale: Annotated[float, msgspec.Meta(ge=1, le=4)] = 2.0
+    strength: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    steps: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    """The second pass's steps (it denoises ``int(steps × strength)`` of them); None: the request's."""
+
+
 class Safety(msgspec.Struct, forbid_unknown_fields=True):
     checkContent: bool = False
     checkInputs: bool = False
@@ -204,6 +212,8 @@ class ImageInference(Task, tag="imageInference"):
     safety: Safety | None = None
     ttl: int | None = None
     useCache: bool | None = None
+    hiresFix: bool | HiresFix | None = None
+    """Generate, upscale (Lanczos) and refine by img2img at the larger size; the result is ``scale`` × width × height."""
     outpaint: Outpaint | None = None
     """Extend ``seedImage`` by these margins and paint them; ``width``/``height`` are the extended size."""
     controlNet: Annotated[list[ControlNetRef], msgspec.Meta(max_length=4)] = []
@@ -219,7 +229,8 @@ class ImageInference(Task, tag="imageInference"):
     photoMaker: Any = msgspec.UNSET
     acceleratorOptions: Any = msgspec.UNSET
     acceleration: Any = msgspec.UNSET
-    advancedFeatures: Any = msgspec.UNSET
+    advancedFeatures: dict[str, Any] | None = None
+    """Only ``{hiresFix}`` (how runware 0.5 sends it) is honoured; any other feature is refused naming it."""
     providerSettings: Any = msgspec.UNSET
     inputs: Any = msgspec.UNSET
     ultralytics: Any = msgspec.UNSET
@@ -228,6 +239,16 @@ class ImageInference(Task, tag="imageInference"):
     uploadEndpoint: Any = msgspec.UNSET
     promptWeighting: Any = msgspec.UNSET
     resolution: Any = msgspec.UNSET
+
+    @property
+    def hires(self) -> HiresFix | None:
+        """The hires fix asked for, top level or under ``advancedFeatures`` (``true``: the defaults)."""
+        value: Any = self.hiresFix
+        if value is None and self.advancedFeatures:
+            value = self.advancedFeatures.get("hiresFix")
+        if value is True:
+            return HiresFix()
+        return value if isinstance(value, HiresFix) else None
 
     @property
     def output_types(self) -> list[str]:
@@ -256,6 +277,13 @@ class ImageInference(Task, tag="imageInference"):
             return wire_error(
                 ErrorCode.INVALID_PARAMETER, "outputType must name at least one type", parameter="outputType"
             )
+        for key, value in (self.advancedFeatures or {}).items():
+            if key != "hiresFix" and value not in (None, False, {}, []):
+                return wire_error(ErrorCode.UNSUPPORTED_PARAMETER, f"wisp does not support advancedFeatures.{key}; remove it",
+                                  parameter=f"advancedFeatures.{key}")
+            if key == "hiresFix" and not isinstance(value, (bool, type(None))):
+                return wire_error(ErrorCode.INVALID_PARAMETER, "advancedFeatures.hiresFix is true or false",
+                                  parameter="advancedFeatures.hiresFix")
         if self.outpaint is not None:
             edges = (self.outpaint.top, self.outpaint.right, self.outpaint.bottom, self.outpaint.left)
             if self.seedImage is None:

@@ -183,9 +183,11 @@ class Delivery:
             (image,) = finished.images
             assert finished.input_image_uuid is not None
             suffix, value = self._image_field(task.outputType, image)
+            fields: dict[str, Any] = {f"image{suffix}": value}
+            if task.includeCost:
+                fields["cost"] = 0.0
             return [UpscaleResult(taskType=task.__struct_config__.tag, taskUUID=task.taskUUID,  # type: ignore[arg-type]
-                                  imageUUID=image.image_uuid, inputImageUUID=finished.input_image_uuid, **{f"image{suffix}": value},
-                                  **({"cost": 0.0} if task.includeCost else {}))]
+                                  imageUUID=image.image_uuid, inputImageUUID=finished.input_image_uuid, **fields)]
         if isinstance(task, Training):
             outcome = finished.trained
             assert outcome is not None

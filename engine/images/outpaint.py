@@ -31,7 +31,7 @@ def extend(image: Any, margins: tuple[int, int, int, int, int], width: int, heig
         )
     pixels = np.asarray(image)
     canvas = Image.fromarray(np.pad(pixels, ((top, bottom), (left, right), (0, 0)), mode="edge"))
-    mask = np.full((height, width), 255, dtype=np.uint8)
+    mask: Any = np.full((height, width), 255, dtype=np.uint8)
     mask[top:top + image.height, left:left + image.width] = 0
     if blur:
         # A ramp inside the margins: from about half at the seam to full paint ``blur`` pixels out; the image stays 0.

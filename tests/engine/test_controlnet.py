@@ -196,3 +196,15 @@ async def test_outpaint_returns_the_extended_size_and_keeps_the_seed_pixels(engi
     with pytest.raises(InvalidInput) as wrong_size:
         await engine.generate(task(seedImage=seed, width=64, height=64, outpaint={"top": 8, "left": 16}), team="t", owner="a")
     assert wrong_size.value.parameter == "height" and "64×56" in wrong_size.value.message
+
+
+async def test_hires_fix_returns_the_larger_size_from_a_second_pass(engine):
+    plain = await pixels(engine, task(steps=3))
+    fixed = await pixels(engine, task(steps=3, hiresFix=True))
+    assert plain.shape[:2] == (64, 64) and fixed.shape[:2] == (128, 128)
+    custom = await pixels(engine, task(steps=3, hiresFix={"scale": 1.5, "strength": 0.7, "steps": 4}))
+    assert custom.shape[:2] == (96, 96)
+    again = await pixels(engine, task(steps=3, advancedFeatures={"hiresFix": True}))  # runware 0.5's spelling
+    assert np.array_equal(again, fixed)
+    upscaled = np.asarray(Image.fromarray(plain.astype(np.uint8)).resize((128, 128), Image.Resampling.LANCZOS)).astype(int)
+    assert np.abs(fixed - upscaled).mean() > 1  # refined, not merely enlarged

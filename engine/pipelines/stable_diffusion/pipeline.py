@@ -51,6 +51,8 @@ class GenerationSpec:
     embeddings: tuple[Any, ...] = ()
     vae: Any = None
     controlnets: tuple[Any, ...] = ()
+    hires: tuple[int, int, float, int] | None = None
+    """hiresFix: (width, height, strength, steps) of a second img2img pass over each image upscaled (engine.inference)."""
     keep_unmasked: bool = False
     """Outpainting: after the run, the init image's pixels are put back wherever the mask is black."""
     """ControlNets for this request (engine.controlnets.ControlUse, loaded), in request order."""
@@ -341,7 +343,7 @@ def batch_key(spec: GenerationSpec) -> tuple[Any, ...] | None:
     Only one-image txt2img requests batch (img2img/inpaint carry per-request
     images and strengths; several images per request already share a call).
     """
-    if spec.mode != "txt2img" or len(spec.seeds) != 1:
+    if spec.mode != "txt2img" or len(spec.seeds) != 1 or spec.hires is not None or spec.keep_unmasked:
         return None
     if spec.embeddings or spec.vae is not None or spec.controlnets:  # applied per request in ``run``
         return None
