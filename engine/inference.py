@@ -157,7 +157,7 @@ class Inference:
             seed_image=task.seedImage, mask_image=task.maskImage, output_format=task.outputFormat,
             output_quality=task.outputQuality, progress=bool(task.includeProgress), previews=bool(task.includePreviews),
             cost_per_image=image_cost(task.width, task.height, steps), ttl_s=task.ttl, controlnets=tuple(controlnets),
-            hires=hires,
+            hires=hires, prompt_weighting=None if task.promptWeighting is None else task.promptWeighting.lower(),
             outpaint=None if task.outpaint is None else (task.outpaint.top, task.outpaint.right, task.outpaint.bottom,
                                                          task.outpaint.left, task.outpaint.blur),
         )
@@ -199,7 +199,7 @@ class Inference:
         return GenerationSpec(
             prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width, height=job.height, steps=job.steps,
             cfg_scale=job.cfg_scale, scheduler=job.scheduler, seeds=job.seeds, clip_skip=job.clip_skip,
-            **self._inputs(job), hires=job.hires,
+            **self._inputs(job), hires=job.hires, prompt_weighting=job.prompt_weighting,
             strength=job.strength, mask_margin=job.mask_margin,
             loras=tuple(LoraUse(key=lora.sha256, path=path_for(lora.sha256), weight=lora.weight) for lora in job.loras),
             embeddings=tuple(

@@ -120,6 +120,8 @@ class InferenceJob(msgspec.Struct, frozen=True, kw_only=True, tag="imageInferenc
     previews: bool = False
     cost_per_image: float = 0.0
     controlnets: tuple[ControlRef, ...] = ()
+    prompt_weighting: str | None = None
+    """``compel`` or ``sdembeds`` (lower case); None: plain prompts."""
     hires: tuple[int, int, float, int] | None = None
     """hiresFix: (width, height, strength, steps) of the second, img2img pass over the first result upscaled."""
     outpaint: tuple[int, int, int, int, int] | None = None

@@ -61,7 +61,6 @@ UNSUPPORTED_INFERENCE_FIELDS: tuple[str, ...] = (
     "settings",
     "upscaleFactor",
     "uploadEndpoint",
-    "promptWeighting",
     "resolution",
 )
 
@@ -212,6 +211,10 @@ class ImageInference(Task, tag="imageInference"):
     safety: Safety | None = None
     ttl: int | None = None
     useCache: bool | None = None
+    promptWeighting: Keyword | None = None
+    """``compel`` (compel's syntax: ``(word)1.3``, ``word++``, ``.blend()``, ``.and()``) or ``sdEmbeds`` (A1111's
+    ``(word:1.3)``, ``(word)``, ``[word]``), matched case-insensitively; either way prompts over 77 tokens are chunked,
+    not cut.  Absent: the prompt is encoded exactly as before."""
     hiresFix: bool | HiresFix | None = None
     """Generate, upscale (Lanczos) and refine by img2img at the larger size; the result is ``scale`` × width × height."""
     outpaint: Outpaint | None = None
@@ -237,7 +240,6 @@ class ImageInference(Task, tag="imageInference"):
     settings: Any = msgspec.UNSET
     upscaleFactor: Any = msgspec.UNSET
     uploadEndpoint: Any = msgspec.UNSET
-    promptWeighting: Any = msgspec.UNSET
     resolution: Any = msgspec.UNSET
 
     @property
@@ -277,6 +279,8 @@ class ImageInference(Task, tag="imageInference"):
             return wire_error(
                 ErrorCode.INVALID_PARAMETER, "outputType must name at least one type", parameter="outputType"
             )
+        if self.promptWeighting is not None and self.promptWeighting.lower() not in ("compel", "sdembeds"):
+            return wire_error(ErrorCode.INVALID_PARAMETER, "promptWeighting is compel or sdEmbeds", parameter="promptWeighting")
         for key, value in (self.advancedFeatures or {}).items():
             if key != "hiresFix" and value not in (None, False, {}, []):
                 return wire_error(ErrorCode.UNSUPPORTED_PARAMETER, f"wisp does not support advancedFeatures.{key}; remove it",

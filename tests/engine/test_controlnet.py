@@ -208,3 +208,28 @@ async def test_hires_fix_returns_the_larger_size_from_a_second_pass(engine):
     assert np.array_equal(again, fixed)
     upscaled = np.asarray(Image.fromarray(plain.astype(np.uint8)).resize((128, 128), Image.Resampling.LANCZOS)).astype(int)
     assert np.abs(fixed - upscaled).mean() > 1  # refined, not merely enlarged
+
+
+@pytest.mark.parametrize("model", [BUILTIN_SD15_AIR, BUILTIN_SDXL_AIR])
+async def test_prompt_weighting_neutral_weights_equal_the_plain_prompt(engine, model):
+    plain = await pixels(engine, task(model, positivePrompt="a red fox", negativePrompt="blurry"))
+    compel = await pixels(engine, task(model, positivePrompt="a (red)1.0 fox", negativePrompt="blurry", promptWeighting="compel"))
+    a1111 = await pixels(engine, task(model, positivePrompt="a (red:1.0) fox", negativePrompt="blurry", promptWeighting="sdembeds"))
+    if model == BUILTIN_SD15_AIR:
+        assert np.array_equal(compel, plain) and np.array_equal(a1111, plain)
+    else:  # SDXL: compel tokenizes a weighted prompt fragment by fragment; an unweighted one encodes exactly as diffusers
+        unweighted = await pixels(engine, task(model, positivePrompt="a red fox", negativePrompt="blurry", promptWeighting="compel"))
+        assert np.array_equal(unweighted, plain) and np.array_equal(a1111, compel)
+    heavier = await pixels(engine, task(model, positivePrompt="a red++ fox", negativePrompt="blurry", promptWeighting="compel"))
+    a1111_heavier = await pixels(engine, task(model, positivePrompt="a (red:1.5) fox", negativePrompt="blurry", promptWeighting="sdEmbeds"))
+    assert not np.array_equal(heavier, plain) and not np.array_equal(a1111_heavier, plain)
+
+
+async def test_a_long_prompts_tail_counts_when_weighted(engine):
+    """The built-in tokenizer is byte-level: 100 characters are past CLIP's 77 tokens."""
+    head = "a fox " + "in a quiet field " * 6
+    first, second = head + "at night", head + "at noon under a yellow sun"
+    cut = [await pixels(engine, task(positivePrompt=p)) for p in (first, second)]
+    assert np.array_equal(cut[0], cut[1])  # without weighting CLIP cuts at 77 tokens, as before
+    chunked = [await pixels(engine, task(positivePrompt=p, promptWeighting="compel")) for p in (first, second)]
+    assert not np.array_equal(chunked[0], chunked[1])

@@ -53,6 +53,8 @@ class GenerationSpec:
     controlnets: tuple[Any, ...] = ()
     hires: tuple[int, int, float, int] | None = None
     """hiresFix: (width, height, strength, steps) of a second img2img pass over each image upscaled (engine.inference)."""
+    prompt_weighting: str | None = None
+    """``compel`` or ``sdEmbeds`` (engine.prompt_weighting); None: the prompt is encoded as diffusers does."""
     keep_unmasked: bool = False
     """Outpainting: after the run, the init image's pixels are put back wherever the mask is black."""
     """ControlNets for this request (engine.controlnets.ControlUse, loaded), in request order."""
@@ -124,6 +126,8 @@ class StableDiffusionModel:
         "inpaint": "StableDiffusionControlNetInpaintPipeline",
     }
     """The same with ControlNets (engine.controlnets): made per request with ``from_pipe``, sharing every weight."""
+    XL: ClassVar[bool] = False
+    """Two text encoders and pooled conditioning (SDXL): how prompt weighting encodes."""
     LOAD_KWARGS: ClassVar[dict[str, Any]] = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     """Extra ``from_pretrained``/``from_single_file`` arguments: wisp runs no safety checker."""
 
@@ -208,6 +212,13 @@ class StableDiffusionModel:
             clip_skip=spec.clip_skip or None,
             output_type="pil",
         )
+        if spec.prompt_weighting is not None:
+            from engine.prompt_weighting import weighted_embeddings
+
+            for name in ("prompt", "negative_prompt", "clip_skip"):
+                del kwargs[name]
+            kwargs.update(weighted_embeddings(self.base, spec.prompt_weighting, spec.prompt, spec.negative_prompt, spec.clip_skip,
+                                              xl=self.XL))
         if spec.mode == "txt2img":
             kwargs.update(width=spec.width, height=spec.height)
         else:
@@ -343,7 +354,7 @@ def batch_key(spec: GenerationSpec) -> tuple[Any, ...] | None:
     Only one-image txt2img requests batch (img2img/inpaint carry per-request
     images and strengths; several images per request already share a call).
     """
-    if spec.mode != "txt2img" or len(spec.seeds) != 1 or spec.hires is not None or spec.keep_unmasked:
+    if spec.mode != "txt2img" or len(spec.seeds) != 1 or spec.hires is not None or spec.keep_unmasked or spec.prompt_weighting:
         return None
     if spec.embeddings or spec.vae is not None or spec.controlnets:  # applied per request in ``run``
         return None

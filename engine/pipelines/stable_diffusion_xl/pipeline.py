@@ -31,6 +31,7 @@ class StableDiffusionXLModel(StableDiffusionModel):
         "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
         "inpaint": "StableDiffusionXLControlNetInpaintPipeline",
     }
+    XL: ClassVar[bool] = True
     LOAD_KWARGS: ClassVar[dict[str, Any]] = {"add_watermarker": False}
     """No invisible watermark: it needs an optional package and changes the pixels it returns."""
 
