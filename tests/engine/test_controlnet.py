@@ -233,3 +233,27 @@ async def test_a_long_prompts_tail_counts_when_weighted(engine):
     assert np.array_equal(cut[0], cut[1])  # without weighting CLIP cuts at 77 tokens, as before
     chunked = [await pixels(engine, task(positivePrompt=p, promptWeighting="compel")) for p in (first, second)]
     assert not np.array_equal(chunked[0], chunked[1])
+
+
+def test_tile_and_shuffle_preprocessors_are_honest_image_operations():
+    from engine.preprocessors import apply, check
+
+    _, image = photo(96)
+    source = np.asarray(image).astype(float)
+    for name in ("tile", "tile_gaussian", "tile_resample"):
+        out = np.asarray(apply(check(name, "p"), image)).astype(float)
+        assert out.shape == source.shape
+        # smoother: less curvature (second differences) across the shapes' edges, same mean colour
+        assert np.abs(np.diff(out, n=2, axis=1)).mean() < 0.8 * np.abs(np.diff(source, n=2, axis=1)).mean()
+        assert np.abs(out.mean(axis=(0, 1)) - source.mean(axis=(0, 1))).max() < 3
+    first = np.asarray(apply("shuffle", image))
+    assert np.array_equal(first, np.asarray(apply("shuffle", image)))  # seeded: the same input, the same guide
+    assert first.shape == np.asarray(image).shape and not np.array_equal(first, np.asarray(image))
+
+
+async def test_inline_tile_and_shuffle_guides_run(engine):
+    uri, _ = photo()
+    raw = await pixels(engine, task(controlNet=[control(guideImage=uri)]))
+    for name in ("tile", "shuffle"):
+        out = await pixels(engine, task(controlNet=[control(guideImage=uri, preprocessor=name)]))
+        assert not np.array_equal(out, raw), name
