@@ -105,13 +105,13 @@ def _full_size_config(family_name: str, data_dir: Path) -> Path:
     return build_once(data_dir, f"controlnet-config-{family_name}-v1", build, marker="config.json")
 
 
-def config_folder_for(path: Path, family_name: str, data_dir: Path) -> Path:
-    """The config folder an uploaded ControlNet file fits, judged from its header: the built-in tiny one's
+def config_folder_for(shapes: dict[str, tuple[int, ...]], family_name: str, data_dir: Path) -> Path:
+    """The config folder an uploaded ControlNet fits, judged from its header's ``shapes``: the built-in tiny one's
     (same tensor names and shapes), else the family's full size."""
     tiny = families.get(family_name).builtin_controlnet
     if tiny is not None:
         folder = tiny.build(data_dir)
-        if _shapes(path) == _shapes(folder / "diffusion_pytorch_model.safetensors"):
+        if shapes == _shapes(folder / "diffusion_pytorch_model.safetensors"):
             return folder
     return _full_size_config(family_name, data_dir)
 
@@ -137,9 +137,10 @@ def load_controlnet(use: ControlUse, device: str, dtype: Any, data_dir: Path) ->
     assert use.path is not None
     where = f"{use.parameter}.model"
     verify_stored_file(use.path, ModelLoadError, where)
-    folder = config_folder_for(use.path, use.family, data_dir)
+    shapes = _shapes(use.path)  # the header, read once: which config, and which layout
+    folder = config_folder_for(shapes, use.family, data_dir)
     try:
-        if any(name.startswith("controlnet_cond_embedding.") for name in _shapes(use.path)):
+        if any(name.startswith("controlnet_cond_embedding.") for name in shapes):
             from safetensors.torch import load_file
 
             model = ControlNetModel.from_config(ControlNetModel.load_config(str(folder)))

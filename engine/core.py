@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from protocol.common import UUID_PATTERN
 from protocol.inference import ImageInference, ImageUpload
 from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess
 from protocol.upscale import ImageUpscale, Upscale
@@ -620,7 +621,7 @@ class Engine:
         return search_in_view(self.model_view, task, team)
 
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID_RE = re.compile(UUID_PATTERN)
 
 
 def _is_uuid(ref: str) -> bool:

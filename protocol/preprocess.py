@@ -18,17 +18,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from protocol.common import Dimension, Keyword, OutputQuality, Task, TaskUUID
+from protocol.common import Dimension, Keyword
 from protocol.errors import ErrorCode, WireError, wire_error
-from protocol.inference import ImageRef, OutputFormat, OutputType
+from protocol.image_task import ImageToImageTask
 
 Threshold = Annotated[int, msgspec.Meta(ge=0, le=255)]
 MODEL_PREFIX = "runware:controlnet-preprocess@"
 _MODEL_RE = re.compile(r"^runware:controlnet-preprocess@([a-z0-9_]+)$")
-
-
-class PreprocessInputs(msgspec.Struct, forbid_unknown_fields=True):
-    image: ImageRef
 
 
 class PreprocessSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -37,12 +33,9 @@ class PreprocessSettings(msgspec.Struct, forbid_unknown_fields=True):
     includeHandsAndFaceOpenPose: bool | None = None
 
 
-class _Preprocess(Task):
+class _Preprocess(ImageToImageTask):
     """The fields both task names share; :attr:`image`, :attr:`preprocessor` and the thresholds read either shape."""
 
-    taskUUID: TaskUUID
-    inputImage: ImageRef | None = None
-    inputs: PreprocessInputs | None = None
     preProcessorType: Keyword | None = None
     model: Keyword | None = None
     settings: PreprocessSettings | None = None
@@ -51,15 +44,7 @@ class _Preprocess(Task):
     lowThresholdCanny: Threshold | None = None
     highThresholdCanny: Threshold | None = None
     includeHandsAndFaceOpenPose: bool | None = None
-    outputType: OutputType = "URL"
-    outputFormat: OutputFormat = "PNG"
-    outputQuality: OutputQuality = 95
-    includeCost: bool = False
     deliveryMethod: Literal["sync"] = "sync"
-
-    @property
-    def image(self) -> str:
-        return self.inputImage if self.inputImage is not None else (self.inputs.image if self.inputs is not None else "")
 
     @property
     def preprocessor(self) -> str:
@@ -82,9 +67,9 @@ class _Preprocess(Task):
         return self.model is not None or self.inputs is not None
 
     def check(self) -> WireError | None:
-        if (self.inputImage is None) == (self.inputs is None):
-            return wire_error(ErrorCode.MISSING_PARAMETER if self.inputImage is None else ErrorCode.INVALID_PARAMETER,
-                              "give the image as inputImage or as inputs.image (one of them)", parameter="inputImage")
+        missing = self.input_error()
+        if missing is not None:
+            return missing
         if (self.preProcessorType is None) == (self.model is None):
             return wire_error(ErrorCode.MISSING_PARAMETER if self.model is None else ErrorCode.INVALID_PARAMETER,
                               f"name the preprocessor as preProcessorType or as model {MODEL_PREFIX}<name> (one of them)",

@@ -16,41 +16,26 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from protocol.common import Keyword, OutputQuality, Task, TaskUUID, URLString, webhook_url_error
+from protocol.common import Keyword, URLString, webhook_url_error
 from protocol.errors import ErrorCode, WireError, wire_error
-from protocol.inference import ImageRef, OutputFormat, OutputType
+from protocol.image_task import ImageToImageTask
 
 LANCZOS_UPSCALER = "wisp:lanczos-upscaler@1"
 UpscaleFactor = Annotated[float, msgspec.Meta(ge=1, le=4)]
-
-
-class UpscaleInputs(msgspec.Struct, forbid_unknown_fields=True):
-    image: ImageRef
 
 
 class UpscaleSettings(msgspec.Struct, forbid_unknown_fields=True):
     upscaleFactor: UpscaleFactor | None = None
 
 
-class _Upscale(Task):
-    taskUUID: TaskUUID
-    inputImage: ImageRef | None = None
-    inputs: UpscaleInputs | None = None
+class _Upscale(ImageToImageTask):
     upscaleFactor: UpscaleFactor | None = None
     """Default 2; any factor from 1 to 4 (Runware's models take 2, 3 or 4)."""
     targetMegapixels: int | None = None
     model: Keyword | None = None
     settings: UpscaleSettings | None = None
-    outputType: OutputType = "URL"
-    outputFormat: OutputFormat = "PNG"
-    outputQuality: OutputQuality = 95
-    includeCost: bool = False
     webhookURL: URLString | None = None
     deliveryMethod: Literal["sync", "async"] = "sync"
-
-    @property
-    def image(self) -> str:
-        return self.inputImage if self.inputImage is not None else (self.inputs.image if self.inputs is not None else "")
 
     @property
     def factor(self) -> float:
@@ -61,9 +46,9 @@ class _Upscale(Task):
         return 2.0
 
     def check(self) -> WireError | None:
-        if (self.inputImage is None) == (self.inputs is None):
-            return wire_error(ErrorCode.MISSING_PARAMETER if self.inputImage is None else ErrorCode.INVALID_PARAMETER,
-                              "give the image as inputImage or as inputs.image (one of them)", parameter="inputImage")
+        missing = self.input_error()
+        if missing is not None:
+            return missing
         if self.targetMegapixels is not None:
             return wire_error(ErrorCode.UNSUPPORTED_PARAMETER, "wisp upscales by upscaleFactor; targetMegapixels is not offered",
                               parameter="targetMegapixels")

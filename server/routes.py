@@ -218,7 +218,8 @@ class HTTPRoutes:
             return await self.dialects.handle(method, path, target.query, headers, body, ctx)
         return error_response(404, ErrorCode.NOT_FOUND, f"no route {path[:100]}")
 
-    async def _account(self, headers: dict[str, str], peer: str) -> HTTPResponse:
+    async def _team(self, headers: dict[str, str], peer: str) -> str | HTTPResponse:
+        """The Bearer key's team, or the response refusing it (401 missing or invalid, 429 rate-limited)."""
         key = self.bearer(headers)
         if not key:
             return error_response(401, ErrorCode.MISSING_API_KEY, "send Authorization: Bearer <apiKey>")
@@ -226,6 +227,12 @@ class HTTPRoutes:
         if not isinstance(team, str):
             status = 429 if team.code == ErrorCode.AUTH_RATE_LIMITED else 401
             return json_response(status, {"errors": [msgspec.to_builtins(team)]})
+        return team
+
+    async def _account(self, headers: dict[str, str], peer: str) -> HTTPResponse:
+        team = await self._team(headers, peer)
+        if not isinstance(team, str):
+            return team
         return json_response(200, await asyncio.to_thread(self.account_details, team))
 
     def account_details(self, team: str) -> dict[str, Any]:
@@ -247,13 +254,9 @@ class HTTPRoutes:
         }
 
     async def _post_tasks(self, headers: dict[str, str], body: bytes, peer: str) -> HTTPResponse:
-        key = self.bearer(headers)
-        if not key:
-            return error_response(401, ErrorCode.MISSING_API_KEY, "send Authorization: Bearer <apiKey>")
-        team = await self.gateway.team_for_key(key, peer)
+        team = await self._team(headers, peer)
         if not isinstance(team, str):
-            status = 429 if team.code == ErrorCode.AUTH_RATE_LIMITED else 401
-            return json_response(status, {"errors": [msgspec.to_builtins(team)]})
+            return team
         ctx = request_context(headers.get("host"), self.config.host, self.port(), self.config.public_url, peer=peer)
         conn = CollectingConn(Session(team, resumable=False), ctx, self.config.max_http_response_bytes)
         jobs = await self.gateway.handle_frame(conn, body)

@@ -21,10 +21,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from protocol.common import UUID_PATTERN
 from server.upload_cli import _bar
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_UUID = re.compile(UUID_PATTERN)
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]{256,}")
 """A long argument of base64 characters only (no dot) is raw base64 image data, not a file name."""
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from engine.errors import EngineError
 from engine.registry.db import Database
@@ -150,10 +151,8 @@ class ModelRegistry:
 
         source, key, version = split_air(row.air)
         check_source_name(source)
-        conn = self.db.connect()
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as conn:
             if guard is not None:
                 guard(conn.execute("SELECT 1 FROM models WHERE air=?", (row.air,)).fetchone() is None)
             team_id = conn.execute("SELECT id FROM teams WHERE name=?", (row.team,)).fetchone()[0]
@@ -172,6 +171,15 @@ class ModelRegistry:
                  int(row.private), json.dumps(row.meta), now, now),
             )
             self._record_usage(conn, team_id)
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """One registry write: an immediate transaction that bumps ``registry_version`` (other processes' views see
+        it) and commits, or rolls back on any error; then this process's views are told (``on_change``)."""
+        conn = self.db.connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
             conn.execute("UPDATE registry_version SET value = value + 1 WHERE id = 1")
             conn.execute("COMMIT")
         except BaseException:
@@ -191,9 +199,7 @@ class ModelRegistry:
         from protocol.models import split_air
 
         check_source_name(split_air(air)[0])
-        conn = self.db.connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as conn:
             found = conn.execute("SELECT m.*, t.name AS team FROM models m JOIN teams t ON t.id = m.team_id WHERE m.air=?",
                                  (air,)).fetchone()
             row = None if found is None else _row(found)
@@ -203,13 +209,6 @@ class ModelRegistry:
                 raise NotYourModel(f"{air} belongs to another team; only the team that uploaded it can delete it", parameter="air")
             conn.execute("DELETE FROM models WHERE air=?", (air,))
             self._record_usage(conn, int(found["team_id"]))
-            conn.execute("UPDATE registry_version SET value = value + 1 WHERE id = 1")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        for changed in self.on_change:
-            changed()
         return row
 
     def refers_to(self, sha256: str) -> bool:

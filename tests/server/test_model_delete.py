@@ -22,6 +22,8 @@ from tests.server.test_model_library import Socket, new_source
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Files of this module's own seeds (not test_model_library's ``tiny_files``): the session's server is shared, and a
+    file another module also uploaded would outlive a deletion here, rightly, since another AIR still names its bytes."""
     from engine.builtin.tiny_sd15 import ensure_tiny_sd15
     from tests.fixtures.checkpoints import write_sd15_single_file
     from tests.fixtures.loras import write_lora
