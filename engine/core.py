@@ -113,6 +113,9 @@ class EngineConfig:
     download_timeout_s: float = 3600.0
     """Total time one model download may take."""
     image_ttl_s: float = 30 * 86400.0
+    png_parameters: bool = False
+    """PNGs carry their generation parameters (A1111's ``parameters`` text chunk) when a request does not say
+    (``embedParameters``).  Off for the engine used as a library; the server turns it on (``WISP_PNG_PARAMETERS``)."""
     """How long a generated or uploaded image is kept when its request names no ``ttl`` (0: until deleted by hand)."""
 
 
@@ -193,7 +196,7 @@ class Engine:
         self._doomed_files: set[str] = set()
         """Hashes of deleted models' files, removed by :meth:`collect_files` once nothing uses them."""
         self.inference = Inference(self.library, self.images, self.queue, config.net, self._stopping, self.max_work,
-                                   batching=config.max_batch > 1, leases=self.leases)
+                                   batching=config.max_batch > 1, leases=self.leases, png_parameters=config.png_parameters)
 
     def _init_thread(self) -> None:
         from engine.models import LOAD_LOCK

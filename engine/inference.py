@@ -26,9 +26,12 @@ from engine.controlnets import BUILTIN_CONTROLNETS, scale_and_mode, step_range
 from engine.errors import EngineError, EngineStopped, InvalidInput, JobCancelled, QueueFull, WorkLimitExceeded
 from engine.file_leases import FileLeases
 from engine.images.codec import FORMATS, decode_image, encode_image
+from engine.images.infotext import parameters_text
 from engine.images.sources import load_image_bytes
 from engine.images.store import ImageStore
-from engine.jobs import ControlRef, EmbeddingRef, Failed, Finished, GeneratedImage, InferenceJob, LoraRef, ModelRef, Sink, Started, Step, VaeRef
+from engine.jobs import (
+    ControlRef, EmbeddingRef, Failed, Finished, GeneratedImage, InferenceJob, LoraRef, ModelRef, RefinerRef, Sink, Started, Step, VaeRef,
+)
 from engine.models import BUILTIN_MODELS, ModelEntry, ModelLibrary, architecture_defaults, family
 from engine.net import NetPolicy
 from engine.pipelines import families
@@ -64,9 +67,11 @@ def failure(task_uuid: str, exc: BaseException) -> Failed:
 class Inference:
     def __init__(
         self, library: ModelLibrary, images: ImageStore, queue: FairQueue, net: NetPolicy, stopping: threading.Event,
-        max_work: float, batching: bool, leases: FileLeases | None = None,
+        max_work: float, batching: bool, leases: FileLeases | None = None, png_parameters: bool = True,
     ) -> None:
+        """``png_parameters``: whether PNGs carry their generation parameters when the request does not say."""
         self.library = library
+        self.png_parameters = png_parameters
         self.leases = leases or FileLeases()
         """The stored files running jobs use: a model deleted meanwhile keeps its file until they finish."""
         self.images = images
@@ -88,7 +93,8 @@ class Inference:
         memory alone, so it is prepared where it arrives, without a thread hop.
         """
         return (task.model not in BUILTIN_MODELS or bool(task.lora) or bool(task.embeddings) or bool(task.vae)
-                or any(c.model not in BUILTIN_CONTROLNETS for c in task.controlNet))
+                or any(c.model not in BUILTIN_CONTROLNETS for c in task.controlNet)
+                or (task.refiner is not None and task.refiner.model not in BUILTIN_MODELS))
 
     def prepare(self, task: ImageInference, team: str, owner: str) -> InferenceJob:
         """Resolve and check ``task`` for ``team``: the job, or an :class:`EngineError` to answer before any ack."""
@@ -143,6 +149,7 @@ class Inference:
                                           end=end, guess_mode=guess_mode, guide_image=item.guideImage, parameter=where,
                                           preprocessor=preprocessor, low_threshold=item.lowThresholdCanny,
                                           high_threshold=item.highThresholdCanny))
+        refiner = None if task.refiner is None else self._refiner(task, team, entry, steps)
         if task.seed is not None:
             seeds = tuple((task.seed + i) % 2**63 for i in range(task.numberResults))
         else:
@@ -160,7 +167,22 @@ class Inference:
             hires=hires, prompt_weighting=None if task.promptWeighting is None else task.promptWeighting.lower(),
             outpaint=None if task.outpaint is None else (task.outpaint.top, task.outpaint.right, task.outpaint.bottom,
                                                          task.outpaint.left, task.outpaint.blur),
+            png_parameters=self.png_parameters if task.embedParameters is None else task.embedParameters, refiner=refiner,
         )
+
+    def _refiner(self, task: ImageInference, team: str, entry: ModelEntry, steps: int) -> RefinerRef:
+        """``task.refiner`` resolved: a checkpoint of the base's family, a family that refines (SDXL), a split inside the steps."""
+        assert task.refiner is not None
+        base_family = families.family_of(entry.architecture)
+        if base_family is None or not base_family.refines:
+            raise InvalidInput(f"refiner needs an SDXL-family model; {entry.air} is {entry.architecture}", parameter="refiner")
+        second = self.library.resolve(task.refiner.model, team, "refiner.model")
+        if families.family_of(second.architecture) is not base_family:
+            raise InvalidInput(f"the refiner must be a {base_family.title} checkpoint like the model; {second.air} is "
+                               f"{second.architecture}", parameter="refiner.model")  # fmt: skip
+        if task.refiner.startStep is not None and task.refiner.startStep >= steps:
+            raise InvalidInput(f"refiner.startStep must be below steps ({steps})", parameter="refiner.startStep", max=steps - 1)
+        return RefinerRef(model=model_ref(second), start=task.refiner.start_fraction(steps))
 
     async def load_inputs(self, job: InferenceJob, own_hosts: frozenset[str] = frozenset()) -> InferenceJob:
         """The job with its seed and mask images read (URLs fetched with the guard, files off the loop)."""
@@ -200,6 +222,7 @@ class Inference:
             prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width, height=job.height, steps=job.steps,
             cfg_scale=job.cfg_scale, scheduler=job.scheduler, seeds=job.seeds, clip_skip=job.clip_skip,
             **self._inputs(job), hires=job.hires, prompt_weighting=job.prompt_weighting,
+            refiner_start=None if job.refiner is None else job.refiner.start,
             strength=job.strength, mask_margin=job.mask_margin,
             loras=tuple(LoraUse(key=lora.sha256, path=path_for(lora.sha256), weight=lora.weight) for lora in job.loras),
             embeddings=tuple(
@@ -261,12 +284,12 @@ class Inference:
             compatible = batch_key(spec)
             if compatible is not None and self.batching:
                 batch = Batchable(key=(self.library.cache_key(entry), compatible),
-                                  payload=(spec, job.output_format, job.output_quality, job.team, job.ttl_s),
+                                  payload=(spec, job),
                                   run=lambda payloads: self._render_batch(entry, payloads))
             relay.begin()
             try:
                 images = await submit(
-                    self.queue, job.owner, lambda: self._render(entry, spec, job.output_format, job.output_quality, cancel, job.team, job.ttl_s),
+                    self.queue, job.owner, lambda: self._render(entry, spec, job, cancel),
                     batch=batch, on_start_here=relay.started(lambda when: sink(Started(job.task_uuid, at=when))), cancel=cancel,
                 )
             finally:
@@ -308,8 +331,7 @@ class Inference:
         return on_step
 
     def _render(
-        self, entry: ModelEntry, spec: GenerationSpec, output_format: str, quality: int, cancel: threading.Event | None = None,
-        team: str | None = None, ttl_s: int | None = None,
+        self, entry: ModelEntry, spec: GenerationSpec, job: InferenceJob, cancel: threading.Event | None = None,
     ) -> list[GeneratedImage]:
         """Worker thread: generate, encode, store; stops between steps when the engine stops or ``cancel`` is set."""
         stopping = self.stopping
@@ -320,18 +342,20 @@ class Inference:
         try:
             with (self.library.use(entry) as model, self.library.use_vae(spec) as spec,  # pinned: not evicted while it runs
                   self.library.use_controlnets(spec) as spec):
-                images = model.run(spec, should_stop)
-                if spec.keep_unmasked:  # outpaint: the seed image's own pixels, exactly, outside the feathered seam
-                    from PIL import Image
-
-                    images = [Image.composite(image, spec.init_image, spec.mask_image) for image in images]
+                if job.refiner is not None:
+                    with self.library.use(self.entry(job.refiner.model)) as refiner:
+                        images = model.run(spec, should_stop, refiner=refiner)
+                else:
+                    images = model.run(spec, should_stop)
+                if spec.mask_image is not None and spec.init_image is not None:
+                    images = keep_unmasked_pixels(images, spec.init_image, spec.mask_image)
                 if spec.hires is not None:
                     images = self._hires_pass(model, spec, images, should_stop)
         except EngineStopped:
             if cancel is not None and cancel.is_set() and not stopping.is_set():
                 raise JobCancelled("cancelled by taskCancel between denoising steps") from None
             raise
-        return self._store(spec, images, output_format, quality, team, ttl_s)
+        return self._store(spec, images, job)
 
     @staticmethod
     def _hires_pass(model: Any, spec: GenerationSpec, images: list[Any], should_stop: Callable[[], bool]) -> list[Any]:
@@ -355,25 +379,41 @@ class Inference:
         return refined
 
     def _render_batch(
-        self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, str, int, str, int | None]],
+        self, entry: ModelEntry, payloads: list[tuple[GenerationSpec, InferenceJob]],
     ) -> list[list[GeneratedImage]]:
         """Worker thread: compatible one-image requests in one pipeline call (dynamic batching)."""
         with self.library.use(entry) as model:
             images = model.run_batch([payload[0] for payload in payloads], self.stopping.is_set)
-        return [self._store(spec, [image], fmt, quality, team, ttl) for (spec, fmt, quality, team, ttl), image in zip(payloads, images)]
+        return [self._store(spec, [image], job) for (spec, job), image in zip(payloads, images)]
 
-    def _store(
-        self, spec: GenerationSpec, images: list[Any], output_format: str, quality: int, team: str | None = None,
-        ttl_s: int | None = None,
-    ) -> list[GeneratedImage]:
-        _, ext, mime = FORMATS[output_format]
+    def _store(self, spec: GenerationSpec, images: list[Any], job: InferenceJob) -> list[GeneratedImage]:
+        _, ext, mime = FORMATS[job.output_format]
         cost = image_cost(spec.width, spec.height, spec.steps)
         results = []
         for seed, image in zip(spec.seeds, images):
-            data = encode_image(image, output_format, quality)
-            image_uuid, name = self.images.put(data, ext, team=team, ttl_s=ttl_s)
+            text = parameters_text(job, seed, image.size) if job.png_parameters and job.output_format == "PNG" else None
+            data = encode_image(image, job.output_format, job.output_quality, parameters=text)
+            image_uuid, name = self.images.put(data, ext, team=job.team, ttl_s=job.ttl_s)
             results.append(GeneratedImage(image_uuid=image_uuid, file_name=name, seed=seed, data=data, mime=mime, cost=cost))
         return results
+
+
+def keep_unmasked_pixels(images: list[Any], init: Any, mask: Any) -> list[Any]:
+    """Inpainting and outpainting: the seed image's own pixels, exactly, wherever the mask is black.
+
+    The pipeline returns the whole picture decoded by the VAE, which changes
+    every pixel a little; A1111, ComfyUI and Runware's clients expect the
+    unmasked area back as sent (a grey mask value blends the two, so a
+    feathered seam stays feathered).  Seed and mask are resized to the output
+    the way the pipeline resized them (Lanczos, nearest)."""
+    from PIL import Image
+
+    size = images[0].size
+    seed = init.convert("RGB")
+    seed = seed if seed.size == size else seed.resize(size, Image.Resampling.LANCZOS)
+    matte = mask.convert("L")
+    matte = matte if matte.size == size else matte.resize(size, Image.Resampling.NEAREST)
+    return [Image.composite(image.convert("RGB"), seed, matte) for image in images]
 
 
 def model_ref(entry: ModelEntry) -> ModelRef:

@@ -43,6 +43,14 @@ class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
     name: str = ""
 
 
+class RefinerRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``refiner``, resolved: the checkpoint that finishes the denoising, and where it takes over."""
+
+    model: ModelRef
+    start: float
+    """The share of the schedule the base model runs (diffusers' ``denoising_end`` / ``denoising_start``)."""
+
+
 class LoraRef(msgspec.Struct, frozen=True, kw_only=True):
     air: str
     sha256: str
@@ -128,6 +136,9 @@ class InferenceJob(msgspec.Struct, frozen=True, kw_only=True, tag="imageInferenc
     """(top, right, bottom, left, blur): the seed image is extended by these margins and they are painted."""
     ttl_s: int | None = None
     """The request's ``ttl``: seconds its images are kept (None: the server's default retention)."""
+    refiner: RefinerRef | None = None
+    png_parameters: bool = False
+    """Whether a PNG carries the A1111 ``parameters`` text chunk (prompt, seed, steps…: engine.images.infotext)."""
 
     @property
     def inputs_loaded(self) -> bool:

@@ -46,7 +46,6 @@ ImageRef = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IMAGE_REF_CH
 # change the picture; ignoring one would hand back a wrong result).
 UNSUPPORTED_INFERENCE_FIELDS: tuple[str, ...] = (
     "lycoris",
-    "refiner",
     "instantID",
     "ipAdapters",
     "referenceImages",
@@ -166,6 +165,21 @@ class HiresFix(msgspec.Struct, forbid_unknown_fields=True):
     """The second pass's steps (it denoises ``int(steps × strength)`` of them); None: the request's."""
 
 
+class Refiner(msgspec.Struct, forbid_unknown_fields=True):
+    """Runware's ``refiner`` (SDXL): a second SDXL-family checkpoint finishes the denoising from ``startStep``
+    (or ``startStepPercentage`` of the steps; neither: 80 %, the split SDXL's authors suggest)."""
+
+    model: ModelAIR
+    startStep: Annotated[int, msgspec.Meta(ge=1, le=99)] | None = None
+    startStepPercentage: Annotated[int, msgspec.Meta(ge=1, le=99)] | None = None
+
+    def start_fraction(self, steps: int) -> float:
+        """The share of the schedule the base model runs (the refiner does the rest)."""
+        if self.startStep is not None:
+            return self.startStep / steps
+        return (self.startStepPercentage if self.startStepPercentage is not None else 80) / 100
+
+
 class Safety(msgspec.Struct, forbid_unknown_fields=True):
     checkContent: bool = False
     checkInputs: bool = False
@@ -211,6 +225,10 @@ class ImageInference(Task, tag="imageInference"):
     safety: Safety | None = None
     ttl: int | None = None
     useCache: bool | None = None
+    embedParameters: bool | None = None
+    """wisp extension: whether a PNG carries its generation parameters (A1111's ``parameters`` text chunk: prompt,
+    negative prompt, steps, sampler, CFG, seed, size, model, LoRAs); None: the server's setting (on unless
+    ``WISP_PNG_PARAMETERS=0``)."""
     promptWeighting: Keyword | None = None
     """``compel`` (compel's syntax: ``(word)1.3``, ``word++``, ``.blend()``, ``.and()``) or ``sdEmbeds`` (A1111's
     ``(word:1.3)``, ``(word)``, ``[word]``), matched case-insensitively; either way prompts over 77 tokens are chunked,
@@ -221,9 +239,10 @@ class ImageInference(Task, tag="imageInference"):
     """Extend ``seedImage`` by these margins and paint them; ``width``/``height`` are the extended size."""
     controlNet: Annotated[list[ControlNetRef], msgspec.Meta(max_length=4)] = []
     """ControlNets (at most 4), each with its guide image, weight and step range; see :class:`ControlNetRef`."""
+    refiner: Refiner | None = None
+    """SDXL only: a second checkpoint takes over the denoising from ``startStep``; see :class:`Refiner`."""
     # Declared only to be refused clearly; see UNSUPPORTED_INFERENCE_FIELDS.
     lycoris: Any = msgspec.UNSET
-    refiner: Any = msgspec.UNSET
     instantID: Any = msgspec.UNSET
     ipAdapters: Any = msgspec.UNSET
     referenceImages: Any = msgspec.UNSET
@@ -296,6 +315,18 @@ class ImageInference(Task, tag="imageInference"):
                 return wire_error(ErrorCode.INVALID_PARAMETER, "outpaint makes its own mask; leave out maskImage", parameter="maskImage")
             if not any(edges):
                 return wire_error(ErrorCode.INVALID_PARAMETER, "outpaint needs at least one margin above 0", parameter="outpaint")
+        if self.refiner is not None:
+            if self.refiner.startStep is not None and self.refiner.startStepPercentage is not None:
+                return wire_error(ErrorCode.INVALID_PARAMETER, "give refiner.startStep or refiner.startStepPercentage, not both",
+                                  parameter="refiner.startStepPercentage")
+            for name, given in (("seedImage", self.seedImage), ("controlNet", self.controlNet), ("hiresFix", self.hires),
+                                ("outpaint", self.outpaint)):
+                if given:
+                    return wire_error(ErrorCode.INVALID_PARAMETER, f"refiner applies to text-to-image requests; remove {name} "
+                                      "or the refiner", parameter="refiner")
+            if self.steps is not None and self.refiner.startStep is not None and self.refiner.startStep >= self.steps:
+                return wire_error(ErrorCode.INVALID_PARAMETER, f"refiner.startStep must be below steps ({self.steps})",
+                                  parameter="refiner.startStep", max=self.steps - 1)
         if self.maskImage is not None and self.seedImage is None:
             return wire_error(
                 ErrorCode.MISSING_PARAMETER, "maskImage needs a seedImage to inpaint", parameter="seedImage"

@@ -17,7 +17,8 @@ def _data_dir(arg: str | None) -> Path:
     return ServerConfig.from_env().data_dir
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def serve_config(args: argparse.Namespace) -> ServerConfig:
+    """The server's settings: ``WISP_*`` variables, then the flags over them."""
     config = ServerConfig.from_env()
     if args.host:
         config.host = args.host
@@ -29,6 +30,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.public_url = args.public_url
     if args.allow_private_urls:
         config.allow_private_urls = True
+    if args.no_png_parameters:
+        config.png_parameters = False
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
     from server.tasklog import configure
 
     configure()
@@ -135,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=None, help="data directory (WISP_DATA_DIR)")
     serve.add_argument("--public-url", default=None, help="base URL for imageURL (WISP_PUBLIC_URL)")
     serve.add_argument("--allow-private-urls", action="store_true", help="let downloads and webhooks reach private/loopback hosts")
+    serve.add_argument("--no-png-parameters", action="store_true",
+                       help="generated PNGs carry no generation parameters (prompt, seed…) unless a request asks (WISP_PNG_PARAMETERS=0)")
     serve.set_defaults(func=cmd_serve)
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key; printed as the last line")

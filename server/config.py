@@ -79,6 +79,8 @@ class ServerConfig:
     """Total time one model download may take, retries included."""
     image_ttl_s: float = EngineConfig.image_ttl_s
     """Images (generated or uploaded) are kept this long unless their request's ``ttl`` says otherwise; 0: forever."""
+    png_parameters: bool = True
+    """PNGs carry their generation parameters (A1111 ``parameters`` chunk) unless a request opts out."""
     image_sweep_s: float = 60.0
     """How often expired images are looked for and deleted."""
     fetch_timeout_s: float = 60.0
@@ -173,4 +175,5 @@ class ServerConfig:
         c.send_stall_s = _env_float("WISP_SEND_STALL", c.send_stall_s)
         c.image_ttl_s = max(0.0, _env_float("WISP_IMAGE_TTL", c.image_ttl_s))
         c.image_sweep_s = max(0.1, _env_float("WISP_IMAGE_SWEEP_INTERVAL", c.image_sweep_s))
+        c.png_parameters = _env_bool("WISP_PNG_PARAMETERS", c.png_parameters)
         return c

@@ -65,7 +65,9 @@ def start_server(
     log_path = data_dir.parent / f"{data_dir.name}-server.log"
     log_file = open(log_path, "w")
     # Tests send many bad keys from 127.0.0.1 on purpose; the limiter has its own test.
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WISP_TORCH_THREADS": "1", "WISP_AUTH_MAX_FAILURES": "100000", **(env or {})}
+    # PNG parameters off: tests that compare image bytes compare pixels (test_png_parameters turns them on).
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WISP_TORCH_THREADS": "1", "WISP_AUTH_MAX_FAILURES": "100000",
+                "WISP_PNG_PARAMETERS": "0", **(env or {})}
     proc = subprocess.Popen(
         WISP + ["serve", "--port", "0", "--data-dir", str(data_dir), *(["--allow-private-urls"] if allow_private else []), *extra],
         stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env,

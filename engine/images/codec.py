@@ -52,12 +52,21 @@ def decode_image(data: bytes, parameter: str, *, max_bytes: int = MAX_INPUT_BYTE
         raise InvalidImage(f"{parameter} is not a decodable image", parameter=parameter) from None
 
 
-def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
-    """Encode to PNG/JPG/WEBP; no metadata, so equal pixels give equal bytes."""
+def encode_image(image: Image.Image, output_format: str, quality: int, parameters: str | None = None) -> bytes:
+    """Encode to PNG/JPG/WEBP: equal pixels (and equal ``parameters``) give equal bytes.
+
+    ``parameters``: a PNG's A1111 generation-parameters text (a ``tEXt`` chunk named
+    ``parameters``, which A1111, ComfyUI and Civitai read); no other metadata is written."""
     pil_format = FORMATS[output_format][0]
     buf = io.BytesIO()
     if pil_format == "PNG":
-        image.save(buf, format="PNG", optimize=False, compress_level=6)
+        info = None
+        if parameters is not None:
+            from PIL.PngImagePlugin import PngInfo
+
+            info = PngInfo()
+            info.add_itxt("parameters", parameters) if not parameters.isascii() else info.add_text("parameters", parameters)
+        image.save(buf, format="PNG", optimize=False, compress_level=6, pnginfo=info)
     elif pil_format == "JPEG":
         image.convert("RGB").save(buf, format="JPEG", quality=quality)
     else:

@@ -40,13 +40,17 @@ class CheckpointComponent:
 
 @dataclass(frozen=True)
 class BuiltinModel:
-    """The family's tiny built-in model: built offline on first use, random weights."""
+    """A built-in model of the family: built offline on first use (random weights) or shipped in the package."""
 
     air: str
     name: str
     architecture: str
     version: str  # BUILD_VERSION: part of the model cache key
-    build: Callable[[Path], Path]  # data_dir → its diffusers folder (built once)
+    build: Callable[[Path], Path]  # data_dir → its diffusers folder (built once, or the shipped one)
+    defaults: ModelDefaults | None = None
+    """What a request that omits steps/CFG/scheduler gets (None: its architecture's)."""
+    comment: str = "built offline with random weights: draws noise"
+    """What modelSearch says of it."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,12 @@ class ModelFamily:
     lycoris_conv_projections: bool
     """Whether the U-Net's ``proj_in``/``proj_out`` are 1×1 convolutions (LyCORIS → LoRA conversion)."""
     sniffing: Sniffing
+    extra_builtins: tuple[BuiltinModel, ...] = ()
+    """Further built-in models of the family (``wisp:shapes-sd15@1``): listed, searchable, never a recipe's base."""
     builtin_controlnet: BuiltinModel | None = None
     """The tiny built-in ControlNet made from the built-in model's U-Net (``build``: data_dir → its folder)."""
+    refines: bool = False
+    """Whether a checkpoint of the family can finish another's denoising (``refiner``: SDXL's two-stage split)."""
     default_scheduler_adds_a_step: bool = False
     """Whether the checkpoints' own ("Default") scheduler is PNDM, whose img2img runs one step more than
     ``int(steps × strength)`` (so a request with fewer is still not empty)."""

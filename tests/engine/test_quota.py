@@ -35,7 +35,8 @@ def upload_task(air: str) -> ModelUpload:
 def files(engine_data_dir: Path, tmp_path: Path) -> list[Path]:
     """Written before the engine starts (its worker thread imports diffusers; two importers at once race)."""
     folder = ensure_tiny_sd15(engine_data_dir)
-    return [write_lora(folder, tmp_path / f"l{i}.safetensors", fmt="kohya", seed=i) for i in range(2)]
+    # Seeds no other test uses: the session's shared data dir must not hold these bytes registered by another test.
+    return [write_lora(folder, tmp_path / f"l{i}.safetensors", fmt="kohya", seed=9100 + i) for i in range(2)]
 
 
 def test_concurrent_uploads_cannot_pass_the_lora_quota_together(files: list[Path], engine: Engine):

@@ -219,6 +219,11 @@ def test_sigterm_during_a_step_longer_than_the_grace_exits_cleanly(tmp_path: Pat
     try:
         async def submit() -> None:
             ws, _ = await authenticated(running)
+            warm = new_uuid()  # load the model first, so that the big task starts at once even on a busy machine
+            await ws.send(json.dumps([{"taskType": "imageInference", "taskUUID": warm, "model": MODEL, "positivePrompt": "x",
+                                       "width": 64, "height": 64, "steps": 1}]))
+            while json.loads(await asyncio.wait_for(ws.recv(), 60))["data"][0].get("taskUUID") != warm:
+                pass
             await ws.send(json.dumps([{
                 "taskType": "imageInference", "taskUUID": task_uuid, "model": MODEL, "positivePrompt": "x", "width": 2048,
                 "height": 2048, "steps": 1, "deliveryMethod": "async",

@@ -440,7 +440,8 @@ async def test_missing_task_uuid(client: WireClient):
         ({"model": None}, "missingParameter", "model"),
         ({"fooField": 1}, "unknownParameter", "fooField"),
         ({"checkNSFW": True}, "unsupportedParameter", "checkNSFW"),
-        ({"refiner": {"model": "civitai:1@1"}}, "unsupportedParameter", "refiner"),
+        ({"refiner": {"model": "civitai:1@1"}}, "invalidParameter", "refiner"),  # an SD-1.x model cannot be refined
+        ({"instantID": {"inputImage": "x"}}, "unsupportedParameter", "instantID"),
         ({"embeddings": [{"model": "civitai:1@1", "strength": 1}]}, "unknownParameter", "embeddings[0].strength"),
     ],
 )

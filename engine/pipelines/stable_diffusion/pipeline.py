@@ -55,6 +55,8 @@ class GenerationSpec:
     """hiresFix: (width, height, strength, steps) of a second img2img pass over each image upscaled (engine.inference)."""
     prompt_weighting: str | None = None
     """``compel`` or ``sdEmbeds`` (engine.prompt_weighting); None: the prompt is encoded as diffusers does."""
+    refiner_start: float | None = None
+    """With a refiner: the share of the schedule this model runs before the refiner takes over its latents."""
     keep_unmasked: bool = False
     """Outpainting: after the run, the init image's pixels are put back wherever the mask is black."""
     """ControlNets for this request (engine.controlnets.ControlUse, loaded), in request order."""
@@ -233,12 +235,17 @@ class StableDiffusionModel:
         return kwargs
 
     # 3. run → 4. result
-    def run(self, spec: GenerationSpec, should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
+    def run(self, spec: GenerationSpec, should_stop: Callable[[], bool] | None = None, refiner: Self | None = None) -> list[Image.Image]:
         """Generate one image per seed, in seed order, with exactly ``spec.loras`` applied.
 
         LoRAs are loaded and switched outside inference mode: adapter
         parameters created inside it would be inference tensors, and PEFT's
         ``set_adapter`` later fails setting ``requires_grad`` on them.
+
+        ``refiner`` (with ``spec.refiner_start``): this model denoises the first
+        part of the schedule and hands its latents to ``refiner``, which finishes
+        them (diffusers' ``denoising_end`` / ``denoising_start``, SDXL's
+        ensemble-of-experts split); the refiner runs without the request's LoRAs.
         """
         import torch
 
@@ -246,7 +253,28 @@ class StableDiffusionModel:
             self.loras.activate(spec.loras, [f"lora[{i}].model" for i in range(len(spec.loras))])
             with vae_override(lambda: self._variants.values(), self.base, spec.vae), textual_inversions(self.base, spec) as spec:
                 with torch.inference_mode():
-                    return self._generate(spec, should_stop)
+                    if refiner is None or spec.refiner_start is None:
+                        return self._generate(spec, should_stop)
+                    latents = torch.stack(self._generate(spec, should_stop, denoising_end=spec.refiner_start))
+        return refiner.refine(spec, latents, should_stop)
+
+    def refine(self, spec: GenerationSpec, latents: Any, should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
+        """Finish another model's partly denoised ``latents`` from ``spec.refiner_start`` (the refiner's half of :meth:`run`)."""
+        import torch
+        from dataclasses import replace
+
+        with self.lock:
+            self.loras.activate((), [])
+            with torch.inference_mode():
+                pipe = self._variant("img2img")
+                scheduler = make_scheduler(spec.scheduler, self._scheduler_config)
+                pipe.scheduler = scheduler if scheduler is not None else self._default_scheduler
+                quiet = replace(spec, on_step=None)  # the steps were reported by the base
+                kwargs = self._call_kwargs(replace(quiet, init_image=None, mask_image=None))
+                kwargs.pop("width", None)
+                kwargs.pop("height", None)
+                kwargs.update(image=latents, denoising_start=spec.refiner_start)
+                return self._call(pipe, quiet, kwargs, should_stop)
 
     def _controlled(self, spec: GenerationSpec, kwargs: dict[str, Any]) -> Any:
         """The ControlNet pipeline for ``spec``'s mode with its ControlNets, and their call arguments added to ``kwargs``.
@@ -278,12 +306,16 @@ class StableDiffusionModel:
         kwargs["guess_mode"] = any(use.guess_mode for use in uses)
         return pipe
 
-    def _generate(self, spec: GenerationSpec, should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
-        """The diffusers call itself (caller holds the lock)."""
+    def _generate(
+        self, spec: GenerationSpec, should_stop: Callable[[], bool] | None = None, denoising_end: float | None = None,
+    ) -> list[Any]:
+        """The diffusers call itself (caller holds the lock); with ``denoising_end``, the latents at that point."""
         pipe = self._variant(spec.mode)
         scheduler = make_scheduler(spec.scheduler, self._scheduler_config)
         pipe.scheduler = scheduler if scheduler is not None else self._default_scheduler
         kwargs = self._call_kwargs(spec)
+        if denoising_end is not None:
+            kwargs.update(denoising_end=denoising_end, output_type="latent")
         if spec.controlnets:
             pipe = self._controlled(spec, kwargs)
             pipe.scheduler = scheduler if scheduler is not None else self._default_scheduler
@@ -354,7 +386,8 @@ def batch_key(spec: GenerationSpec) -> tuple[Any, ...] | None:
     Only one-image txt2img requests batch (img2img/inpaint carry per-request
     images and strengths; several images per request already share a call).
     """
-    if spec.mode != "txt2img" or len(spec.seeds) != 1 or spec.hires is not None or spec.keep_unmasked or spec.prompt_weighting:
+    if (spec.mode != "txt2img" or len(spec.seeds) != 1 or spec.hires is not None or spec.keep_unmasked or spec.prompt_weighting
+            or spec.refiner_start is not None):
         return None
     if spec.embeddings or spec.vae is not None or spec.controlnets:  # applied per request in ``run``
         return None

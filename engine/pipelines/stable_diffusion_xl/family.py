@@ -46,6 +46,7 @@ FAMILY = ModelFamily(
         version=tiny_controlnet.BUILD_VERSION, build=lambda data_dir: tiny_controlnet.ensure_tiny_controlnet(data_dir, "sdxl", ensure_tiny_sdxl),
     ),  # fmt: skip
     training_resolution=1024,
+    refines=True,
     preview_factors=(
         (0.3920, 0.4054, 0.4549),
         (-0.2634, -0.0196, 0.0653),
