@@ -23,6 +23,7 @@ from engine.errors import InvalidInput, ModelNotFound
 from engine.lora_cache import LoraCache
 from engine.pipelines import families
 from engine.pipelines.family import ModelDefaults as ModelDefaults  # re-exported: defined with the family descriptors
+from engine.pipelines.family import BuiltinModel
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.upload.sniff import ARCHITECTURE_FAMILIES
 from engine.upload.store import ModelStore
@@ -94,6 +95,8 @@ class ModelEntry:
     row: ModelRow | None = None
     sha256: str | None = None
     """The stored file's content hash (None for a built-in model): with the AIR, the cache key."""
+    comment: str = ""
+    """A built-in model's description (modelSearch's ``comment``)."""
 
 
 @dataclass(frozen=True)
@@ -105,20 +108,18 @@ class LoraEntry:
     architecture: str
 
 
-def _builtin(air: str, name: str, architecture: str) -> ModelEntry:
+def _builtin(model: BuiltinModel) -> ModelEntry:
     return ModelEntry(
-        air=air, name=name, category="checkpoint", architecture=architecture,
-        defaults=architecture_defaults(architecture), builtin=True,
+        air=model.air, name=model.name, category="checkpoint", architecture=model.architecture,
+        defaults=model.defaults or architecture_defaults(model.architecture), builtin=True, comment=model.comment,
     )  # fmt: skip
 
 
-BUILTIN_MODELS: dict[str, ModelEntry] = {
-    f.builtin.air: _builtin(f.builtin.air, f.builtin.name, f.builtin.architecture) for f in families.all()
-}
+_ALL_BUILTINS: tuple[BuiltinModel, ...] = tuple(m for f in families.all() for m in (f.builtin, *f.extra_builtins))
 
-_BUILTIN_FOLDERS: dict[str, tuple[Callable[[Path], Path], str]] = {
-    f.builtin.air: (f.builtin.build, f.builtin.version) for f in families.all()
-}
+BUILTIN_MODELS: dict[str, ModelEntry] = {m.air: _builtin(m) for m in _ALL_BUILTINS}
+
+_BUILTIN_FOLDERS: dict[str, tuple[Callable[[Path], Path], str]] = {m.air: (m.build, m.version) for m in _ALL_BUILTINS}
 """Built-in AIR → (builds its folder once, build version: part of the cache key)."""
 
 

@@ -68,7 +68,7 @@ def _builtin_matches(entry: ModelEntry, text: str, task: ModelSearch) -> bool:
 def _builtin_info(entry: ModelEntry) -> ModelInfo:
     return ModelInfo(
         air=entry.air, name=entry.name, version="1", category=entry.category, architecture=entry.architecture,
-        tags=["builtin"], heroImage="", private=False, comment="built offline with random weights: draws noise",
+        tags=["builtin"], heroImage="", private=False, comment=entry.comment,
         type="base", defaultSteps=entry.defaults.steps, defaultCFG=entry.defaults.cfg_scale,
         defaultScheduler=entry.defaults.scheduler, defaultStrength=entry.defaults.strength,
     )

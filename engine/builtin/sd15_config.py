@@ -51,6 +51,10 @@ SD15_FIRST_CONV: tuple[int, ...] = (320, 4, 3, 3)
 TINY_FIRST_CONV: tuple[int, ...] = (32, 4, 3, 3)
 """``conv_in`` of the built-in tiny model (``tiny_sd15.build``: block_out_channels[0] = 32)."""
 
+TEXT_WIDTH_KEY = "cond_stage_model.transformer.text_model.final_layer_norm.weight"
+SHAPES_TEXT_WIDTH = 64
+"""``wisp:shapes-sd15@1``'s text encoder width (engine.builtin.shapes.architecture): its UNet's first conv is the tiny one's."""
+
 
 MODEL_INDEX: dict[str, Any] = {
     "_class_name": "StableDiffusionPipeline",
@@ -232,14 +236,21 @@ def ensure_sd15_config(data_dir: Path) -> Path:
 def sd1_config_for(data_dir: Path, path: Path) -> Path:
     """The config folder whose shapes fit the SD-1.x checkpoint at ``path``, judged from its header.
 
-    The UNet's first conv is enough to tell the shipped configurations
-    apart.  A file without one gets the SD-1.5 folder, so the loader's
+    The UNet's first conv tells the shipped configurations apart, but for
+    the two small built-ins that share it: a text encoder 64 wide is
+    ``wisp:shapes-sd15@1``'s (a single-file export of it loads with its own
+    folder), 32 wide the tiny test model's.  A file without one gets the SD-1.5 folder, so the loader's
     header check (which runs next) reports what is missing in its own
     words; an unreadable file raises
     :class:`~engine.safetensors_header.ModelLoadError`.  A
     first conv of any other shape raises :class:`InvalidInput`: loading it
     with a wrong config could only fail later with a less clear error.
     """
+    header = read_header(Path(path))
+    if tuple(header.get(FIRST_CONV_KEY) or ()) == TINY_FIRST_CONV and tuple(header.get(TEXT_WIDTH_KEY) or ()) == (SHAPES_TEXT_WIDTH,):
+        from engine.builtin.shapes import shapes_folder
+
+        return shapes_folder(data_dir)
     return config_for_header(
         path, {SD15_FIRST_CONV: (lambda: ensure_sd15_config(data_dir), "Stable Diffusion 1.x"),
                TINY_FIRST_CONV: (lambda: ensure_tiny_sd15(data_dir), "wisp's tiny test model")},

@@ -247,7 +247,7 @@ export class WispClient {
   // ---- tasks ---------------------------------------------------------------
 
   /**
-   * Ask the server to cancel a running task (training): `taskCancel` carries the
+   * Ask the server to cancel a task (imageInference, queued or running; training): `taskCancel` carries the
    * task's own taskUUID, so its answer is routed here, not to the task, which
    * ends by itself (error `taskCancelled`) through its own handlers.
    * @returns {Promise<object>} the `{taskType:"taskCancel", taskUUID, cancelled}` item; rejects with the wire error

@@ -127,3 +127,13 @@ def screenshot_dir(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("WISP_SCREENSHOT_DIR") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@pytest.fixture(scope="module")
+def lora_file(wisp_server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small kohya LoRA for the tiny SD-1.x model (uploads in the Models tab)."""
+    from engine.builtin.tiny_sd15 import ensure_tiny_sd15
+    from tests.fixtures.loras import write_lora
+
+    folder = ensure_tiny_sd15(tmp_path_factory.mktemp("builtin"))
+    return write_lora(folder, tmp_path_factory.mktemp("lora") / "pg-wash.safetensors", fmt="kohya", seed=3)

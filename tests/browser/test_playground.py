@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -34,25 +33,16 @@ def new_source(server: RunningServer) -> str:
     return name
 
 
-@pytest.fixture(scope="module")
-def lora_file(wisp_server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.builtin.tiny_sd15 import ensure_tiny_sd15
-    from tests.fixtures.loras import write_lora
-
-    folder = ensure_tiny_sd15(tmp_path_factory.mktemp("builtin"))
-    return write_lora(folder, tmp_path_factory.mktemp("lora") / "pg-wash.safetensors", fmt="kohya", seed=3)
-
-
 def rendered_images(page) -> list[dict]:  # type: ignore[no-untyped-def]
     return page.eval_on_selector_all(
-        "#results .slot img",
+        "#results .slot img.result",
         "imgs => imgs.map(i => ({w: i.naturalWidth, complete: i.complete, src: i.src}))",
     )
 
 
 def wait_images(page, count: int) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_function(
-        "n => [...document.querySelectorAll('#results .slot img')].filter(i => i.complete && i.naturalWidth > 0).length >= n",
+        "n => [...document.querySelectorAll('#results .slot img.result')].filter(i => i.complete && i.naturalWidth > 0).length >= n",
         arg=count,
     )
 
@@ -172,6 +162,7 @@ def test_lora_upload_by_url_streams_phases_then_is_usable(playground, wisp_serve
     page.select_option("#g-lora-pick", air)
     page.click("#g-lora-add")
     page.fill("#g-loras input[type=number]", "0.8")
+    page.select_option("#g-model", "wisp:tiny-sd15@1")  # the model the LoRA was made for (not the default shapes one)
     playground.fill_generate(width=64, height=64, steps=2, seed=7)
     page.click("#gen-form button[type=submit]")
     wait_images(page, 1)
@@ -231,7 +222,7 @@ def test_dropped_socket_reconnects_and_resumes_the_session(playground):
     playground.fill_generate(width=256, height=256, steps=10, seed=99, numberResults=1)
     page.click("#gen-form button[type=submit]")
     shown_at_drop = page.evaluate(
-        "() => { window.__wispTest.dropSocket(1500); return document.querySelectorAll('#results .slot img').length; }"
+        "() => { window.__wispTest.dropSocket(1500); return document.querySelectorAll('#results .slot img.result').length; }"
     )
     assert shown_at_drop == 0
     playground.expect_state("reconnecting", timeout=5_000)

@@ -77,6 +77,9 @@ def test_training_tables_match_the_server():
     assert js_value("RECIPE_BASES") == RECIPE_BASES
     assert js_value("ARCHITECTURE_FAMILIES") == ARCHITECTURE_FAMILIES
     assert js_value("TRAINING_STATUSES") == list(TRAINING_STATUSES)
+    # Each status has its plain words (shown; the wire name stays in data-status).
+    words = js_value("TRAINING_STATUS_WORDS")
+    assert list(words) == list(TRAINING_STATUSES) and len(set(words.values())) == len(words)
 
 
 # ---- in the browser ------------------------------------------------------------------------
@@ -95,8 +98,13 @@ def test_train_follow_statuses_then_generate_with_the_lora(playground, pngs, scr
     page.select_option("#t-recipe", "wisp:sd1x@lora-training")
 
     card = start_training(playground, pngs, steps=3, triggerWord="pgzq", learningRate="0.005")
-    expect(card.locator(".run-status")).to_have_text("model_ready", timeout=120_000)
+    expect(card.locator(".run-status")).to_have_attribute("data-status", "model_ready", timeout=120_000)
     assert statuses_done(card) == SEED_ORDER
+    # Shown in plain words; the wire names stay in data-status (and the title).
+    expect(card.locator(".run-status")).to_have_text("Ready to use")
+    assert card.locator(".train-statuses .phase-name").all_inner_texts() == [
+        "Preparing", "Training", "Trained", "Packing the LoRA", "Saving the LoRA", "Saved", "Adding it to the library", "Ready to use",
+    ]
     expect(card.locator(".train-step")).to_have_text(re.compile(r"^step 3/3 · loss \d"))
     assert card.locator(".progress .bar").evaluate("b => b.style.width") == "100%"
     air = card.locator(".train-result code.air").inner_text()
@@ -128,7 +136,7 @@ def test_cancel_a_long_training(playground, pngs):
     expect(card.locator(".train-step")).to_contain_text("/10000", timeout=60_000)
     expect(card.locator(".progress")).to_be_visible()
     card.locator(".cancel").click()
-    expect(card.locator(".run-status")).to_have_text("cancelled", timeout=60_000)
+    expect(card.locator(".run-status")).to_have_attribute("data-status", "cancelled", timeout=60_000)
     expect(card.locator(".run-error")).to_contain_text("taskCancelled")
     expect(card).to_have_class(re.compile("failed"))
     # Shown like other errors without a parameter: in the form's message area.
@@ -151,13 +159,13 @@ def test_bad_dataset_entry_is_shown_at_the_dataset_field(playground, pngs, tmp_p
     card = start_training(playground, [pngs[0], notes], steps=2)
     expect(field.locator(".field-error")).to_contain_text("inputs.dataset[1]", timeout=60_000)
     expect(field).to_have_class(re.compile("has-error"))
-    expect(card.locator(".run-status")).to_have_text("failed")
+    expect(card.locator(".run-status")).to_have_attribute("data-status", "failed")
     expect(card.locator(".run-error")).to_contain_text("invalidImage (inputs.dataset)")
     # A bad line in the URL/imageUUID box lands there too; the files are cleared first.
     page.set_input_files("#t-files", [])
     page.fill("#t-refs", "not-an-image")
     page.click("#train-form button[type=submit]")
-    expect(page.locator("#trainings .training-run").first.locator(".run-status")).to_have_text("failed", timeout=60_000)
+    expect(page.locator("#trainings .training-run").first.locator(".run-status")).to_have_attribute("data-status", "failed", timeout=60_000)
     expect(field.locator(".field-error")).to_contain_text("neither an imageUUID")
 
 
@@ -165,13 +173,13 @@ def test_training_survives_a_socket_drop(playground, pngs):
     playground.open()
     page = playground.page
     card = start_training(playground, pngs, steps=3)
-    expect(card.locator(".run-status")).not_to_have_text("sending")
+    expect(card.locator(".run-status")).not_to_have_attribute("data-status", "sending")
     # Statuses produced while the socket is gone arrive on resume.
     page.evaluate("window.__wispTest.dropSocket(1500)")
     playground.expect_state("reconnecting", timeout=5_000)
     playground.expect_state("connected")
     expect(page.locator("#conn-detail")).to_have_text("resumed")
-    expect(card.locator(".run-status")).to_have_text("model_ready", timeout=120_000)
+    expect(card.locator(".run-status")).to_have_attribute("data-status", "model_ready", timeout=120_000)
     assert statuses_done(card) == SEED_ORDER
 
 
@@ -179,12 +187,12 @@ def test_training_after_a_session_was_lost_is_polled(playground, pngs):
     playground.open()
     page = playground.page
     card = start_training(playground, pngs, steps=3)
-    expect(card.locator(".run-status")).not_to_have_text("sending")
+    expect(card.locator(".run-status")).not_to_have_attribute("data-status", "sending")
     # The server does not know the session on return: pushes go nowhere, getResponse tells.
     page.evaluate("window.__wispTest.dropSession(500)")
     playground.expect_state("connected")
     expect(page.locator("#conn-detail")).to_have_text("new session")
-    expect(card.locator(".run-status")).to_have_text("model_ready", timeout=120_000)
+    expect(card.locator(".run-status")).to_have_attribute("data-status", "model_ready", timeout=120_000)
     expect(card.locator(".train-result code.air")).to_have_count(1)
 
 
@@ -195,7 +203,7 @@ def test_training_tab_fits_a_phone_and_takes_a_zip(playground, pngs, tmp_path, s
     archive = tmp_path / "faces.zip"
     archive.write_bytes(zip_of({p.name: p.read_bytes() for p in pngs}))
     card = start_training(playground, [archive], steps=2)
-    expect(card.locator(".run-status")).to_have_text("model_ready", timeout=120_000)
+    expect(card.locator(".run-status")).to_have_attribute("data-status", "model_ready", timeout=120_000)
     expect(card.locator(".train-statuses li[data-status=training_success] .phase-message")).to_contain_text("2 steps")
     assert page.evaluate("document.scrollingElement.scrollWidth") <= 375
     path = screenshot_dir / "playground-training-phone.png"
@@ -216,4 +224,4 @@ def test_refused_fields_are_shown_at_their_field(playground, pngs, fields, param
     page = playground.page
     card = start_training(playground, pngs[:1], steps=2, **fields)
     expect(page.locator(f"#train-form [data-param='{parameter}'] > .field-error")).to_contain_text(text)
-    expect(card.locator(".run-status")).to_have_text("failed")
+    expect(card.locator(".run-status")).to_have_attribute("data-status", "failed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.builtin.sd15_config import ensure_sd15_config, sd1_config_for
-from engine.builtin import tiny_controlnet
+from engine.builtin import shapes, tiny_controlnet
 from engine.builtin.tiny_sd15 import BUILD_VERSION, BUILTIN_SD15_AIR, ensure_tiny_sd15
 from engine.pipelines.family import BuiltinModel, CheckpointComponent, ModelDefaults, ModelFamily, Sniffing
 from engine.pipelines.stable_diffusion.pipeline import StableDiffusionModel
@@ -33,6 +33,15 @@ FAMILY = ModelFamily(
     builtin=BuiltinModel(
         air=BUILTIN_SD15_AIR, name="wisp tiny SD 1.x (random weights)", architecture="sd1x",
         version=BUILD_VERSION, build=ensure_tiny_sd15,
+    ),  # fmt: skip
+    extra_builtins=(
+        BuiltinModel(
+            air=shapes.SHAPES_AIR, name="wisp shapes SD 1.x (coloured shapes, 64 px)", architecture="sd1x",
+            version=shapes.BUILD_VERSION, build=shapes.shapes_folder,
+            defaults=ModelDefaults(steps=20, cfg_scale=5.0, scheduler="Default"),
+            comment="trained in this repo on drawn pictures: one coloured shape (circle, square, triangle, star) of a "
+                    "colour, size and place on a plain background; nothing else",
+        ),
     ),  # fmt: skip
     builtin_controlnet=BuiltinModel(
         air=tiny_controlnet.BUILTIN_CONTROLNET_SD15_AIR, name="wisp tiny ControlNet SD 1.x (random weights)", architecture="sd1x",

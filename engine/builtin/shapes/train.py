@@ -1,0 +1,255 @@
+"""Train ``wisp:shapes-sd15@1`` from nothing: ``python -m engine.builtin.shapes.train``.
+
+Everything it learns from is drawn by :mod:`engine.builtin.shapes.scene`; no
+data or weights are downloaded.  Two phases inside one time budget (default 57
+minutes on a 2-core CPU):
+
+1. the VAE, as an autoencoder of rendered scenes (MSE plus a small KL term),
+   whose latent scale is then measured and written into its config (SD's
+   ``scaling_factor``);
+2. the UNet and the text encoder together, on a pool of pre-encoded scenes with
+   fresh captions every step: SD's epsilon objective on SD-1.x's noise schedule,
+   10 % of captions dropped (so classifier-free guidance works), weights kept as
+   an exponential moving average, which is what is saved.
+
+The result is an ordinary diffusers folder (``--out``, default the package's
+``model/``), float16, loaded by wisp like any built-in.  The run is seeded, but
+its phases are timed, so the step count (and the weights) depend on the machine.
+
+``--resume FOLDER`` continues a saved model (no VAE phase) for ``--minutes``
+more; ``--probe-weight`` adds an auxiliary loss that asks the text encoder, at
+its end-of-text token, which colour, shape, place, size and background the
+caption names (:class:`AttributeProbe`; it taught the model where shapes go
+far faster than the denoising loss alone); ``--sides 64,128`` also trains on
+128-px pictures.  The shipped weights: one 57-minute run, then ``--resume`` 34
+minutes (``--lr 5e-4 --probe-weight 0.3``) and 15 minutes (``--lr 3e-4``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.builtin.shapes.architecture import NATIVE_SIDE, TRAIN_BETAS, build_parts
+from engine.builtin.shapes.scene import caption, judge, prompt_for, render, sample_scene
+from engine.builtin.shapes.tokenizer import build_tokenizer
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "model"
+
+
+def _images(scenes: list, side: int) -> torch.Tensor:
+    arrays = np.stack([np.asarray(render(s, side), dtype=np.float32) for s in scenes])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def train_vae(vae, rng: random.Random, seconds: float, batch: int, log) -> None:
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    start, step = time.monotonic(), 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        for group in optimiser.param_groups:  # cosine from 1e-3 to 1e-4 over the phase
+            group["lr"] = 1e-3 * (0.55 + 0.45 * math.cos(math.pi * elapsed / seconds))
+        x = _images([sample_scene(rng) for _ in range(batch)], NATIVE_SIDE)
+        posterior = vae.encode(x).latent_dist
+        # The posterior's mean, not a sample: a plain autoencoder learns in a fraction of the steps on this
+        # CPU budget; the tiny KL term only keeps the latents bounded.
+        reconstruction = vae.decode(posterior.mean).sample
+        loss = F.mse_loss(reconstruction, x) + 1e-6 * posterior.kl().mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        if step % 50 == 0:
+            log(f"vae step {step}: mse {F.mse_loss(reconstruction, x).item():.4f}")
+
+
+@torch.no_grad()
+def encode_pool(vae, rng: random.Random, count: int, side: int = NATIVE_SIDE) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """``count`` scenes drawn ``side`` px square, with their latent means and standard deviations (sampled afresh
+    at each use)."""
+    scenes, means, stds = [], [], []
+    for offset in range(0, count, 256):
+        chunk = [sample_scene(rng) for _ in range(min(256, count - offset))]
+        posterior = vae.encode(_images(chunk, side)).latent_dist
+        scenes += chunk
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return scenes, torch.cat(means), torch.cat(stds)
+
+
+class AttributeProbe(torch.nn.Module):
+    """Linear heads that read, from the text encoder's state at the end-of-text token, what the caption names.
+
+    An auxiliary loss while training (``--probe-weight``): it asks the text encoder to gather
+    "which colour goes with the shape, which with the background, where, how big" at one token
+    from the first steps, which the denoiser alone teaches it only slowly.  The heads are not saved.
+    """
+
+    KEYS = ("colour", "shape", "position", "size", "background")
+
+    def __init__(self, width: int, eos_token_id: int) -> None:
+        from engine.builtin.shapes.scene import COLOURS, POSITIONS, SHAPES, SIZES
+
+        super().__init__()
+        self.eos = eos_token_id
+        self.classes = {"colour": list(COLOURS), "shape": list(SHAPES), "position": list(POSITIONS), "size": list(SIZES),
+                        "background": list(COLOURS)}  # fmt: skip
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(width, len(v) + 1) for k, v in self.classes.items()})
+
+    def loss(self, hidden: torch.Tensor, ids: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        from engine.builtin.shapes.scene import parse_prompt
+
+        at = (ids == self.eos).int().argmax(1)
+        state = hidden[torch.arange(len(texts)), at]
+        named = [parse_prompt(text) for text in texts]
+        total = hidden.new_zeros(())
+        for key, head in self.heads.items():
+            options = self.classes[key]
+            target = torch.tensor([options.index(n[key]) if key in n else len(options) for n in named])
+            total = total + F.cross_entropy(head(state), target)
+        return total / len(self.heads)
+
+
+def train_denoiser(text_encoder, unet, tokenizer, pools, scale: float, rng: random.Random, seconds: float, batch: int, log,
+                   lr: float = 1e-3, probe_weight: float = 0.0):
+    """Returns the EMA copies of ``(text_encoder, unet)``.  ``pools``: one per picture size, taken in turn (a pool of
+    pictures with 4× the pixels gets a quarter of the batch, so every step costs about the same)."""
+    alphas = torch.cumprod(1 - torch.linspace(TRAIN_BETAS["beta_start"] ** 0.5, TRAIN_BETAS["beta_end"] ** 0.5, 1000) ** 2, 0)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    probe = AttributeProbe(text_encoder.config.hidden_size, tokenizer.eos_token_id) if probe_weight > 0 else None
+    optimiser = torch.optim.AdamW(params + (list(probe.parameters()) if probe is not None else []), lr=lr, weight_decay=1e-4)
+    smallest = min(pool[1].shape[-1] for pool in pools)
+    ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
+    ema_params = list(ema_unet.parameters()) + list(ema_te.parameters())
+    generator = torch.Generator().manual_seed(rng.randrange(2**31))
+    start, step, running = time.monotonic(), 0, None
+    while (elapsed := time.monotonic() - start) < seconds:
+        for group in optimiser.param_groups:  # warm-up, then cosine to a tenth over the budget
+            group["lr"] = lr * min(1.0, (step + 1) / 200) * (0.55 + 0.45 * math.cos(math.pi * elapsed / seconds))
+        scenes, means, stds = pools[step % len(pools)]
+        size = max(1, batch * smallest**2 // means.shape[-1] ** 2)
+        index = torch.randint(0, len(scenes), (size,), generator=generator)
+        latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scale
+        texts = ["" if rng.random() < 0.1 else caption(scenes[i], rng) for i in index.tolist()]
+        ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        t = torch.randint(0, 1000, (size,), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        hidden = text_encoder(ids)[0]
+        prediction = unet(noisy, t, hidden).sample
+        loss = F.mse_loss(prediction, noise)
+        if probe is not None:
+            loss = loss + probe_weight * probe.loss(hidden, ids, texts)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema_params, params):
+                e.lerp_(p, 1 - decay)
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 100 == 0:
+            log(f"denoiser step {step} ({elapsed / 60:.1f} min): loss {running:.4f} (with the probe's share)")
+    return ema_te, ema_unet
+
+
+def save(out: Path, text_encoder, unet, vae, tokenizer) -> None:
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=PNDMScheduler(**TRAIN_BETAS, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    staging = out.with_name(out.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(str(staging), safe_serialization=True)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+
+
+def evaluate(out: Path, count: int, log) -> float:
+    """The metric over ``count`` prompt × seed pairs at the model's defaults; the share that passes."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    rng, passed = random.Random(1234), 0
+    for i in range(count):
+        scene = sample_scene(rng, jitter=0.0)
+        image = pipe(prompt_for(scene), num_inference_steps=20, guidance_scale=5.0,
+                     generator=torch.Generator().manual_seed(i)).images[0]  # fmt: skip
+        passed += judge(image, scene.colour, scene.background, scene.position, scene.size).ok
+    log(f"metric: {passed}/{count} pass")
+    return passed / count
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--minutes", type=float, default=57.0, help="whole budget, both phases")
+    parser.add_argument("--vae-minutes", type=float, default=10.0, help="of the budget, for the VAE")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pool", type=int, default=20000, help="pre-encoded scenes for the denoiser")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--evaluate", type=int, default=100, help="prompt × seed pairs graded at the end (0: none)")
+    parser.add_argument("--probe-weight", type=float, default=0.3,
+                        help="weight of the auxiliary loss that asks the text encoder what the caption names (0: off)")
+    parser.add_argument("--sides", default="64", help="picture sizes the denoiser learns from, e.g. 64,128")
+    parser.add_argument("--lr", type=float, default=1e-3, help="the denoiser's peak learning rate")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="continue from this model folder (its VAE is kept: no VAE phase)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    began = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{(time.monotonic() - began) / 60:5.1f} min] {message}", flush=True)
+
+    budget = args.minutes * 60
+    sides = [int(side) for side in args.sides.split(",")]
+    if args.resume is None:
+        tokenizer = build_tokenizer()
+        text_encoder, unet, vae = build_parts(tokenizer)
+        train_vae(vae, rng, args.vae_minutes * 60, 8, log)
+        vae.eval()
+        pools = [encode_pool(vae, rng, args.pool, side) for side in sides]
+        scale = float(1.0 / pools[0][1].std())
+        vae.register_to_config(scaling_factor=scale)
+    else:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(str(args.resume / "tokenizer"))
+        text_encoder = CLIPTextModel.from_pretrained(str(args.resume / "text_encoder"), dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(str(args.resume / "unet"), dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(str(args.resume / "vae"), dtype=torch.float32).eval()
+        text_encoder.train()
+        unet.train()
+        pools = [encode_pool(vae, rng, args.pool, side) for side in sides]
+        scale = float(vae.config.scaling_factor)
+    log(f"vae ready; latent scale {scale:.4f}; pools of {args.pool} encoded at {sides} px")
+    ema_te, ema_unet = train_denoiser(text_encoder, unet, tokenizer, pools, scale, rng, budget - (time.monotonic() - began),
+                                      args.batch, log, lr=args.lr, probe_weight=args.probe_weight)  # fmt: skip
+    save(args.out, ema_te, ema_unet, vae, tokenizer)
+    log(f"saved to {args.out}")
+    if args.evaluate:
+        evaluate(args.out, args.evaluate, log)
+
+
+if __name__ == "__main__":
+    main()
