@@ -245,7 +245,7 @@ class Inference:
         from engine.images.outpaint import extend
 
         canvas, margins = extend(init.convert("RGB"), job.outpaint, job.width, job.height)
-        return {"init_image": canvas, "mask_image": margins, "keep_unmasked": True}
+        return {"init_image": canvas, "mask_image": margins}
 
     # ---- running ------------------------------------------------------------------
 
@@ -374,7 +374,7 @@ class Inference:
         for seed, image in zip(spec.seeds, images):
             second = replace(spec, width=width, height=height, steps=steps, strength=strength, seeds=(seed,),
                              init_image=image.resize((width, height), Image.Resampling.LANCZOS), mask_image=None,
-                             controlnets=(), keep_unmasked=False, hires=None, on_step=None)
+                             controlnets=(), hires=None, on_step=None)
             refined.extend(model.run(second, should_stop))
         return refined
 

@@ -252,19 +252,22 @@ def sd1_config_for(data_dir: Path, path: Path) -> Path:
 
         return shapes_folder(data_dir)
     return config_for_header(
-        path, {SD15_FIRST_CONV: (lambda: ensure_sd15_config(data_dir), "Stable Diffusion 1.x"),
+        header, {SD15_FIRST_CONV: (lambda: ensure_sd15_config(data_dir), "Stable Diffusion 1.x"),
                TINY_FIRST_CONV: (lambda: ensure_tiny_sd15(data_dir), "wisp's tiny test model")},
         family="SD-1.x",
     )  # fmt: skip
 
 
-def config_for_header(path: Path, known: dict[tuple[int, ...], tuple[Callable[[], Path], str]], family: str) -> Path:
-    """Shared by both families: the folder ``known`` gives for the UNet's first-conv shape in ``path``'s header.
+def config_for_header(
+    header: dict[str, tuple[int, ...]], known: dict[tuple[int, ...], tuple[Callable[[], Path], str]], family: str,
+) -> Path:
+    """Shared by both families: the folder ``known`` gives for the UNet's first-conv shape in a checkpoint's
+    ``header`` (:func:`~engine.safetensors_header.read_header`).
 
     ``known`` maps shape → (makes the folder, label for messages); the first
     entry is the real model, also used for a file without that tensor.
     """
-    shape = read_header(Path(path)).get(FIRST_CONV_KEY)
+    shape = header.get(FIRST_CONV_KEY)
     full = next(iter(known))
     if shape is None:
         return known[full][0]()

@@ -33,6 +33,7 @@ from engine.builtin.sd15_config import (
     config_for_header,
 )
 from engine.builtin.tiny_sdxl import ensure_tiny_sdxl
+from engine.safetensors_header import read_header
 
 CONFIG_VERSION = "1"
 """Bump when any value written here changes: a new folder is written beside the old one."""
@@ -178,7 +179,7 @@ def sdxl_config_for(data_dir: Path, path: Path) -> Path:
     other shape is refused up front (a 9-channel inpainting UNet, say).
     """
     return config_for_header(
-        path, {SDXL_FIRST_CONV: (lambda: ensure_sdxl_config(data_dir), "SDXL base 1.0 and its fine-tunes"),
+        read_header(Path(path)), {SDXL_FIRST_CONV: (lambda: ensure_sdxl_config(data_dir), "SDXL base 1.0 and its fine-tunes"),
                TINY_FIRST_CONV: (lambda: ensure_tiny_sdxl(data_dir), "wisp's tiny SDXL")},
         family="SDXL",
     )  # fmt: skip

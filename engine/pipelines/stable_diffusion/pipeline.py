@@ -57,8 +57,6 @@ class GenerationSpec:
     """``compel`` or ``sdEmbeds`` (engine.prompt_weighting); None: the prompt is encoded as diffusers does."""
     refiner_start: float | None = None
     """With a refiner: the share of the schedule this model runs before the refiner takes over its latents."""
-    keep_unmasked: bool = False
-    """Outpainting: after the run, the init image's pixels are put back wherever the mask is black."""
     """ControlNets for this request (engine.controlnets.ControlUse, loaded), in request order."""
     on_step: Callable[[int, int, Any], None] | None = field(default=None, compare=False)
     """Called on the worker thread after each denoising step with (step, steps, latents): progress items."""
@@ -386,7 +384,7 @@ def batch_key(spec: GenerationSpec) -> tuple[Any, ...] | None:
     Only one-image txt2img requests batch (img2img/inpaint carry per-request
     images and strengths; several images per request already share a call).
     """
-    if (spec.mode != "txt2img" or len(spec.seeds) != 1 or spec.hires is not None or spec.keep_unmasked or spec.prompt_weighting
+    if (spec.mode != "txt2img" or len(spec.seeds) != 1 or spec.hires is not None or spec.prompt_weighting
             or spec.refiner_start is not None):
         return None
     if spec.embeddings or spec.vae is not None or spec.controlnets:  # applied per request in ``run``
