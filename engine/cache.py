@@ -461,6 +461,11 @@ class ModelCache:
             tiers = (tier,) if tier is not None else (HOST, DEVICE)
             return [e.key for t in tiers for e in self._tiers[t] if not e.retired]
 
+    def loading_keys(self) -> list[Hashable]:
+        """Keys whose load is in progress (a fleet replica reports them, so a router sends their jobs here)."""
+        with self._cond:
+            return list(self._flights)
+
     def tier_of(self, key: Hashable) -> str | None:
         with self._cond:
             entry = self._entries.get(key)

@@ -113,6 +113,9 @@ class EngineConfig:
     download_timeout_s: float = 3600.0
     """Total time one model download may take."""
     image_ttl_s: float = 30 * 86400.0
+    store_dir: Path | None = None
+    """Where model files are read by content hash; None: ``<data_dir>/store``.  A fleet replica points it at its
+    node's shared disk cache (engine.fleet.blobs), filled from the front end's origin."""
     png_parameters: bool = False
     """PNGs carry their generation parameters (A1111's ``parameters`` text chunk) when a request does not say
     (``embedParameters``).  Off for the engine used as a library; the server turns it on (``WISP_PNG_PARAMETERS``)."""
@@ -156,7 +159,7 @@ class Engine:
         self.db = db or Database(data_dir / "wisp.db")
         self.registry = ModelRegistry(self.db)
         self.model_view = ModelView(self.registry)
-        self.model_store = ModelStore(data_dir / "store")
+        self.model_store = ModelStore(Path(config.store_dir) if config.store_dir is not None else data_dir / "store")
         self.images = ImageStore(data_dir / "images", data_dir / "tmp", self.db, default_ttl_s=config.image_ttl_s)
         self._stopping = threading.Event()
         self.cache = ModelCache(config.device, device_bytes=config.cache_device_bytes, host_bytes=config.cache_host_bytes)

@@ -35,6 +35,11 @@ Every error, where it lives, and its code:
 ``UploadSourceGone`` (server.gateway)                  ``downloadFailed``
 ``PreprocessorUnavailable`` (engine.preprocessors)      ``unsupportedParameter``
 ``NotYourModel`` (engine.registry.models)              ``sourceNotAllowed``
+``ModelUnavailable`` (here: a fleet replica could      ``modelLoadFailed``
+not fetch a model's bytes from the origin)
+``ReplicaLost`` (here: the fleet replica running the   ``taskInterrupted``
+job died, and it could not be run again)
+``FleetUnavailable`` (here: no replica answers)         ``internalError``
 ====================================================  =========================
 """
 
@@ -110,3 +115,21 @@ class WorkLimitExceeded(EngineError):
     """A request asks for more work (megapixels × steps × images) than the server's per-request limit."""
 
     code = ErrorCode.WORK_LIMIT_EXCEEDED
+
+
+class ModelUnavailable(EngineError):
+    """A fleet replica could not fetch a model file by its hash from the origin (unreachable, refused, wrong bytes)."""
+
+    code = ErrorCode.MODEL_LOAD_FAILED
+
+
+class ReplicaLost(EngineError):
+    """The fleet replica running a job died before it answered, and the job could not be run again elsewhere."""
+
+    code = ErrorCode.TASK_INTERRUPTED
+
+
+class FleetUnavailable(EngineError):
+    """The Ray cluster or its engine replicas do not answer (the front end keeps serving everything else)."""
+
+    code = ErrorCode.INTERNAL_ERROR

@@ -417,4 +417,6 @@ def keep_unmasked_pixels(images: list[Any], init: Any, mask: Any) -> list[Any]:
 
 
 def model_ref(entry: ModelEntry) -> ModelRef:
-    return ModelRef(air=entry.air, architecture=entry.architecture, builtin=entry.builtin, sha256=entry.sha256, name=entry.name)
+    size = entry.row.size_bytes if entry.row is not None else 0
+    return ModelRef(air=entry.air, architecture=entry.architecture, builtin=entry.builtin, sha256=entry.sha256, name=entry.name,
+                    size_bytes=size)

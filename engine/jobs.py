@@ -41,6 +41,8 @@ class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
     sha256: str | None = None
     """The stored file's content hash (None for a built-in model)."""
     name: str = ""
+    size_bytes: int = 0
+    """The stored file's size (0: a built-in model, or not known): what a fleet router budgets for."""
 
 
 class RefinerRef(msgspec.Struct, frozen=True, kw_only=True):

@@ -35,7 +35,7 @@ from server.gateway import Gateway
 from server.files import FileDrop
 from server import metrics
 from server.http import HTTPProtocol
-from server.routes import HTTPRoutes
+from server.routes import BlobOrigin, HTTPRoutes
 from server.limits import ConnectionLimits, default_max_connections, raise_fd_limit
 from server.listener import SniffingConnection
 from server.sessions import SessionRegistry
@@ -109,7 +109,15 @@ class WispServer:
             log.info("gave %d team(s) from before default sources their default source", given)
         engine_config = config.engine_config()
         policy = engine_config.net
-        self.engine = Engine(engine_config, db=self.db)
+        self.fleet: Any = None
+        if config.engine == "embedded":
+            self.engine = Engine(engine_config, db=self.db)
+        elif config.engine in ("ray", "ray-local"):
+            from engine.fleet.frontend import FleetEngine
+
+            self.engine = FleetEngine(engine_config, db=self.db)
+        else:
+            raise ValueError(f"unknown engine {config.engine!r}: use embedded, ray or ray-local")
         self.journal = TaskJournal(self.db)
         interrupted = self.journal.mark_interrupted()
         if interrupted:
@@ -124,7 +132,7 @@ class WispServer:
         self.gateway = Gateway(config, self.engine, self.keys, self.tasks, self.sessions, self.webhooks, self.files)
         self.dialects = DialectRouter(self.gateway)
         self.routes = HTTPRoutes(config, self.keys, self.gateway, self.files, self.engine.images, self.dialects,
-                                 port=lambda: self.port or 0, health=self.health)
+                                 port=lambda: self.port or 0, health=self.health, origin=self._origin())
         fd_limit = raise_fd_limit()
         self.limits = ConnectionLimits(config.max_connections or default_max_connections(fd_limit),
                                        config.max_unauthenticated_per_address)
@@ -142,7 +150,8 @@ class WispServer:
     def health(self) -> dict[str, Any]:
         """``GET /healthz``: version, uptime, the server's counters and the model cache's state."""
         return {"status": "ok", "version": VERSION, "uptimeSeconds": round(time.monotonic() - self.started_at, 3), "queue": len(self.engine.queue), "sessions": len(self.sessions), "tasks": len(self.tasks),
-                "counters": self.gateway.counters, "connections": self.limits.stats(), "modelCache": self.engine.cache_stats()}
+                "counters": self.gateway.counters, "connections": self.limits.stats(), "modelCache": self.engine.cache_stats(),
+                **({"fleet": self.engine.fleet_summary()} if self.fleet is not None else {})}
 
     def metrics_state(self) -> dict[str, Any]:
         """What ``/metrics`` reads of the live server at each scrape (server.metrics.StateCollector)."""
@@ -171,7 +180,7 @@ class WispServer:
         engine, cache = self.engine, self.engine.cache.stats()
         mib = 1024 * 1024
         ttl = f"{self.config.image_ttl_s / 86400:g} d" if self.config.image_ttl_s else "kept"
-        return (f"wisp {VERSION} · data dir {self.config.data_dir} · engine embedded · device {engine.config.device} "
+        return (f"wisp {VERSION} · data dir {self.config.data_dir} · engine {self.config.engine} · device {engine.config.device} "
                 f"({engine.config.torch_threads} torch threads, dtype {engine.config.dtype}) · model cache {cache.device_budget // mib} MiB "
                 f"device + {cache.host_budget // mib} MiB host · LoRA cache {engine.lora_cache.stats().as_dict().get('budget', 0) // mib} MiB · "
                 f"max batch {effective_max_batch(engine.config)} · work limit {engine.max_work:g} MP-steps · images {ttl} · "
@@ -183,8 +192,30 @@ class WispServer:
             return self.keys.create()
         return None
 
+    def _origin(self) -> "BlobOrigin | None":
+        """The route replicas fetch model files from (fleet engines only)."""
+        from engine.fleet.frontend import FleetEngine
+
+        if not isinstance(self.engine, FleetEngine):
+            return None
+        return BlobOrigin(self.engine.token, self.engine.model_store)
+
+    async def _connect_fleet(self) -> None:
+        """Join (or start) the Ray cluster and its engine application; blocking Ray calls run in a thread."""
+        from engine.fleet.cluster import connect
+
+        settings = self.config.fleet_settings()
+        started = time.monotonic()
+        print(f"wisp: connecting to the engine fleet ({settings.mode}"
+              f"{', ' + settings.address if settings.address else ''})…", flush=True)
+        self.fleet = await asyncio.to_thread(connect, settings)
+        log.info("engine fleet ready in %.1f s (%s, %d GPU(s) in the cluster)", time.monotonic() - started, settings.mode,
+                 self.fleet.gpus)
+
     async def start(self) -> None:
         self.engine.start()
+        if self.config.engine != "embedded":
+            await self._connect_fleet()
         http_factory = functools.partial(HTTPProtocol, self.routes.handle, self.config.max_http_body_bytes, self.routes.body_sink,
                                          head_timeout_s=self.config.head_timeout_s, idle_timeout_s=self.config.http_idle_timeout_s)
         self.ws_server = await serve(
@@ -202,9 +233,13 @@ class WispServer:
         )
         sockets = self.ws_server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
+        if self.fleet is not None:
+            host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+            self.engine.attach(self.fleet, self.config.fleet_origin or f"http://{_url_host(host)}:{self.port}")
+            self._fleet_watch = asyncio.get_running_loop().create_task(self.engine.watch_replicas())
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
         self._revocations = asyncio.get_running_loop().create_task(self._watch_revocations())
-        if self.config.warm_builtin:
+        if self.config.warm_builtin and self.fleet is None:
             warm = asyncio.get_running_loop().create_task(self.engine.warm(BUILTIN_SD15_AIR))
             warm.add_done_callback(_log_warm_failure)
 
@@ -267,6 +302,10 @@ class WispServer:
                 await asyncio.wait(pending, timeout=5)
                 print(f"wisp: interrupted {len(pending)} task(s) (getResponse reports them as taskInterrupted)", flush=True)
         await asyncio.to_thread(self.engine.stop)
+        if self.fleet is not None:
+            self._fleet_watch.cancel()
+            await asyncio.to_thread(self.fleet.close)
+            self.fleet = None
         await self.webhooks.aclose()
         await asyncio.to_thread(self.journal.close)
 
@@ -321,3 +360,8 @@ async def run_forever(config: ServerConfig, announce: bool = True) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it goes in a URL (IPv6 literals bracketed)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

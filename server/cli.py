@@ -32,6 +32,12 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         config.allow_private_urls = True
     if args.no_png_parameters:
         config.png_parameters = False
+    if args.engine:
+        config.engine = args.engine
+    if args.ray_address:
+        config.ray_address = args.ray_address
+    if args.replicas is not None:
+        config.replicas = args.replicas
     return config
 
 
@@ -143,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=None, help="data directory (WISP_DATA_DIR)")
     serve.add_argument("--public-url", default=None, help="base URL for imageURL (WISP_PUBLIC_URL)")
     serve.add_argument("--allow-private-urls", action="store_true", help="let downloads and webhooks reach private/loopback hosts")
+    serve.add_argument("--engine", choices=("embedded", "ray", "ray-local"), default=None,
+                       help="where inference runs: embedded (default), ray (a Ray Serve fleet on a running cluster), "
+                            "ray-local (a one-box Ray cluster wisp starts) (WISP_ENGINE)")
+    serve.add_argument("--ray-address", default=None, help="the Ray cluster --engine ray joins (WISP_RAY_ADDRESS)")
+    serve.add_argument("--replicas", type=int, default=None,
+                       help="engine replicas in the fleet (WISP_REPLICAS; default one per GPU, or 2 on CPU)")
     serve.add_argument("--no-png-parameters", action="store_true",
                        help="generated PNGs carry no generation parameters (prompt, seed…) unless a request asks (WISP_PNG_PARAMETERS=0)")
     serve.set_defaults(func=cmd_serve)

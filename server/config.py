@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.core import EngineConfig, default_torch_threads
 from engine.net import NetPolicy
+
+if TYPE_CHECKING:
+    from engine.fleet.cluster import FleetSettings
 
 
 def default_data_dir() -> Path:
@@ -120,6 +124,24 @@ class ServerConfig:
     batch_window_ms: float = EngineConfig.batch_window_ms
     """How long a request may wait for batch companions (0: only those already queued)."""
 
+    engine: str = "embedded"
+    """Where inference runs: ``embedded`` (this process), ``ray`` (a Ray Serve fleet on a running cluster) or
+    ``ray-local`` (a throwaway one-box Ray cluster started by wisp)."""
+    ray_address: str | None = None
+    """The cluster ``--engine ray`` joins (``ray://…`` or ``host:port``); None: Ray's own ``RAY_ADDRESS``, else ``auto``."""
+    replicas: int = 0
+    """Engine replicas in the fleet; 0: one per GPU in the cluster, or 2 CPU replicas where it has none."""
+    replica_threads: int = 1
+    """Torch threads per CPU replica (a GPU replica uses its GPU)."""
+    replica_cpus: float = 1.0
+    """Ray CPUs each replica reserves."""
+    fleet_origin: str | None = None
+    """The base URL replicas fetch model files from (this server); None: ``http://<host>:<port>`` as bound."""
+    fleet_cache_dir: str | None = None
+    """Each replica node's directory for model files and scratch; None: ``<tmp>/wisp-fleet-<port>``."""
+    fleet_disk_bytes: int = 64 * 1024**3
+    """Byte budget of each node's model-file disk cache."""
+
     def engine_config(self) -> EngineConfig:
         """The engine's settings: every field both configs name, and the outbound-URL policy."""
         shared = {f.name: getattr(self, f.name) for f in fields(EngineConfig) if f.name != "net" and hasattr(self, f.name)}
@@ -176,4 +198,29 @@ class ServerConfig:
         c.image_ttl_s = max(0.0, _env_float("WISP_IMAGE_TTL", c.image_ttl_s))
         c.image_sweep_s = max(0.1, _env_float("WISP_IMAGE_SWEEP_INTERVAL", c.image_sweep_s))
         c.png_parameters = _env_bool("WISP_PNG_PARAMETERS", c.png_parameters)
+        c.engine = os.environ.get("WISP_ENGINE", c.engine)
+        c.ray_address = os.environ.get("WISP_RAY_ADDRESS") or None
+        c.replicas = max(0, _env_int("WISP_REPLICAS", c.replicas))
+        c.replica_threads = max(1, _env_int("WISP_REPLICA_THREADS", c.replica_threads))
+        c.replica_cpus = max(0.0, _env_float("WISP_REPLICA_CPUS", c.replica_cpus))
+        c.fleet_origin = os.environ.get("WISP_FLEET_ORIGIN") or None
+        c.fleet_cache_dir = os.environ.get("WISP_FLEET_CACHE_DIR") or None
+        c.fleet_disk_bytes = _env_int("WISP_FLEET_DISK_BYTES", c.fleet_disk_bytes)
         return c
+
+    def fleet_settings(self) -> "FleetSettings":
+        """The fleet's settings (``--engine ray`` / ``ray-local``): replicas get the engine's cache and batching settings."""
+        import tempfile
+
+        from engine.fleet.cluster import FleetSettings
+        from engine.fleet.replica import ReplicaSettings
+
+        cache_dir = self.fleet_cache_dir or os.path.join(tempfile.gettempdir(), f"wisp-fleet-{self.port}")
+        replica = ReplicaSettings(
+            cache_dir=cache_dir, disk_bytes=self.fleet_disk_bytes, torch_threads=self.replica_threads,
+            cache_device_bytes=self.cache_device_bytes, cache_host_bytes=self.cache_host_bytes, lora_cache_bytes=self.lora_cache_bytes,
+            max_batch=self.max_batch, batch_window_ms=self.batch_window_ms, dtype=self.dtype, max_queue=self.max_queue,
+            max_work=self.max_work,
+        )
+        return FleetSettings(mode=self.engine, address=self.ray_address, replicas=self.replicas, replica_cpus=self.replica_cpus,
+                             replica=replica)

@@ -24,7 +24,9 @@ from urllib.parse import unquote, urlsplit
 import h11
 import msgspec
 
+from engine.fleet.blobs import BLOB_PATH
 from engine.images.store import ImageStore
+from engine.upload.store import ModelStore
 from engine.registry.keys import KeyStore
 from engine.registry.models import ModelRegistry
 from engine.registry.team_settings import TeamSettings
@@ -41,6 +43,55 @@ from server.sessions import Session
 from server.tasklog import drain
 
 log = logging.getLogger("wisp.server")
+
+
+class BlobOrigin:
+    """``GET /internal/v1/blobs/<sha256>``: model files by content hash, for fleet replicas (engine.fleet.blobs).
+
+    Only with the fleet token (``Authorization: Bearer``, compared in constant
+    time); a ``Range: bytes=a-b`` request gets that slice (206), at most
+    :data:`MAX_SLICE` bytes, so no response holds a whole model in memory.
+    The hash must be a sha256 hex digest: nothing else of the store is reachable.
+    """
+
+    MAX_SLICE = 64 * 1024 * 1024
+
+    def __init__(self, token: str, store: ModelStore) -> None:
+        self.token = token
+        self.store = store
+
+    async def respond(self, name: str, headers: dict[str, str]) -> HTTPResponse:
+        if not hmac.compare_digest(HTTPRoutes.bearer(headers).encode(), self.token.encode()):
+            return error_response(403, ErrorCode.FORBIDDEN, "model files are served to the fleet's replicas only")
+        try:
+            path = self.store.path_for(name)
+        except ValueError:
+            return error_response(404, ErrorCode.NOT_FOUND, "no such model file")
+        return await asyncio.to_thread(self._read, path, headers.get("range", ""))
+
+    def _read(self, path: Path, range_header: str) -> HTTPResponse:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return error_response(404, ErrorCode.NOT_FOUND, "no such model file")
+        start, end = 0, size - 1
+        if range_header.startswith("bytes="):
+            first, _, last = range_header[6:].partition("-")
+            try:
+                start = int(first)
+                end = min(int(last) if last else size - 1, size - 1)
+            except ValueError:
+                return error_response(416, ErrorCode.BAD_REQUEST, "unreadable Range header")
+            if start > end and size > 0:
+                return error_response(416, ErrorCode.BAD_REQUEST, "Range past the end of the file")
+        end = min(end, start + self.MAX_SLICE - 1)
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(max(0, end - start + 1))
+        status = 206 if (start, end) != (0, size - 1) or range_header else 200
+        headers = [(b"content-type", b"application/octet-stream"),
+                   (b"content-range", f"bytes {start}-{start + len(data) - 1}/{size}".encode())]
+        return status, headers, data
 
 
 def _is_loopback(peer: str) -> bool:
@@ -133,7 +184,9 @@ class HTTPRoutes:
     def __init__(
         self, config: ServerConfig, keys: KeyStore, gateway: Gateway, files: FileDrop, images: ImageStore,
         dialects: DialectRouter, port: Callable[[], int], health: Callable[[], dict[str, Any]],
+        origin: "BlobOrigin | None" = None,
     ) -> None:
+        self.origin = origin
         self.config = config
         self.keys = keys
         self.gateway = gateway
@@ -209,6 +262,10 @@ class HTTPRoutes:
                 return error_response(404, ErrorCode.IMAGE_NOT_FOUND, "no such image")
             data = await asyncio.to_thread(file.read_bytes)
             return 200, [(b"content-type", self.images.mime_for(file).encode()), (b"cache-control", b"private, max-age=86400")], data
+        if path.startswith(BLOB_PATH) and method in ("GET", "HEAD"):
+            if self.origin is None:
+                return error_response(404, ErrorCode.NOT_FOUND, f"no route {path[:100]}")
+            return await self.origin.respond(path[len(BLOB_PATH):], headers)
         if path.rstrip("/") == "/v1":
             if method != "POST":
                 return error_response(405, ErrorCode.METHOD_NOT_ALLOWED, "POST a task array to /v1, or open a WebSocket")

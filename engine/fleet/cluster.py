@@ -1,0 +1,234 @@
+"""Connecting the front end to a Ray cluster and its Serve application of engine replicas.
+
+``--engine ray`` joins a running cluster (``--ray-address``, else Ray's own
+``RAY_ADDRESS`` / ``auto``); ``--engine ray-local`` starts a throwaway
+one-box cluster first (loopback only, its own temp dir, usage stats and token
+auth off, no dashboard) and stops it when wisp stops.  Either way the front end
+then deploys the application — or, when one of that name is already running
+(a front end that restarted), reuses it as it is, caches and all.
+
+The application has two deployments: ``EngineReplica`` (inference; one GPU
+each where the cluster has GPUs, else ``replicas`` CPU replicas) routed by
+:class:`engine.fleet.router.WispRouter`, and a ``FleetState`` actor the
+replicas publish their state to.  Nothing here runs on the event loop: the
+server calls :func:`connect` once at start-up, before it serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from engine.fleet.replica import STATE_ACTOR, EngineReplica, FleetState, ReplicaSettings
+
+log = logging.getLogger("wisp.fleet")
+
+APP_NAME = "wisp"
+NAMESPACE = "wisp"
+ROUTING_STATS_PERIOD_S = 0.25
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    mode: str
+    """``ray`` (join a cluster) or ``ray-local`` (start a one-box cluster)."""
+    address: str | None = None
+    replicas: int = 0
+    """Engine replicas; 0: one per GPU in the cluster, or 2 CPU replicas where it has none."""
+    replica_cpus: float = 1.0
+    app_name: str = APP_NAME
+    max_ongoing: int = 64
+    """Requests one replica holds at once (queued in its engine); past it the router tries the next rank."""
+    replica: ReplicaSettings = ReplicaSettings(cache_dir=os.path.join(tempfile.gettempdir(), "wisp-fleet"))
+
+
+@dataclass
+class Fleet:
+    """A connected fleet: the engine deployment's handle, the state actor, and what to stop at the end."""
+
+    handle: Any
+    state: Any
+    settings: FleetSettings
+    gpus: int
+    local_cluster: Path | None = None
+
+    def close(self) -> None:
+        """Disconnect; a ``ray-local`` cluster is stopped (its replicas with it)."""
+        import ray
+
+        with _quiet():
+            if self.local_cluster is not None:
+                try:
+                    from ray import serve
+
+                    serve.shutdown()
+                except Exception:
+                    pass
+            ray.shutdown()
+        if self.local_cluster is not None:
+            stop_local_cluster(self.local_cluster)
+
+
+def ray_env(temp_dir: Path | None = None) -> dict[str, str]:
+    """The environment Ray processes wisp starts get: no usage stats, no token file in anyone's home."""
+    env = dict(os.environ)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+    if temp_dir is not None:
+        env["HOME"] = str(temp_dir / "home")  # Ray writes ~/.ray: never the user's
+        (temp_dir / "home").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def start_local_cluster(cpus: int) -> tuple[str, Path]:
+    """``ray start --head`` on loopback in a short temp dir (socket paths are length-limited); (address, dir)."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="wisp-ray-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    ray_bin = Path(sys.executable).with_name("ray")
+    command = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--port=0", "--node-ip-address=127.0.0.1",
+               f"--temp-dir={temp_dir / 't'}", "--include-dashboard=false", f"--num-cpus={cpus}", "--num-gpus=0"
+               if not _has_cuda() else f"--num-gpus={_cuda_count()}", "--disable-usage-stats"]
+    done = subprocess.run(command, env=ray_env(temp_dir), capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise RuntimeError(f"ray start failed: {done.stderr.strip()[-400:]}")
+    address = (temp_dir / "t" / "ray_current_cluster").read_text().strip()
+    log.info("started a local Ray cluster at %s (%d CPUs)", address, cpus)
+    return address, temp_dir
+
+
+def stop_local_cluster(temp_dir: Path) -> None:
+    ray_bin = Path(sys.executable).with_name("ray")
+    with _quiet():
+        subprocess.run([str(ray_bin) if ray_bin.exists() else "ray", "stop", "--force"], env=ray_env(temp_dir),
+                       capture_output=True, timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def connect(settings: FleetSettings) -> Fleet:
+    """Join (or start) the cluster, deploy or reuse the application; returns the connected :class:`Fleet`."""
+    import ray
+    from ray import serve
+
+    local: Path | None = None
+    address = settings.address
+    if settings.mode == "ray-local":
+        replicas = settings.replicas or 2
+        address, local = start_local_cluster(max(2, int(replicas * settings.replica_cpus) + 1))
+    for name, value in ray_env().items():
+        if name.startswith("RAY_"):
+            os.environ.setdefault(name, value)
+    try:
+        ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=False)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        state = FleetStateActor.options(name=STATE_ACTOR, namespace=NAMESPACE, lifetime="detached",
+                                        get_if_exists=True, num_cpus=0).remote()
+        serve.start(proxy_location="Disabled")
+        if _running(settings.app_name):
+            log.info("reusing the running Serve application %r", settings.app_name)
+        else:
+            serve.run(build_app(settings, gpus), name=settings.app_name, route_prefix=None, blocking=False)
+        handle = serve.get_app_handle(settings.app_name)
+    except BaseException:
+        with _quiet():
+            ray.shutdown()
+        if local is not None:
+            stop_local_cluster(local)
+        raise
+    return Fleet(handle=handle, state=state, settings=settings, gpus=gpus, local_cluster=local)
+
+
+def build_app(settings: FleetSettings, gpus: int) -> Any:
+    """The Serve application: ``EngineReplica`` × N behind :class:`~engine.fleet.router.WispRouter`."""
+    from ray import serve
+    from ray.serve.config import RequestRouterConfig
+
+    from engine.fleet.router import WispRouter
+
+    replica = settings.replica
+    if gpus > 0:
+        count, resources = settings.replicas or gpus, {"num_gpus": 1, "num_cpus": settings.replica_cpus}
+        replica = replace(replica, device="cuda")
+    else:
+        count, resources = settings.replicas or 2, {"num_cpus": settings.replica_cpus}
+    replica = replace(replica, state_namespace=NAMESPACE)
+    deployment = serve.deployment(
+        EngineReplica, name="EngineReplica", num_replicas=count, ray_actor_options=resources,
+        max_ongoing_requests=settings.max_ongoing, max_queued_requests=-1,
+        health_check_period_s=2.0, health_check_timeout_s=30.0, graceful_shutdown_timeout_s=5.0,
+        request_router_config=RequestRouterConfig(request_router_class=WispRouter,
+                                                  request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+                                                  request_routing_stats_timeout_s=5.0),
+    )
+    return deployment.bind(replica)
+
+
+def _running(app_name: str) -> bool:
+    from ray import serve
+
+    try:
+        status = serve.status().applications.get(app_name)
+    except Exception:
+        return False
+    return status is not None and str(getattr(status.status, "value", status.status)) == "RUNNING"
+
+
+def _has_cuda() -> bool:
+    return _cuda_count() > 0
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:
+        return 0
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], Exception)  # type: ignore[arg-type]
+
+
+def _state_actor_class() -> Any:
+    import ray
+
+    return ray.remote(FleetState)
+
+
+class _LazyActor:
+    """``ray.remote(FleetState)``, made when first used (importing this module must not need Ray)."""
+
+    def options(self, **kwargs: Any) -> Any:
+        return _state_actor_class().options(**kwargs)
+
+
+FleetStateActor = _LazyActor()
+
+
+def wait_ready(fleet: Fleet, timeout_s: float = 120.0) -> int:
+    """Block until every engine replica has published its state; returns how many did."""
+    import ray
+
+    want = fleet.settings.replicas or (fleet.gpus or 2)
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = len(ray.get(fleet.state.snapshot.remote(), timeout=10))
+        if seen >= want:
+            return seen
+        time.sleep(0.2)
+    return seen

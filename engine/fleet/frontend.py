@@ -1,0 +1,223 @@
+"""``FleetEngine``: the front end's engine when inference runs on a Ray Serve fleet.
+
+It is the embedded :class:`engine.core.Engine` — registry, uploads, search,
+images, preprocessing, upscaling and training stay in this process — with
+:meth:`run` sending imageInference jobs to the fleet instead of the local
+device: the job is prepared here exactly as before (registry reads in a
+worker thread), its input images are read here, and then its MessagePack
+bytes go to the replica the router picks, with the routing hint and this
+front end's origin (where the replica fetches model files it lacks).  Events
+come back as bytes and reach the sink as if the local engine had made them;
+result images are stored here under the imageUUIDs the replica chose.
+
+Faults: if the replica dies before the job's last event, the job is run once
+more on another replica — an imageInference is deterministic (its seeds are
+drawn when the job is made), so the client gets the image it would have got;
+steps already reported are not reported twice.  If that fails too, the task
+ends ``taskInterrupted``.  It never hangs: every attempt has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import jobs
+from engine.core import Engine, EngineConfig
+from engine.errors import FleetUnavailable, JobCancelled, ReplicaLost
+from engine.fleet.blobs import Origin
+from engine.fleet.routing import Hint
+from engine.images.codec import FORMATS
+from engine.inference import failure, report_failure
+from engine.registry.db import Database
+
+log = logging.getLogger("wisp.fleet")
+
+ATTEMPT_TIMEOUT_S = 3600.0
+"""One attempt's bound (a job the fleet neither runs nor fails within this is interrupted)."""
+
+
+def fleet_token(data_dir: Path) -> str:
+    """The secret replicas present to the origin route; kept in the data dir so a restarted front end keeps it."""
+    path = Path(data_dir) / "fleet.token"
+    try:
+        token = path.read_text().strip()
+        if len(token) >= 32:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+class FleetEngine(Engine):
+    def __init__(self, config: EngineConfig, db: Database | None = None) -> None:
+        super().__init__(config, db)
+        self.fleet: Any = None
+        self.origin: Origin | None = None
+        self.token = fleet_token(Path(config.data_dir))
+        self._calls: dict[tuple[str, str], Any] = {}
+        """(team, taskUUID) → the fleet call running it (taskCancel cancels the call)."""
+        self._cancelled: set[tuple[str, str]] = set()
+        self._replicas: list[dict[str, Any]] = []
+        self._state_task: asyncio.Task[None] | None = None
+        self.retries = 0
+        """Jobs run a second time after their replica died."""
+
+    def attach(self, fleet: Any, origin_url: str) -> None:
+        """Use ``fleet`` (:class:`engine.fleet.cluster.Fleet`); replicas fetch model files from ``origin_url``."""
+        self.fleet = fleet
+        self.origin = Origin(origin_url, self.token)
+
+    # ---- the job interface ------------------------------------------------------------
+
+    async def run(
+        self, job: jobs.Job, sink: jobs.Sink, own_hosts: frozenset[str] = frozenset(), errors: list[BaseException] | None = None,
+    ) -> None:
+        if isinstance(job, jobs.InferenceJob) and self.fleet is not None:
+            await self._run_remote(job, sink, own_hosts, errors)
+            return
+        await super().run(job, sink, own_hosts, errors)
+
+    async def _run_remote(
+        self, job: jobs.InferenceJob, sink: jobs.Sink, own_hosts: frozenset[str], errors: list[BaseException] | None,
+    ) -> None:
+        key = (job.team, job.task_uuid.lower())
+        try:
+            job = await self.inference.load_inputs(job, own_hosts)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            report_failure(sink, job.task_uuid, exc, errors)
+            return
+        hint = Hint(model=job.model.sha256 or job.model.air, size=job.model.size_bytes, loras=tuple(lora.sha256 for lora in job.loras))
+        payload = jobs.encode(job)
+        origin = {"url": self.origin.url, "token": self.origin.token} if self.origin is not None else None
+        seen = _Seen()
+        try:
+            for attempt in (1, 2):
+                if key in self._cancelled:
+                    sink(failure(job.task_uuid, JobCancelled("cancelled by taskCancel before it started")))
+                    return
+                response = self.fleet.handle.options(stream=True).run.remote(hint.as_dict(), payload, origin)
+                self._calls[key] = response
+                try:
+                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                        async for data in response:
+                            event = jobs.decode_event(data)
+                            if not seen.first(event):
+                                continue
+                            if isinstance(event, jobs.Finished) and event.images:
+                                event = await asyncio.to_thread(self._keep_images, job, event)
+                            sink(event)
+                            if isinstance(event, (jobs.Finished, jobs.Failed)):
+                                return
+                    raise ReplicaLost("the replica ended the task's stream without a result")
+                except asyncio.CancelledError:
+                    response.cancel()  # the replica withdraws the job
+                    raise
+                except Exception as exc:
+                    if key in self._cancelled or _is_cancelled_error(exc):
+                        sink(failure(job.task_uuid, JobCancelled("cancelled by taskCancel between denoising steps")))
+                        return
+                    if attempt == 1:
+                        self.retries += 1
+                        log.warning("task %s: its replica failed (%s); running it again on another replica", job.task_uuid,
+                                    type(exc).__name__)
+                        await asyncio.sleep(0.5)  # the controller notices a dead replica within its health-check period
+                        continue
+                    log.error("task %s: failed on two replicas (%s)", job.task_uuid, type(exc).__name__)
+                    sink(failure(job.task_uuid, ReplicaLost(
+                        "the engine replica running this task stopped, and so did the one it was moved to; the task was "
+                        "not finished (it may be sent again)")))
+                    return
+        finally:
+            self._calls.pop(key, None)
+            self._cancelled.discard(key)
+
+    def _keep_images(self, job: jobs.InferenceJob, event: jobs.Finished) -> jobs.Finished:
+        """Worker thread: the result's images stored in this front end's image store, under the replica's imageUUIDs."""
+        _, ext, _ = FORMATS[job.output_format]
+        for image in event.images:
+            self.images.put(image.data, ext, image_uuid=image.image_uuid, team=job.team, ttl_s=job.ttl_s)
+        return event
+
+    def cancel_inference(self, team: str, task_uuid: str) -> bool:
+        key = (team, task_uuid.lower())
+        call = self._calls.get(key)
+        if call is None:
+            return super().cancel_inference(team, task_uuid)
+        self._cancelled.add(key)
+        call.cancel()
+        return True
+
+    # ---- state -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+
+    async def watch_replicas(self, period_s: float = 1.0) -> None:
+        """Keep :meth:`replica_states` fresh (read from the FleetState actor; never blocks the loop)."""
+        while True:
+            try:
+                if self.fleet is not None:
+                    self._replicas = await self.fleet.state.snapshot.remote()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("fleet state unavailable: %s", exc)
+            await asyncio.sleep(period_s)
+
+    async def refresh_replicas(self) -> list[dict[str, Any]]:
+        if self.fleet is not None:
+            self._replicas = await self.fleet.state.snapshot.remote()
+        return self._replicas
+
+    def replica_states(self) -> list[dict[str, Any]]:
+        """Each replica's last published state (cache tiers, loads, queue), for ``/healthz``."""
+        return list(self._replicas)
+
+    def fleet_summary(self) -> dict[str, Any]:
+        return {"engine": self.fleet.settings.mode if self.fleet is not None else "embedded",
+                "replicas": self.replica_states(), "retries": self.retries, "at": time.time()}
+
+    def stop(self, wait_s: float = 10.0) -> int:
+        dropped = super().stop(wait_s)
+        for call in list(self._calls.values()):
+            try:
+                call.cancel()
+            except Exception:
+                pass
+        return dropped
+
+
+class _Seen:
+    """Drops what a second attempt repeats: a second Started, steps already reported."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.step = 0
+
+    def first(self, event: jobs.Event) -> bool:
+        if isinstance(event, jobs.Started):
+            if self.started:
+                return False
+            self.started = True
+        elif isinstance(event, jobs.Step):
+            if event.step <= self.step:
+                return False
+            self.step = event.step
+        return True
+
+
+def _is_cancelled_error(exc: BaseException) -> bool:
+    return type(exc).__name__ in ("RequestCancelledError", "TaskCancelledError")
+
+
+__all__ = ["FleetEngine", "FleetUnavailable", "fleet_token"]

@@ -1,0 +1,251 @@
+"""The fleet's replicas: a whole wisp engine per Ray Serve replica, jobs in, events out.
+
+``EngineReplica`` is the deployment class (:mod:`engine.fleet.cluster` wraps
+it with ``serve.deployment``).  Each replica holds its own
+:class:`engine.core.Engine` — two-tier byte-budgeted model cache with
+pinning, LoRA cache, dynamic batching, one device thread — in a scratch data
+directory, and reads model files from its node's shared
+:class:`~engine.fleet.blobs.BlobCache`.  :meth:`EngineReplica.run` takes a job
+as the MessagePack bytes of :mod:`engine.jobs`, fetches the files it names
+(once per node), runs it, and streams every event back as MessagePack bytes:
+the front end decodes them exactly as it would its own engine's.
+
+Images travel back in the ``Finished`` event (their bytes are in it anyway);
+the replica deletes its copies, and the front end stores them under the same
+imageUUIDs.  Cancellation (``taskCancel``, a client gone, the front end
+stopping) reaches the replica as a cancelled stream and withdraws the job.
+
+``record_routing_stats`` tells the router (:mod:`engine.fleet.router`) what
+this replica holds; the same state is published to the ``FleetState`` actor
+for the front end's ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from engine import jobs
+from engine.errors import EngineError
+from engine.fleet.blobs import BlobCache, Origin
+from engine.inference import failure
+
+log = logging.getLogger("wisp.fleet")
+
+STATE_ACTOR = "wisp-fleet-state"
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """What every replica of a deployment is started with (a plain, picklable value)."""
+
+    cache_dir: str
+    """The node's root for model files and replica scratch directories (shared by the replicas of a node)."""
+    disk_bytes: int = 64 * 1024**3
+    device: str = "cpu"
+    torch_threads: int = 1
+    cache_device_bytes: int = 0
+    cache_host_bytes: int = 0
+    lora_cache_bytes: int = 0
+    max_batch: int = 8
+    batch_window_ms: float = 0.0
+    dtype: str = "auto"
+    max_queue: int = 256
+    max_work: float = 0.0
+    state_namespace: str = "wisp"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def model_key(cache_key: object) -> str | None:
+    """The routing key of a model-cache key (``"<air>|<sha256>"`` → the hash, ``"<air>|builtin-vN"`` → the AIR)."""
+    if not isinstance(cache_key, str):
+        return None
+    parts = cache_key.split("|")
+    if len(parts) != 2:
+        return None  # VAEs, ControlNets: not routed on
+    air, content = parts
+    return air if content.startswith("builtin-") else content
+
+
+def job_files(job: jobs.Job) -> list[str]:
+    """Content hashes of every stored file ``job`` reads."""
+    if isinstance(job, jobs.InferenceJob):
+        found = [job.model.sha256, *(lora.sha256 for lora in job.loras), *(e.sha256 for e in job.embeddings),
+                 job.vae.sha256 if job.vae is not None else None, *(c.sha256 for c in job.controlnets),
+                 job.refiner.model.sha256 if job.refiner is not None else None]
+        return [sha for sha in found if sha]
+    if isinstance(job, jobs.TrainingJob):
+        return [job.base.sha256] if job.base.sha256 else []
+    return []
+
+
+class EngineReplica:
+    """One engine replica (see the module docstring)."""
+
+    def __init__(self, settings: ReplicaSettings) -> None:
+        from engine.core import Engine, EngineConfig
+
+        self.id = _replica_id()
+        self.settings = settings
+        root = Path(settings.cache_dir)
+        self.scratch = root / "replicas" / self.id
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.blobs = BlobCache(root / "blobs", settings.disk_bytes)
+        self.engine = Engine(EngineConfig(
+            data_dir=self.scratch, store_dir=self.blobs.root, device=settings.device, torch_threads=settings.torch_threads,
+            cache_device_bytes=settings.cache_device_bytes, cache_host_bytes=settings.cache_host_bytes,
+            lora_cache_bytes=settings.lora_cache_bytes, max_batch=settings.max_batch, batch_window_ms=settings.batch_window_ms,
+            dtype=settings.dtype, max_queue=settings.max_queue, max_work=settings.max_work,
+        ))
+        self.engine.start()
+        self.running: dict[str, str] = {}
+        """taskUUID → model key of the jobs this replica holds (fetching, queued or on the device)."""
+        self.jobs_done = 0
+        self.cold_loads: list[tuple[str, float]] = []
+        """(model key, when) of jobs that found their model neither resident nor loading here (the last 500)."""
+        self.started_at = time.time()
+        self._state_actor: Any = None
+        log.info("engine replica %s ready (pid %d, device %s, %d torch threads)", self.id, os.getpid(), settings.device,
+                 settings.torch_threads)
+
+    async def run(self, hint: dict[str, Any], job_bytes: bytes, origin: dict[str, str] | None = None) -> AsyncIterator[bytes]:
+        """Run one job; yields its events as MessagePack bytes, ending with one Finished or Failed."""
+        job = jobs.decode_job(job_bytes)
+        task_uuid = job.task_uuid
+        model = str(hint.get("model", "")) if isinstance(hint, dict) else ""
+        if model and model not in self._resident_or_loading():
+            self.cold_loads = [*self.cold_loads[-499:], (model, time.time())]
+        self.running[task_uuid] = model
+        events: asyncio.Queue[jobs.Event] = asyncio.Queue()
+        runner: asyncio.Task[None] | None = None
+        files = contextlib.ExitStack()
+        try:
+            try:
+                where = Origin(origin["url"], origin["token"]) if origin else None
+                await asyncio.to_thread(files.enter_context, self.blobs.holding(job_files(job), where))
+            except EngineError as exc:
+                self._done(task_uuid, files)
+                yield jobs.encode(failure(task_uuid, exc))
+                return
+            runner = asyncio.get_running_loop().create_task(self.engine.run(job, events.put_nowait))
+            while True:
+                event = await events.get()
+                if isinstance(event, jobs.Finished) and event.images:
+                    await asyncio.to_thread(self._drop_images, event)
+                if isinstance(event, (jobs.Finished, jobs.Failed)):
+                    await runner
+                    self._done(task_uuid, files)  # before the last yield: the caller stops reading after it
+                    yield jobs.encode(event)
+                    return
+                yield jobs.encode(event)
+        except asyncio.CancelledError:
+            if isinstance(job, jobs.InferenceJob):
+                self.engine.cancel_inference(job.team, task_uuid)
+            elif isinstance(job, jobs.TrainingJob):
+                self.engine.cancel_training(job.team, task_uuid)
+            raise
+        finally:
+            self._done(task_uuid, files)
+
+    def _done(self, task_uuid: str, files: contextlib.ExitStack) -> None:
+        """A job's end, counted once: its files released, its queue slot freed."""
+        files.close()
+        if self.running.pop(task_uuid, None) is not None:
+            self.jobs_done += 1
+
+    def _resident_or_loading(self) -> set[str]:
+        cache = self.engine.cache
+        return {k for k in (model_key(key) for key in [*cache.keys(), *cache.loading_keys()]) if k} | set(self.running.values())
+
+    def _drop_images(self, event: jobs.Finished) -> None:
+        """The replica's copies of a result's images: the front end stores them (same imageUUIDs)."""
+        for image in event.images:
+            with contextlib.suppress(OSError):
+                (self.engine.images.root / image.file_name).unlink()
+
+    def state(self) -> dict[str, Any]:
+        """What this replica holds: routing keys by tier, loads in flight, free bytes, queue, counters."""
+        from engine.cache import DEVICE, HOST
+
+        cache = self.engine.cache
+        stats = cache.stats()
+
+        def keys(tier: str) -> list[str]:
+            return sorted({k for k in (model_key(key) for key in cache.keys(tier)) if k})
+
+        return {
+            "id": self.id, "pid": os.getpid(), "node": _node_id(),
+            "device": keys(DEVICE), "host": keys(HOST),
+            "loading": sorted({k for k in (model_key(key) for key in cache.loading_keys()) if k}),
+            "loras": sorted(self.engine.lora_cache.keys()),
+            "free_device": max(0, stats.device_budget - stats.device_bytes),
+            "free_host": max(0, stats.host_budget - stats.host_bytes),
+            "queue": len(self.running), "running": sorted(self.running),
+            "loads": stats.misses, "hits": stats.hits + stats.coalesced, "evictions": stats.evictions_dropped + stats.evictions_to_host,
+            "jobs": self.jobs_done, "downloads": self.blobs.downloads, "disk_bytes": self.blobs.used_bytes(),
+            "batches": {str(k): v for k, v in self.engine.batch_sizes().items()},
+            "cold_loads": [[model, round(when, 3)] for model, when in self.cold_loads],
+        }
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Polled by Serve for the router; also published for ``/healthz`` (fire and forget)."""
+        state = self.state()
+        try:
+            if self._state_actor is None:
+                import ray
+
+                self._state_actor = ray.get_actor(STATE_ACTOR, namespace=self.settings.state_namespace)
+            self._state_actor.report.remote(self.id, state)
+        except Exception:  # the state actor is optional (health output only)
+            self._state_actor = None
+        return state
+
+    def check_health(self) -> None:
+        if not self.engine._worker.thread.is_alive():
+            raise RuntimeError("the replica's device thread stopped")
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.engine.stop(wait_s=2.0)
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class FleetState:
+    """A detached actor holding each replica's last published state (the front end reads it for ``/healthz``)."""
+
+    def __init__(self) -> None:
+        self.replicas: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def report(self, replica_id: str, state: dict[str, Any]) -> None:
+        self.replicas[replica_id] = (time.time(), state)
+
+    def snapshot(self, max_age_s: float = 30.0) -> list[dict[str, Any]]:
+        now = time.time()
+        for key in [k for k, (when, _) in self.replicas.items() if now - when > max_age_s]:
+            del self.replicas[key]
+        return [dict(state, age_s=round(now - when, 2), reported_at=when) for when, state in self.replicas.values()]
+
+
+def _replica_id() -> str:
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # outside Serve (a unit test)
+        return f"local-{os.getpid()}"
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())[:12]
+    except Exception:
+        return ""

@@ -1,0 +1,46 @@
+"""The fleet's Ray Serve request router: :func:`engine.fleet.routing.rank` over the replicas' reported state.
+
+Serve calls :meth:`WispRouter.choose_replicas` in the front end's process for
+every request to the engine deployment.  The first argument of a call is the
+job's routing hint (:class:`~engine.fleet.routing.Hint` as a dict); calls
+without one (none today) go to any replica.  Each rank is one replica, so
+Serve tries them in exactly this order, moving on only when a replica is at
+its ``max_ongoing_requests``; ``should_backoff`` is set so a fleet that is
+full everywhere waits with backoff instead of spinning.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, List, Optional
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica  # noqa: F401
+
+from engine.fleet.routing import SPILL_QUEUE, Hint, Recent, ReplicaState, rank
+
+
+class WispRouter(RequestRouter):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._recent = Recent()
+        self._spill_queue = SPILL_QUEUE
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        self._spill_queue = int(kwargs.get("spill_queue", SPILL_QUEUE))
+
+    async def choose_replicas(
+        self, candidate_replicas: List[RunningReplica], pending_request: Optional[PendingRequest] = None,
+    ) -> List[List[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        if pending_request is not None:
+            pending_request.routing_context.should_backoff = True
+        hint = Hint.from_dict(pending_request.args[0]) if pending_request is not None and pending_request.args else None
+        if hint is None:
+            return [candidate_replicas]
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        states = [ReplicaState.from_stats(rid, r.routing_stats) for rid, r in by_id.items()]
+        now = time.monotonic()
+        ordered = rank(states, hint, self._recent, now, self._spill_queue)
+        self._recent.note(hint.model, ordered[0], now)
+        return [[by_id[rid]] for rid in ordered]

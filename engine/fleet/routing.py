@@ -1,0 +1,145 @@
+"""How the fleet ranks replicas for a job: where the model's bytes already are, then where they may go.
+
+Pure functions over what each replica last reported (:class:`ReplicaState`,
+from its ``record_routing_stats``) and what the job needs (:class:`Hint`);
+:mod:`engine.fleet.router` applies them inside Ray Serve.
+
+The ranks, best first:
+
+0. the model is resident in the replica's **device** tier;
+1. resident in its **host** tier (a move, not a load);
+2. being **loaded** there (reported, or routed there by this router within the last few seconds: stats are
+   polled, so a burst must not outrun them);
+3. the replica has **free budget** for the model's bytes;
+4. the rest (something will be evicted: never a model in use, which the replica's pinning forbids).
+
+Inside ranks 3 and 4 replicas are ordered by rendezvous (highest-random-weight)
+hashing of the model's key with each replica's id: every front end computes
+the same order without talking to the others, so a cold herd for one model
+lands on one replica and loads once.  Inside ranks 0–2 the shorter queue wins,
+then the replica that already holds more of the job's LoRAs.
+
+**A second replica for a hot model, deliberately:** when every replica
+holding the model (ranks 0–2) reports a queue of at least ``spill_queue``
+jobs and some other replica has at most half that queue, the least-loaded
+such replica is put first.  It loads the model and from then on ranks 0 as
+well, so a model that stays busy spreads over two replicas (then three, …)
+instead of sticking to one (ray#65691); one that is merely warm never moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+SPILL_QUEUE = 4
+"""A replica holding the model with this many jobs queued lets a lightly loaded replica take the next one."""
+RECENT_S = 5.0
+"""How long this router remembers having sent a model to a replica (covers the stats period and a load's start)."""
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What the router needs to know of a job: its model's key and bytes, and its LoRAs' keys."""
+
+    model: str
+    """The checkpoint's sha256, or a built-in model's AIR."""
+    size: int = 0
+    loras: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"model": self.model, "size": self.size, "loras": list(self.loras)}
+
+    @classmethod
+    def from_dict(cls, data: object) -> "Hint | None":
+        if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+            return None
+        return cls(model=data["model"], size=int(data.get("size") or 0), loras=tuple(data.get("loras") or ()))
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """One replica as it last reported (``record_routing_stats``), plus its id."""
+
+    id: str
+    device: frozenset[str] = frozenset()
+    host: frozenset[str] = frozenset()
+    loading: frozenset[str] = frozenset()
+    loras: frozenset[str] = frozenset()
+    free_device: int = 0
+    free_host: int = 0
+    queue: int = 0
+
+    @classmethod
+    def from_stats(cls, replica_id: str, stats: dict[str, object] | None) -> "ReplicaState":
+        s = stats or {}
+
+        def keys(name: str) -> frozenset[str]:
+            value = s.get(name)
+            return frozenset(v for v in value if isinstance(v, str)) if isinstance(value, (list, tuple, set, frozenset)) else frozenset()
+
+        def number(name: str) -> int:
+            value = s.get(name)
+            return int(value) if isinstance(value, (int, float)) else 0
+
+        return cls(id=replica_id, device=keys("device"), host=keys("host"), loading=keys("loading"), loras=keys("loras"),
+                   free_device=number("free_device"), free_host=number("free_host"), queue=number("queue"))
+
+
+def affinity(key: str, replica_id: str) -> int:
+    """Rendezvous weight of ``key`` on a replica: the same on every front end."""
+    return int.from_bytes(hashlib.blake2b(f"{key}\x00{replica_id}".encode(), digest_size=8).digest(), "big")
+
+
+@dataclass
+class Recent:
+    """Models this router sent to replicas lately: (model key, replica id) → when."""
+
+    sent: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def note(self, model: str, replica_id: str, now: float) -> None:
+        self.sent[(model, replica_id)] = now
+        if len(self.sent) > 4096:
+            self.forget(now)
+
+    def has(self, model: str, replica_id: str, now: float) -> bool:
+        when = self.sent.get((model, replica_id))
+        return when is not None and now - when < RECENT_S
+
+    def forget(self, now: float) -> None:
+        for key in [k for k, when in self.sent.items() if now - when >= RECENT_S]:
+            del self.sent[key]
+
+
+def tier(state: ReplicaState, hint: Hint, recent: Recent | None = None, now: float = 0.0) -> int:
+    """The rank (0 best … 4) of ``state`` for ``hint`` (see the module docstring)."""
+    if hint.model in state.device:
+        return 0
+    if hint.model in state.host:
+        return 1
+    if hint.model in state.loading or (recent is not None and recent.has(hint.model, state.id, now)):
+        return 2
+    if state.free_device >= hint.size:
+        return 3
+    return 4
+
+
+def rank(states: list[ReplicaState], hint: Hint, recent: Recent | None = None, now: float = 0.0,
+         spill_queue: int = SPILL_QUEUE) -> list[str]:
+    """Replica ids for ``hint``, best first (every replica appears once)."""
+    def order(state: ReplicaState) -> tuple[int, int, int, int]:
+        t = tier(state, hint, recent, now)
+        if t <= 2:
+            return (t, state.queue, -len(state.loras.intersection(hint.loras)), -affinity(hint.model, state.id))
+        return (t, 0, 0, -affinity(hint.model, state.id))
+
+    ordered = sorted(states, key=order)
+    holders = [s for s in ordered if tier(s, hint, recent, now) <= 2]
+    if holders and min(s.queue for s in holders) >= spill_queue:
+        busiest_best = min(s.queue for s in holders)
+        others = [s for s in ordered if s not in holders and s.queue * 2 <= busiest_best]
+        if others:
+            spare = min(others, key=lambda s: (s.queue, order(s)))
+            ordered.remove(spare)
+            ordered.insert(0, spare)
+    return [s.id for s in ordered]
