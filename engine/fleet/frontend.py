@@ -30,6 +30,7 @@ from engine import jobs
 from engine.core import Engine, EngineConfig
 from engine.errors import FleetUnavailable, JobCancelled, ReplicaLost
 from engine.fleet.blobs import Origin
+from engine.fleet.replica import decode_events
 from engine.fleet.routing import Hint
 from engine.images.codec import FORMATS
 from engine.inference import failure, report_failure
@@ -60,6 +61,7 @@ class FleetEngine(Engine):
     def __init__(self, config: EngineConfig, db: Database | None = None) -> None:
         super().__init__(config, db)
         self.fleet: Any = None
+        self._stream_handle: Any = None
         self.origin: Origin | None = None
         self.token = fleet_token(Path(config.data_dir))
         self._calls: dict[tuple[str, str], Any] = {}
@@ -73,6 +75,7 @@ class FleetEngine(Engine):
     def attach(self, fleet: Any, origin_url: str) -> None:
         """Use ``fleet`` (:class:`engine.fleet.cluster.Fleet`); replicas fetch model files from ``origin_url``."""
         self.fleet = fleet
+        self._stream_handle = None
         self.origin = Origin(origin_url, self.token)
 
     # ---- the job interface ------------------------------------------------------------
@@ -105,19 +108,19 @@ class FleetEngine(Engine):
                 if key in self._cancelled:
                     sink(failure(job.task_uuid, JobCancelled("cancelled by taskCancel before it started")))
                     return
-                response = self.fleet.handle.options(stream=True).run.remote(hint.as_dict(), payload, origin)
+                response = self._streaming().run.remote(hint.as_dict(), payload, origin)
                 self._calls[key] = response
                 try:
                     async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
                         async for data in response:
-                            event = jobs.decode_event(data)
-                            if not seen.first(event):
-                                continue
-                            if isinstance(event, jobs.Finished) and event.images:
-                                event = await asyncio.to_thread(self._keep_images, job, event)
-                            sink(event)
-                            if isinstance(event, (jobs.Finished, jobs.Failed)):
-                                return
+                            for event in decode_events(data):
+                                if not seen.first(event):
+                                    continue
+                                if isinstance(event, jobs.Finished) and event.images:
+                                    event = await asyncio.to_thread(self._keep_images, job, event)
+                                sink(event)
+                                if isinstance(event, (jobs.Finished, jobs.Failed)):
+                                    return
                     raise ReplicaLost("the replica ended the task's stream without a result")
                 except asyncio.CancelledError:
                     response.cancel()  # the replica withdraws the job
@@ -140,6 +143,12 @@ class FleetEngine(Engine):
         finally:
             self._calls.pop(key, None)
             self._cancelled.discard(key)
+
+    def _streaming(self) -> Any:
+        """The engine deployment's handle in streaming mode (made once: ``options`` builds a new handle each call)."""
+        if self._stream_handle is None:
+            self._stream_handle = self.fleet.handle.options(stream=True)
+        return self._stream_handle
 
     def _keep_images(self, job: jobs.InferenceJob, event: jobs.Finished) -> jobs.Finished:
         """Worker thread: the result's images stored in this front end's image store, under the replica's imageUUIDs."""

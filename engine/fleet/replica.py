@@ -11,8 +11,8 @@ as the MessagePack bytes of :mod:`engine.jobs`, fetches the files it names
 the front end decodes them exactly as it would its own engine's.
 
 Images travel back in the ``Finished`` event (their bytes are in it anyway);
-the replica deletes its copies, and the front end stores them under the same
-imageUUIDs.  Cancellation (``taskCancel``, a client gone, the front end
+the replica's image store only names them (``transient``), and the front end
+stores them under the same imageUUIDs.  Cancellation (``taskCancel``, a client gone, the front end
 stopping) reaches the replica as a cancelled stream and withdraws the job.
 
 ``record_routing_stats`` tells the router (:mod:`engine.fleet.router`) what
@@ -27,10 +27,13 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
+
+import msgspec
 
 from engine import jobs
 from engine.errors import EngineError
@@ -60,7 +63,17 @@ class ReplicaSettings:
     max_queue: int = 256
     max_work: float = 0.0
     state_namespace: str = "wisp"
+    gil_switch_interval_s: float = 0.0005
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_events(events: list[jobs.Event]) -> bytes:
+    """One stream item: the events ready at once, in order, as a MessagePack array."""
+    return msgspec.msgpack.encode(events)
+
+
+def decode_events(data: bytes) -> list[jobs.Event]:
+    return msgspec.msgpack.decode(data, type=list[jobs.Event])
 
 
 def model_key(cache_key: object) -> str | None:
@@ -94,6 +107,7 @@ class EngineReplica:
 
         self.id = _replica_id()
         self.settings = settings
+        sys.setswitchinterval(settings.gil_switch_interval_s)  # the device thread must not hold the loop for 5 ms per hand-off
         root = Path(settings.cache_dir)
         self.scratch = root / "replicas" / self.id
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -104,10 +118,13 @@ class EngineReplica:
             lora_cache_bytes=settings.lora_cache_bytes, max_batch=settings.max_batch, batch_window_ms=settings.batch_window_ms,
             dtype=settings.dtype, max_queue=settings.max_queue, max_work=settings.max_work,
         ))
+        self.engine.images.transient = True  # results travel in their Finished events; the front end stores them
         self.engine.start()
         self.running: dict[str, str] = {}
         """taskUUID → model key of the jobs this replica holds (fetching, queued or on the device)."""
         self.jobs_done = 0
+        self.run_ms: list[float] = []
+        """How long the last jobs took here, from their bytes arriving to their last event (milliseconds)."""
         self.cold_loads: list[tuple[str, float]] = []
         """(model key, when) of jobs that found their model neither resident nor loading here (the last 500)."""
         self.started_at = time.time()
@@ -116,7 +133,9 @@ class EngineReplica:
                  settings.torch_threads)
 
     async def run(self, hint: dict[str, Any], job_bytes: bytes, origin: dict[str, str] | None = None) -> AsyncIterator[bytes]:
-        """Run one job; yields its events as MessagePack bytes, ending with one Finished or Failed."""
+        """Run one job; yields its events as MessagePack arrays (:func:`encode_events`), the last holding its Finished or
+        Failed."""
+        began = time.perf_counter()
         job = jobs.decode_job(job_bytes)
         task_uuid = job.task_uuid
         model = str(hint.get("model", "")) if isinstance(hint, dict) else ""
@@ -129,22 +148,27 @@ class EngineReplica:
         try:
             try:
                 where = Origin(origin["url"], origin["token"]) if origin else None
-                await asyncio.to_thread(files.enter_context, self.blobs.holding(job_files(job), where))
+                hashes = job_files(job)
+                if hashes:  # file I/O (and maybe a download): off the loop
+                    await asyncio.to_thread(files.enter_context, self.blobs.holding(hashes, where))
             except EngineError as exc:
                 self._done(task_uuid, files)
-                yield jobs.encode(failure(task_uuid, exc))
+                yield encode_events([failure(task_uuid, exc)])
                 return
             runner = asyncio.get_running_loop().create_task(self.engine.run(job, events.put_nowait))
             while True:
-                event = await events.get()
-                if isinstance(event, jobs.Finished) and event.images:
-                    await asyncio.to_thread(self._drop_images, event)
-                if isinstance(event, (jobs.Finished, jobs.Failed)):
-                    await runner
-                    self._done(task_uuid, files)  # before the last yield: the caller stops reading after it
-                    yield jobs.encode(event)
-                    return
-                yield jobs.encode(event)
+                batch = [await events.get()]
+                while not events.empty():  # what is already here goes as one stream item (each item costs an RPC)
+                    batch.append(events.get_nowait())
+                final = next((e for e in batch if isinstance(e, (jobs.Finished, jobs.Failed))), None)
+                if final is None:
+                    yield encode_events(batch)
+                    continue
+                await runner
+                self.run_ms = [*self.run_ms[-99:], (time.perf_counter() - began) * 1000]
+                self._done(task_uuid, files)  # before the last yield: the caller stops reading after it
+                yield encode_events(batch)
+                return
         except asyncio.CancelledError:
             if isinstance(job, jobs.InferenceJob):
                 self.engine.cancel_inference(job.team, task_uuid)
@@ -163,12 +187,6 @@ class EngineReplica:
     def _resident_or_loading(self) -> set[str]:
         cache = self.engine.cache
         return {k for k in (model_key(key) for key in [*cache.keys(), *cache.loading_keys()]) if k} | set(self.running.values())
-
-    def _drop_images(self, event: jobs.Finished) -> None:
-        """The replica's copies of a result's images: the front end stores them (same imageUUIDs)."""
-        for image in event.images:
-            with contextlib.suppress(OSError):
-                (self.engine.images.root / image.file_name).unlink()
 
     def state(self) -> dict[str, Any]:
         """What this replica holds: routing keys by tier, loads in flight, free bytes, queue, counters."""
@@ -191,6 +209,7 @@ class EngineReplica:
             "loads": stats.misses, "hits": stats.hits + stats.coalesced, "evictions": stats.evictions_dropped + stats.evictions_to_host,
             "jobs": self.jobs_done, "downloads": self.blobs.downloads, "disk_bytes": self.blobs.used_bytes(),
             "batches": {str(k): v for k, v in self.engine.batch_sizes().items()},
+            "run_ms_p50": round(sorted(self.run_ms)[len(self.run_ms) // 2], 2) if self.run_ms else None,
             "cold_loads": [[model, round(when, 3)] for model, when in self.cold_loads],
         }
 

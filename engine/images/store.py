@@ -46,6 +46,8 @@ class ImageStore:
         self.tmp = Path(tmp)
         self.db = db
         self.default_ttl_s = default_ttl_s
+        self.transient = False
+        """Name images without keeping them (a fleet replica: its results travel in their events and the front end stores them)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
 
@@ -57,6 +59,8 @@ class ImageStore:
         Worker threads only: it writes a file.
         """
         image_uuid = image_uuid or str(uuid.uuid4())
+        if self.transient:
+            return image_uuid, f"{image_uuid}.{ext}"
         if team is not None and self.db is not None:
             now = time.time()
             self.db.connect().execute(
