@@ -59,6 +59,7 @@ async def _timed(engine: Any, task: Any) -> float:
 
 async def run_checks(args: argparse.Namespace, device: str, rows: list[list[Any]], root: Path) -> None:
     from engine.core import Engine, EngineConfig
+    from protocol.inference import LoraRef
 
     engine = Engine(EngineConfig(data_dir=root / "engine", device=device, torch_threads=2, max_batch=8))
     engine.start()
@@ -69,15 +70,16 @@ async def run_checks(args: argparse.Namespace, device: str, rows: list[list[Any]
             warm = [await _timed(engine, _task(air, 2 + i, size, 4)) for i in range(3 if args.quick else 10)]
             rows.append([f"{name}, {size}², 4 steps", f"first {first:.2f} s", f"warm {min(warm) * 1000:.0f} ms", _cuda_mib()])
         if device.startswith("cuda") or args.full:
-            first, warm = await full_size_sd15(engine, root, 20)
-            rows.append(["random full-size SD-1.5 UNet, 512², 20 steps", f"first {first:.1f} s", f"warm {warm:.2f} s", _cuda_mib()])
+            big_first, big_warm = await full_size_sd15(engine, root, 20)
+            rows.append(["random full-size SD-1.5 UNet, 512², 20 steps", f"first {big_first:.1f} s", f"warm {big_warm:.2f} s",
+                         _cuda_mib()])
         else:
             rows.append(["random full-size SD-1.5 UNet, 512², 20 steps", "skipped on CPU", "(--full to force)", ""])
         lora = await lora_air(engine, root)
         switch = []
         for i in range(4 if args.quick else 10):
             switch.append(await _timed(engine, _task("wisp:tiny-sd15@1", 50 + i, size, 4,
-                                                      lora=[{"model": lora, "weight": 1.0}] if i % 2 == 0 else [])))
+                                                      lora=[LoraRef(model=lora, weight=1.0)] if i % 2 == 0 else [])))
         rows.append(["LoRA switch (with / without, alternating)", f"{min(switch) * 1000:.0f} ms", f"max {max(switch) * 1000:.0f} ms",
                      _cuda_mib()])
     finally:
@@ -148,6 +150,11 @@ async def lora_air(engine: Any, root: Path) -> str:
     from engine.upload.ingest import IngestRequest
     from tests.fixtures.loras import write_lora
 
+    from engine.registry.keys import KeyStore
+    from engine.registry.team_settings import TeamSettings
+
+    KeyStore(engine.db).create("default")  # the team exists, with its default source, as on a server's first start
+    TeamSettings(engine.db).ensure_default_sources()
     path = write_lora(ensure_tiny_sd15(root / "engine"), root / "check-lora.safetensors", fmt="kohya", seed=5)
     air = "default:gpu-check-lora@1"
 

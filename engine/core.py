@@ -577,43 +577,56 @@ class Engine:
             return await self._train_with(job, emit, own_hosts)
 
     async def _train_with(self, job: jobs.TrainingJob, emit: StatusEmit, own_hosts: frozenset[str]) -> TrainingOutcome:
-        from engine.training import dataset
-
         plan, entry, team, task_uuid = job.plan, self.inference.entry(job.base), job.team, job.task_uuid
-        if job.target is None:
-            from engine.registry.team_settings import TeamSettings
-
-            source = await asyncio.to_thread(TeamSettings(self.db).default_source, team)
-            short = task_uuid.replace("-", "")[:12].lower()
-            final_target = ImportTarget(
-                air=f"{source}:lora-{short}@1", name=f"LoRA trained by task {task_uuid}"[:400], version="1",
-                unique_identifier="trained", private=True,
-            )
-        else:
-            t = job.target
-            final_target = ImportTarget(air=t.air, name=t.name, version=t.version, unique_identifier=t.unique_identifier,
-                                        private=t.private, hero_image_url=t.hero_image_url, short_description=t.short_description)
+        final_target = await self.training_target(job)
 
         async def read_dataset(resolution: int, folder: Path) -> list[Path]:
-            return await dataset.gather(plan.dataset, plan.dataset_parameter, resolution, self.images, self.config.net, own_hosts, folder,
-                                        team)
+            return await self.read_dataset(job, resolution, folder, own_hosts)
 
         async def register(path: Path, phase: Any) -> None:
-            meta = {"heroImageURL": final_target.hero_image_url, "shortDescription": final_target.short_description,
-                    "positiveTriggerWords": plan.trigger_word, "tags": ["trained", plan.lora_type],
-                    "comment": f"trained from {entry.air} by {plan.recipe}"}
-            request = IngestRequest(
-                air=final_target.air, category="lora", architecture=entry.architecture, name=final_target.name,
-                version=final_target.version, private=final_target.private,
-                # every run is new content: never let the upload path reuse an earlier run's file
-                unique_identifier=f"{final_target.unique_identifier}#{task_uuid}"[:256],
-                meta={k: v for k, v in meta.items() if v is not None},
-            )
-            await self.ingest.run(request, team, phase, local_source=path)
+            await self.register_lora(job, final_target, path, phase)
 
         return await self.training.run(
             f"{team}\x00{task_uuid}", plan, entry, final_target, read_dataset=read_dataset, register=register, emit=emit
         )
+
+    async def training_target(self, job: jobs.TrainingJob) -> ImportTarget:
+        """Where the trained LoRA is registered: the request's AIR, or a new one under the team's default source."""
+        if job.target is None:
+            from engine.registry.team_settings import TeamSettings
+
+            source = await asyncio.to_thread(TeamSettings(self.db).default_source, job.team)
+            short = job.task_uuid.replace("-", "")[:12].lower()
+            return ImportTarget(
+                air=f"{source}:lora-{short}@1", name=f"LoRA trained by task {job.task_uuid}"[:400], version="1",
+                unique_identifier="trained", private=True,
+            )
+        t = job.target
+        return ImportTarget(air=t.air, name=t.name, version=t.version, unique_identifier=t.unique_identifier,
+                            private=t.private, hero_image_url=t.hero_image_url, short_description=t.short_description)
+
+    async def read_dataset(self, job: jobs.TrainingJob, resolution: int, folder: Path, own_hosts: frozenset[str]) -> list[Path]:
+        """The training's images fetched and prepared at ``resolution`` into ``folder`` (the team's own imageUUIDs only)."""
+        from engine.training import dataset
+
+        plan = job.plan
+        return await dataset.gather(plan.dataset, plan.dataset_parameter, resolution, self.images, self.config.net, own_hosts, folder,
+                                    job.team)
+
+    async def register_lora(self, job: jobs.TrainingJob, target: ImportTarget, path: Path, phase: Any) -> None:
+        """A trained LoRA file registered under ``target`` through the ingest (the upload phases go to ``phase``)."""
+        plan, entry = job.plan, self.inference.entry(job.base)
+        meta = {"heroImageURL": target.hero_image_url, "shortDescription": target.short_description,
+                "positiveTriggerWords": plan.trigger_word, "tags": ["trained", plan.lora_type],
+                "comment": f"trained from {entry.air} by {plan.recipe}"}
+        request = IngestRequest(
+            air=target.air, category="lora", architecture=entry.architecture, name=target.name,
+            version=target.version, private=target.private,
+            # every run is new content: never let the upload path reuse an earlier run's file
+            unique_identifier=f"{target.unique_identifier}#{job.task_uuid}"[:256],
+            meta={k: v for k, v in meta.items() if v is not None},
+        )
+        await self.ingest.run(request, job.team, phase, local_source=path)
 
     def cancel_training(self, team: str, task_uuid: str) -> bool:
         return self.training.cancel(f"{team}\x00{task_uuid}")

@@ -47,6 +47,9 @@ class FleetSettings:
     app_name: str = APP_NAME
     max_ongoing: int = 64
     """Requests one replica holds at once (queued in its engine); past it the router tries the next rank."""
+    training_replicas: int = 1
+    """Replicas of the training deployment (each runs trainings one at a time, in its own process, like the embedded engine)."""
+    training_max_ongoing: int = 16
     replica: ReplicaSettings = ReplicaSettings(cache_dir=os.path.join(tempfile.gettempdir(), "wisp-fleet"))
 
 
@@ -56,6 +59,7 @@ class Fleet:
 
     handle: Any
     state: Any
+    training: Any
     settings: FleetSettings
     gpus: int
     local_cluster: Path | None = None
@@ -133,18 +137,41 @@ def connect(settings: FleetSettings) -> Fleet:
         state = FleetStateActor.options(name=STATE_ACTOR, namespace=NAMESPACE, lifetime="detached",
                                         get_if_exists=True, num_cpus=0).remote()
         serve.start(proxy_location="Disabled")
-        if _running(settings.app_name):
+        if _running(settings.app_name) and _running(training_app(settings)):
             log.info("reusing the running Serve application %r", settings.app_name)
         else:
             serve.run(build_app(settings, gpus), name=settings.app_name, route_prefix=None, blocking=False)
+            serve.run(build_training_app(settings, gpus), name=training_app(settings), route_prefix=None, blocking=False)
         handle = serve.get_app_handle(settings.app_name)
+        training = serve.get_app_handle(training_app(settings))
     except BaseException:
         with _quiet():
             ray.shutdown()
         if local is not None:
             stop_local_cluster(local)
         raise
-    return Fleet(handle=handle, state=state, settings=settings, gpus=gpus, local_cluster=local)
+    return Fleet(handle=handle, state=state, training=training, settings=settings, gpus=gpus, local_cluster=local)
+
+
+def training_app(settings: FleetSettings) -> str:
+    return f"{settings.app_name}-training"
+
+
+def build_training_app(settings: FleetSettings, gpus: int) -> Any:
+    """The training deployment: ``EngineReplica`` × ``training_replicas`` (a GPU each where there are GPUs), default routing."""
+    from ray import serve
+
+    replica = replace(settings.replica, state_namespace=NAMESPACE, cache_dir=settings.replica.cache_dir)
+    resources: dict[str, Any] = {"num_cpus": settings.replica_cpus}
+    if gpus > 0:
+        resources["num_gpus"] = 1
+        replica = replace(replica, device="cuda")
+    deployment = serve.deployment(
+        EngineReplica, name="TrainingReplica", num_replicas=settings.training_replicas, ray_actor_options=resources,
+        max_ongoing_requests=settings.training_max_ongoing, max_queued_requests=-1, health_check_period_s=5.0,
+        health_check_timeout_s=60.0, graceful_shutdown_timeout_s=5.0,
+    )
+    return deployment.bind(replace(replica, publish=False))
 
 
 def build_app(settings: FleetSettings, gpus: int) -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from engine import jobs
 from engine.core import Engine, EngineConfig
 from engine.errors import FleetUnavailable, JobCancelled, ReplicaLost
 from engine.fleet.blobs import Origin
-from engine.fleet.replica import decode_events
+from engine.fleet.replica import TrainedFile, decode_events
 from engine.fleet.routing import Hint
 from engine.images.codec import FORMATS
 from engine.inference import failure, report_failure
@@ -69,6 +70,8 @@ class FleetEngine(Engine):
         self._cancelled: set[tuple[str, str]] = set()
         self._replicas: list[dict[str, Any]] = []
         self._state_task: asyncio.Task[None] | None = None
+        self.remote_trainings = 0
+        """Training jobs sent to the fleet's training deployment."""
         self.retries = 0
         """Jobs run a second time after their replica died."""
 
@@ -86,7 +89,76 @@ class FleetEngine(Engine):
         if isinstance(job, jobs.InferenceJob) and self.fleet is not None:
             await self._run_remote(job, sink, own_hosts, errors)
             return
+        if isinstance(job, jobs.TrainingJob) and self.fleet is not None and self.fleet.training is not None:
+            await self._train_remote(job, sink, own_hosts, errors)
+            return
         await super().run(job, sink, own_hosts, errors)
+
+    async def _train_remote(
+        self, job: jobs.TrainingJob, sink: jobs.Sink, own_hosts: frozenset[str], errors: list[BaseException] | None,
+    ) -> None:
+        """A training on the fleet's training deployment: the dataset is gathered here, the LoRA registered here."""
+        import tempfile
+
+        import msgspec
+
+        from engine.training.runner import UPLOAD_PHASES, default_resolution
+
+        key = (job.team, job.task_uuid.lower())
+        self.remote_trainings += 1
+        folder = Path(tempfile.mkdtemp(prefix="train-", dir=Path(self.config.data_dir) / "tmp"))
+        try:
+            target = await self.training_target(job)
+            job = msgspec.structs.replace(job, target=jobs.TrainingTarget(
+                air=target.air, name=target.name, version=target.version, unique_identifier=target.unique_identifier,
+                private=target.private, hero_image_url=target.hero_image_url, short_description=target.short_description))
+            resolution = job.plan.resolution or default_resolution(self.inference.entry(job.base))
+            images = await self.read_dataset(job, resolution, folder, own_hosts)
+
+            def pack() -> list[tuple[str, bytes]]:
+                names = [p.name for p in images]
+                extra = sorted(p.name for p in folder.iterdir() if p.name not in set(names))
+                return [(name, (folder / name).read_bytes()) for name in [*names, *extra]]
+
+            dataset = await asyncio.to_thread(pack)
+            origin = {"url": self.origin.url, "token": self.origin.token} if self.origin is not None else None
+            response = self.fleet.training.options(stream=True).train.remote(jobs.encode(job), dataset, origin)
+            self._calls[key] = response
+            async for data in response:
+                for event in decode_events(data):
+                    if isinstance(event, TrainedFile):
+                        path = folder / "trained.safetensors"
+                        await asyncio.to_thread(path.write_bytes, event.data)
+
+                        async def phase(status: str, message: str) -> None:
+                            mapped = UPLOAD_PHASES.get(status)
+                            if mapped is not None:
+                                sink(jobs.TrainingProgress(task_uuid=job.task_uuid, status=mapped[0], message=mapped[1]))
+
+                        await self.register_lora(job, target, path, phase)
+                        continue
+                    sink(event)
+                    if isinstance(event, (jobs.Finished, jobs.Failed)):
+                        return
+            raise ReplicaLost("the training replica ended the task's stream without a result")
+        except asyncio.CancelledError:
+            call = self._calls.get(key)
+            if call is not None:
+                call.cancel()
+            raise
+        except Exception as exc:
+            if key in self._cancelled or _is_cancelled_error(exc):
+                from engine.training.runner import TrainingCancelled
+
+                sink(failure(job.task_uuid, TrainingCancelled("the training job was cancelled")))
+                return
+            if type(exc).__module__.startswith("ray"):
+                exc = ReplicaLost("the training replica running this task stopped; the training was not finished")
+            report_failure(sink, job.task_uuid, exc, errors)
+        finally:
+            self._calls.pop(key, None)
+            self._cancelled.discard(key)
+            await asyncio.to_thread(shutil.rmtree, folder, True)
 
     async def _run_remote(
         self, job: jobs.InferenceJob, sink: jobs.Sink, own_hosts: frozenset[str], errors: list[BaseException] | None,
@@ -157,6 +229,15 @@ class FleetEngine(Engine):
             self.images.put(image.data, ext, image_uuid=image.image_uuid, team=job.team, ttl_s=job.ttl_s)
         return event
 
+    def cancel_training(self, team: str, task_uuid: str) -> bool:
+        key = (team, task_uuid.lower())
+        call = self._calls.get(key)
+        if call is None:
+            return super().cancel_training(team, task_uuid)
+        self._cancelled.add(key)
+        call.cancel()
+        return True
+
     def cancel_inference(self, team: str, task_uuid: str) -> bool:
         key = (team, task_uuid.lower())
         call = self._calls.get(key)
@@ -194,7 +275,8 @@ class FleetEngine(Engine):
 
     def fleet_summary(self) -> dict[str, Any]:
         return {"engine": self.fleet.settings.mode if self.fleet is not None else "embedded",
-                "replicas": self.replica_states(), "retries": self.retries, "at": time.time()}
+                "replicas": self.replica_states(), "retries": self.retries,
+                "trainings": self.remote_trainings, "at": time.time()}
 
     def stop(self, wait_s: float = 10.0) -> int:
         dropped = super().stop(wait_s)

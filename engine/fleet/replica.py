@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Union
 
 import msgspec
 
@@ -64,16 +64,29 @@ class ReplicaSettings:
     max_work: float = 0.0
     state_namespace: str = "wisp"
     gil_switch_interval_s: float = 0.0005
+    publish: bool = True
+    """Publish state to the FleetState actor (inference replicas; a training replica is not routed by model)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def encode_events(events: list[jobs.Event]) -> bytes:
+class TrainedFile(msgspec.Struct, frozen=True, kw_only=True, tag="trainedFile"):
+    """A training replica's result file (the LoRA's bytes), sent before its Finished: the front end registers it."""
+
+    task_uuid: str
+    data: bytes
+
+
+ReplicaEvent = Union[jobs.Started, jobs.Step, jobs.UploadPhase, jobs.TrainingProgress, jobs.Finished, jobs.Failed, TrainedFile]
+
+
+def encode_events(events: list[Any]) -> bytes:
     """One stream item: the events ready at once, in order, as a MessagePack array."""
     return msgspec.msgpack.encode(events)
 
 
-def decode_events(data: bytes) -> list[jobs.Event]:
-    return msgspec.msgpack.decode(data, type=list[jobs.Event])
+def decode_events(data: bytes) -> list[Any]:
+    """:func:`encode_events` read back: :mod:`engine.jobs` events, and :class:`TrainedFile`."""
+    return msgspec.msgpack.decode(data, type=list[ReplicaEvent])
 
 
 def model_key(cache_key: object) -> str | None:
@@ -178,6 +191,85 @@ class EngineReplica:
         finally:
             self._done(task_uuid, files)
 
+    async def train(self, job_bytes: bytes, dataset: list[tuple[str, bytes]], origin: dict[str, str] | None = None,
+                    ) -> AsyncIterator[bytes]:
+        """Run one training job on the images the front end gathered (``dataset``: file name, bytes; images first, in
+        order); yields its statuses, then the LoRA file (:class:`TrainedFile`) and Finished — or Failed.
+
+        The LoRA is not registered here: the front end owns the registry and registers it as it does its own.
+        """
+        from engine.training.runner import ImportTarget
+
+        job = jobs.decode_job(job_bytes)
+        if not isinstance(job, jobs.TrainingJob) or job.target is None:
+            yield encode_events([jobs.Failed(task_uuid=job.task_uuid, code="internalError", message="not a prepared training job")])
+            return
+        task_uuid, target = job.task_uuid, job.target
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        trained: dict[str, bytes] = {}
+        files = contextlib.ExitStack()
+        self.running[task_uuid] = "training"
+
+        async def emit(status: str, message: str, **fields: Any) -> None:
+            events.put_nowait(jobs.TrainingProgress(task_uuid=task_uuid, status=status, message=message, **fields))
+
+        async def read_dataset(resolution: int, folder: Path) -> list[Path]:
+            def write() -> list[Path]:
+                folder.mkdir(parents=True, exist_ok=True)
+                paths = []
+                for name, data in dataset:
+                    path = folder / Path(name).name  # a bare name: nothing outside the folder
+                    path.write_bytes(data)
+                    paths.append(path)
+                return [p for p in paths if p.suffix.lower() != ".txt"]
+
+            return await asyncio.to_thread(write)
+
+        async def keep(path: Path, phase: Any) -> None:
+            trained["data"] = await asyncio.to_thread(path.read_bytes)
+
+        async def work() -> None:
+            try:
+                hashes = job_files(job)
+                if hashes:
+                    where = Origin(origin["url"], origin["token"]) if origin else None
+                    await asyncio.to_thread(files.enter_context, self.blobs.holding(hashes, where))
+                entry = self.engine.inference.entry(job.base)
+                outcome = await self.engine.training.run(
+                    f"{job.team}\x00{task_uuid}", job.plan, entry,
+                    ImportTarget(air=target.air, name=target.name, version=target.version, unique_identifier=target.unique_identifier,
+                                 private=target.private, hero_image_url=target.hero_image_url,
+                                 short_description=target.short_description),
+                    read_dataset=read_dataset, register=keep, emit=emit,
+                )
+                events.put_nowait(TrainedFile(task_uuid=task_uuid, data=trained["data"]))
+                events.put_nowait(jobs.Finished(task_uuid=task_uuid, trained=jobs.TrainedLora(
+                    air=outcome.air, architecture=outcome.architecture, steps=outcome.steps, loss=outcome.loss,
+                    images=outcome.images, seconds=outcome.seconds)))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                events.put_nowait(failure(task_uuid, exc))
+
+        runner = asyncio.get_running_loop().create_task(work())
+        try:
+            while True:
+                batch = [await events.get()]
+                while not events.empty():
+                    batch.append(events.get_nowait())
+                if any(isinstance(e, (jobs.Finished, jobs.Failed)) for e in batch):
+                    await runner
+                    self._done(task_uuid, files)
+                    yield encode_events(batch)
+                    return
+                yield encode_events(batch)
+        except asyncio.CancelledError:
+            self.engine.cancel_training(job.team, task_uuid)
+            runner.cancel()
+            raise
+        finally:
+            self._done(task_uuid, files)
+
     def _done(self, task_uuid: str, files: contextlib.ExitStack) -> None:
         """A job's end, counted once: its files released, its queue slot freed."""
         files.close()
@@ -216,6 +308,8 @@ class EngineReplica:
     def record_routing_stats(self) -> dict[str, Any]:
         """Polled by Serve for the router; also published for ``/healthz`` (fire and forget)."""
         state = self.state()
+        if not self.settings.publish:
+            return state
         try:
             if self._state_actor is None:
                 import ray

@@ -273,6 +273,34 @@ async def test_lora_isolation_across_replicas(fleet, file_server, lora_file):
         await other.close()
 
 
+async def test_a_training_runs_on_the_training_deployment_and_its_lora_works(fleet):
+    """A training through the fleet: statuses in the seed's order, the LoRA registered by the front end, usable at once."""
+    from tests.fixtures.datasets import data_uris
+    from tests.server.test_training import SEED_ORDER
+
+    server = fleet["server"]
+    before = health(server)["fleet"]["trainings"]
+    sock = await Socket.open(server)
+    try:
+        task = {"taskType": "training", "model": "wisp:sd1x@lora-training", "deliveryMethod": "async",
+                "inputs": {"dataset": data_uris(4)}, "trainingSteps": 6, "triggerWord": "zqfleet", "seed": 3, "learningRate": 5e-3}
+        items, errors = await sock.run(task, done=lambda items: any(i.get("status") == "success" for i in items), timeout=300)
+        assert not errors, errors
+        seen: list[str] = []
+        for item in items:
+            status = item.get("trainingStatus")
+            if status and (not seen or seen[-1] != status):
+                seen.append(status)
+        assert seen == SEED_ORDER
+        air = items[-1]["air"]
+        assert health(server)["fleet"]["trainings"] == before + 1  # it ran on the training deployment, not in the front end
+        plain = image_of((await sock.infer(seed=81))[0])
+        styled = image_of((await sock.infer(seed=81, lora=[{"model": air, "weight": 1.0}]))[0])
+        assert styled != plain
+    finally:
+        await sock.close()
+
+
 def test_the_origin_serves_model_files_to_the_fleet_only(fleet, checkpoints):
     server = fleet["server"]
     token = (server.data_dir / "fleet.token").read_text().strip()
