@@ -276,7 +276,7 @@ class FleetEngine(Engine):
     def fleet_summary(self) -> dict[str, Any]:
         return {"engine": self.fleet.settings.mode if self.fleet is not None else "embedded",
                 "replicas": self.replica_states(), "retries": self.retries,
-                "trainings": self.remote_trainings, "at": time.time()}
+                "trainings": self.remote_trainings, "router": _router_counters(), "at": time.time()}
 
     def stop(self, wait_s: float = 10.0) -> int:
         dropped = super().stop(wait_s)
@@ -305,6 +305,14 @@ class _Seen:
                 return False
             self.step = event.step
         return True
+
+
+def _router_counters() -> dict[str, int]:
+    """The request router's counters, once Serve has loaded it in this process (it does on the first call)."""
+    import sys
+
+    module = sys.modules.get("engine.fleet.router")
+    return dict(module.COUNTERS) if module is not None else {}
 
 
 def _is_cancelled_error(exc: BaseException) -> bool:

@@ -19,6 +19,10 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 from engine.fleet.routing import SPILL_QUEUE, Hint, Recent, ReplicaState, rank
 
 
+COUNTERS: dict[str, int] = {"routed": 0, "spills": 0}
+"""This process's routing decisions (the router runs in the front end): requests ranked, and deliberate spills."""
+
+
 class WispRouter(RequestRouter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -41,6 +45,7 @@ class WispRouter(RequestRouter):
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         states = [ReplicaState.from_stats(rid, r.routing_stats) for rid, r in by_id.items()]
         now = time.monotonic()
-        ordered = rank(states, hint, self._recent, now, self._spill_queue)
+        COUNTERS["routed"] += 1
+        ordered = rank(states, hint, self._recent, now, self._spill_queue, COUNTERS)
         self._recent.note(hint.model, ordered[0], now)
         return [[by_id[rid]] for rid in ordered]

@@ -125,8 +125,9 @@ def tier(state: ReplicaState, hint: Hint, recent: Recent | None = None, now: flo
 
 
 def rank(states: list[ReplicaState], hint: Hint, recent: Recent | None = None, now: float = 0.0,
-         spill_queue: int = SPILL_QUEUE) -> list[str]:
-    """Replica ids for ``hint``, best first (every replica appears once)."""
+         spill_queue: int = SPILL_QUEUE, counters: dict[str, int] | None = None) -> list[str]:
+    """Replica ids for ``hint``, best first (every replica appears once); ``counters["spills"]`` counts second replicas
+    given to a hot model."""
     def order(state: ReplicaState) -> tuple[int, int, int, int]:
         t = tier(state, hint, recent, now)
         if t <= 2:
@@ -142,4 +143,6 @@ def rank(states: list[ReplicaState], hint: Hint, recent: Recent | None = None, n
             spare = min(others, key=lambda s: (s.queue, order(s)))
             ordered.remove(spare)
             ordered.insert(0, spare)
+            if counters is not None:
+                counters["spills"] = counters.get("spills", 0) + 1
     return [s.id for s in ordered]

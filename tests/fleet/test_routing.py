@@ -45,7 +45,8 @@ def test_a_burst_follows_the_first_choice_before_stats_catch_up():
 def test_a_hot_model_with_a_long_queue_gets_a_second_replica():
     hint = Hint(model="hot", size=MB)
     states = [state("a", device=["hot"], queue=SPILL_QUEUE), state("b", queue=0), state("c", queue=SPILL_QUEUE)]
-    assert rank(states, hint)[0] == "b"
+    counters: dict[str, int] = {}
+    assert rank(states, hint, counters=counters)[0] == "b" and counters == {"spills": 1}
     calm = [state("a", device=["hot"], queue=SPILL_QUEUE - 1), state("b", queue=0)]
     assert rank(calm, hint)[0] == "a"  # merely warm: it stays where it is
     both_busy = [state("a", device=["hot"], queue=8), state("b", queue=6)]
