@@ -225,11 +225,37 @@ def file_server(root: Path) -> tuple[Any, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+def zipf_only(args: argparse.Namespace, tmp: Path, common: dict[str, str], n_zipf: int) -> int:
+    """``--zipf-only``: measurement 3 alone (for iterating on routing)."""
+    files_root = tmp / "files"
+    files_root.mkdir()
+    checkpoints = make_checkpoints(files_root, 12)
+    served, base = file_server(files_root)
+    data = tmp / "fleet2"
+    data.mkdir()
+    key2 = create_wisp_key(data)
+    budget = {"WISP_CACHE_DEVICE_BYTES": str(int(TINY_BYTES * 4.5)), "WISP_CACHE_HOST_BYTES": str(TINY_BYTES // 2)}
+    with fleet_server(data, 2, {**common, **budget, "WISP_MAX_BATCH": "1"}) as fleet2:
+        wait_replicas(fleet2, 2)
+        airs = asyncio.run(upload_all(fleet2.url, key2, checkpoints, base))
+        before = settled(fleet2)
+        mix = asyncio.run(zipf_mix(fleet2.url, key2, airs, n_zipf, 8))
+        after = settled(fleet2)
+        router = health(fleet2)["fleet"]["router"]
+    served.shutdown()
+    loads = sum(r["loads"] for r in after) - sum(r["loads"] for r in before)
+    where = {r["id"]: sorted(r["device"]) for r in after}
+    print(json.dumps({"loads": loads, "hit_rate": 1 - loads / n_zipf, "duplicate_cold_loads": duplicate_cold_loads(after),
+                      "failures": mix["failures"], "router": router, "resident": where}, indent=1))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--latency-only", action="store_true", help="only the added-latency measurement")
+    parser.add_argument("--zipf-only", action="store_true", help="only the Zipf mix (and the cold start of 2 replicas)")
     args = parser.parse_args()
     n_latency, n_sat, n_zipf = (20, 16, 40) if args.quick else (100, 64, 120)
     tmp = Path(tempfile.mkdtemp(prefix="wisp-bench-fleet-"))
@@ -239,6 +265,8 @@ def main() -> int:
     out: dict[str, Any] = {"environment": environment({"ray": __import__("ray").__version__})}
     try:
         # 1. latency, embedded vs one replica
+        if args.zipf_only:
+            return zipf_only(args, tmp, common, n_zipf)
         data = tmp / "embedded"
         data.mkdir()
         key = create_wisp_key(data)

@@ -461,6 +461,11 @@ class ModelCache:
             tiers = (tier,) if tier is not None else (HOST, DEVICE)
             return [e.key for t in tiers for e in self._tiers[t] if not e.retired]
 
+    def pinned_bytes(self, tier: str = DEVICE) -> int:
+        """Bytes of ``tier`` held by models in use (pinned): what no eviction can free right now."""
+        with self._cond:
+            return sum(e.size for e in self._tiers[tier] if e.pins)
+
     def loading_keys(self) -> list[Hashable]:
         """Keys whose load is in progress (a fleet replica reports them, so a router sends their jobs here)."""
         with self._cond:

@@ -180,11 +180,14 @@ class FleetEngine(Engine):
                 if key in self._cancelled:
                     sink(failure(job.task_uuid, JobCancelled("cancelled by taskCancel before it started")))
                     return
-                response = self._streaming().run.remote(hint.as_dict(), payload, origin)
+                if job.progress:  # live steps: a stream
+                    response = self._streaming().run.remote(hint.as_dict(), payload, origin)
+                else:  # one reply: a stream's set-up and items cost more than the whole call (bench/fleet.py)
+                    response = self.fleet.handle.run_once.remote(hint.as_dict(), payload, origin)
                 self._calls[key] = response
                 try:
                     async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                        async for data in response:
+                        async for data in _items(response, job.progress):
                             for event in decode_events(data):
                                 if not seen.first(event):
                                     continue
@@ -307,12 +310,20 @@ class _Seen:
         return True
 
 
-def _router_counters() -> dict[str, int]:
-    """The request router's counters, once Serve has loaded it in this process (it does on the first call)."""
-    import sys
+async def _items(response: Any, streaming: bool) -> Any:
+    """The stream items of a streaming call, or a unary call's one reply."""
+    if streaming:
+        async for data in response:
+            yield data
+    else:
+        yield await response
 
-    module = sys.modules.get("engine.fleet.router")
-    return dict(module.COUNTERS) if module is not None else {}
+
+def _router_counters() -> dict[str, int]:
+    """The request router's counters (it runs in this process, on Serve's router thread)."""
+    from engine.fleet import routing
+
+    return dict(routing.COUNTERS)
 
 
 def _is_cancelled_error(exc: BaseException) -> bool:

@@ -191,6 +191,14 @@ class EngineReplica:
         finally:
             self._done(task_uuid, files)
 
+    async def run_once(self, hint: dict[str, Any], job_bytes: bytes, origin: dict[str, str] | None = None) -> bytes:
+        """:meth:`run` as one reply (every event, in order): for jobs that do not stream progress, one round trip
+        instead of a stream's set-up and items."""
+        events: list[Any] = []
+        async for data in self.run(hint, job_bytes, origin):
+            events.extend(decode_events(data))
+        return encode_events(events)
+
     async def train(self, job_bytes: bytes, dataset: list[tuple[str, bytes]], origin: dict[str, str] | None = None,
                     ) -> AsyncIterator[bytes]:
         """Run one training job on the images the front end gathered (``dataset``: file name, bytes; images first, in
@@ -295,8 +303,11 @@ class EngineReplica:
             "device": keys(DEVICE), "host": keys(HOST),
             "loading": sorted({k for k in (model_key(key) for key in cache.loading_keys()) if k}),
             "loras": sorted(self.engine.lora_cache.keys()),
-            "free_device": max(0, stats.device_budget - stats.device_bytes),
-            "free_host": max(0, stats.host_budget - stats.host_bytes),
+            # room a model could have without evicting one in use (idle models are evictable: counting them as
+            # occupied would send a model to whichever replica happened to evict last, scattering the partition)
+            "free_device": max(0, stats.device_budget - cache.pinned_bytes(DEVICE)),
+            "free_host": max(0, stats.host_budget - cache.pinned_bytes(HOST)),
+            "unused_device": max(0, stats.device_budget - stats.device_bytes),
             "queue": len(self.running), "running": sorted(self.running),
             "loads": stats.misses, "hits": stats.hits + stats.coalesced, "evictions": stats.evictions_dropped + stats.evictions_to_host,
             "jobs": self.jobs_done, "downloads": self.blobs.downloads, "disk_bytes": self.blobs.used_bytes(),

@@ -7,6 +7,10 @@ without one (none today) go to any replica.  Each rank is one replica, so
 Serve tries them in exactly this order, moving on only when a replica is at
 its ``max_ongoing_requests``; ``should_backoff`` is set so a fleet that is
 full everywhere waits with backoff instead of spinning.
+
+Serve pickles this module *by value* into the caller's router (its globals
+are copies): state meant to be read elsewhere in the process lives in
+:mod:`engine.fleet.routing`, reached through the module.
 """
 
 from __future__ import annotations
@@ -16,11 +20,8 @@ from typing import Any, List, Optional
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica  # noqa: F401
 
+from engine.fleet import routing
 from engine.fleet.routing import SPILL_QUEUE, Hint, Recent, ReplicaState, rank
-
-
-COUNTERS: dict[str, int] = {"routed": 0, "spills": 0}
-"""This process's routing decisions (the router runs in the front end): requests ranked, and deliberate spills."""
 
 
 class WispRouter(RequestRouter):
@@ -45,7 +46,8 @@ class WispRouter(RequestRouter):
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         states = [ReplicaState.from_stats(rid, r.routing_stats) for rid, r in by_id.items()]
         now = time.monotonic()
-        COUNTERS["routed"] += 1
-        ordered = rank(states, hint, self._recent, now, self._spill_queue, COUNTERS)
+        counters = routing.COUNTERS  # through the module: Serve pickles this module by value, routing by reference
+        counters["routed"] += 1
+        ordered = rank(states, hint, self._recent, now, self._spill_queue, counters)
         self._recent.note(hint.model, ordered[0], now)
         return [[by_id[rid]] for rid in ordered]

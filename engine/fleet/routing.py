@@ -10,8 +10,10 @@ The ranks, best first:
 1. resident in its **host** tier (a move, not a load);
 2. being **loaded** there (reported, or routed there by this router within the last few seconds: stats are
    polled, so a burst must not outrun them);
-3. the replica has **free budget** for the model's bytes;
-4. the rest (something will be evicted: never a model in use, which the replica's pinning forbids).
+3. the replica has **free budget** for the model's bytes: its device budget less what models *in use* hold
+   (idle resident models can be evicted, so they do not count: otherwise a model would follow whichever
+   replica evicted last, and the fleet's models would scatter instead of partitioning);
+4. the rest (every byte is in use there: the model would wait or overflow).
 
 Inside ranks 3 and 4 replicas are ordered by rendezvous (highest-random-weight)
 hashing of the model's key with each replica's id: every front end computes
@@ -32,7 +34,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-SPILL_QUEUE = 4
+COUNTERS: dict[str, int] = {"routed": 0, "spills": 0}
+"""This process's routing decisions (the router runs in the front end): requests ranked, deliberate spills."""
+SPILL_QUEUE = 8
 """A replica holding the model with this many jobs queued lets a lightly loaded replica take the next one."""
 RECENT_S = 5.0
 """How long this router remembers having sent a model to a replica (covers the stats period and a load's start)."""
