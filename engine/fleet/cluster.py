@@ -16,6 +16,7 @@ server calls :func:`connect` once at start-up, before it serves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -97,9 +98,14 @@ def start_local_cluster(cpus: int) -> tuple[str, Path]:
     """``ray start --head`` on loopback in a short temp dir (socket paths are length-limited); (address, dir)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="wisp-ray-", dir="/tmp" if os.path.isdir("/tmp") else None))
     ray_bin = Path(sys.executable).with_name("ray")
+    # Every port picked free (Ray's defaults are fixed numbers: two clusters on one machine — parallel test
+    # workers, two wisps — would collide on them).
+    ports = {name: _free_port() for name in ("ray-client-server-port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                             "runtime-env-agent-port", "metrics-export-port", "node-manager-port",
+                                             "object-manager-port")}
     command = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--port=0", "--node-ip-address=127.0.0.1",
-               f"--temp-dir={temp_dir / 't'}", "--include-dashboard=false", f"--num-cpus={cpus}", "--num-gpus=0"
-               if not _has_cuda() else f"--num-gpus={_cuda_count()}", "--disable-usage-stats"]
+               f"--temp-dir={temp_dir / 't'}", "--include-dashboard=false", f"--num-cpus={cpus}",
+               f"--num-gpus={_cuda_count()}", "--disable-usage-stats", *(f"--{name}={port}" for name, port in ports.items())]
     done = subprocess.run(command, env=ray_env(temp_dir), capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -109,12 +115,70 @@ def start_local_cluster(cpus: int) -> tuple[str, Path]:
     return address, temp_dir
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def stop_local_cluster(temp_dir: Path) -> None:
-    ray_bin = Path(sys.executable).with_name("ray")
-    with _quiet():
-        subprocess.run([str(ray_bin) if ray_bin.exists() else "ray", "stop", "--force"], env=ray_env(temp_dir),
-                       capture_output=True, timeout=60)
+    """Stop the cluster :func:`start_local_cluster` started — only its processes (``ray stop`` would stop every Ray
+    cluster on the machine): those naming its temp dir or its GCS address, and all their descendants."""
+    import signal
+
+    address = ""
+    with contextlib.suppress(OSError):
+        address = (temp_dir / "t" / "ray_current_cluster").read_text().strip()
+    pids = _processes_of(str(temp_dir), address)
+    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.1)
+        pids = [pid for pid in pids if _alive(pid)]
+        if not pids:
+            break
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _processes_of(temp_dir: str, address: str) -> list[int]:
+    """PIDs whose command line names ``temp_dir`` or ``address``, with every descendant (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    roots: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid != os.getpid() and (temp_dir in args or (address and f"--address={address}" in args)
+                                   or (address and f"--gcs-address={address}" in args)):
+            roots.add(pid)
+    found = set(roots)
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def connect(settings: FleetSettings) -> Fleet:
@@ -207,10 +271,6 @@ def _running(app_name: str) -> bool:
     except Exception:
         return False
     return status is not None and str(getattr(status.status, "value", status.status)) == "RUNNING"
-
-
-def _has_cuda() -> bool:
-    return _cuda_count() > 0
 
 
 def _cuda_count() -> int:

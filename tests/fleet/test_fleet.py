@@ -38,6 +38,9 @@ def cluster() -> Iterator[str]:
     finally:
         stop_local_cluster(temp_dir)
         assert not temp_dir.exists()
+        from engine.fleet.cluster import _alive, _processes_of
+
+        assert not [pid for pid in _processes_of(str(temp_dir), address) if _alive(pid)]  # only its own processes, all gone
 
 
 def fleet_env(root: Path) -> dict[str, str]:
