@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from protocol.common import UUID_PATTERN
 from protocol.inference import ImageInference, ImageUpload
+from protocol.media import MediaStorage
 from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess
 from protocol.upscale import ImageUpscale, Upscale
 
@@ -314,6 +315,9 @@ class Engine:
             return jobs.SearchJob(task_uuid=task.taskUUID, team=team, query=task)
         if isinstance(task, ImageUpload):
             return jobs.ImageUploadJob(task_uuid=task.taskUUID, team=team, image=task.image)
+        if isinstance(task, MediaStorage):  # an upload (a delete is answered by the gateway, not run as a job)
+            assert task.media is not None
+            return jobs.ImageUploadJob(task_uuid=task.taskUUID, team=team, image=task.media)
         if isinstance(task, (ImageUpscale, Upscale)):
             return jobs.UpscaleJob(task_uuid=task.taskUUID, team=team, image=task.image, factor=task.factor,
                                    output_format=task.outputFormat, output_quality=task.outputQuality)

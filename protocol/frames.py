@@ -24,6 +24,7 @@ import msgspec
 from protocol.common import UUID_PATTERN, LenientTask, Task
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.inference import ImageInference, ImageUpload
+from protocol.media import AccountManagement, MediaStorage
 from protocol.models import AIR_PATTERN, ModelDelete, ModelSearch, ModelUpload
 from protocol.plain import plain_message
 from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess
@@ -38,7 +39,7 @@ TASK_TYPES: dict[str, type[Task] | type[LenientTask]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
         Authentication, Ping, ImageInference, ImageUpload, GetResponse, GetTaskDetails, ModelUpload, ModelSearch, Training, TaskCancel,
-        ModelDelete, ImageControlNetPreProcess, ControlNetPreprocess, ImageUpscale, Upscale,
+        ModelDelete, ImageControlNetPreProcess, ControlNetPreprocess, ImageUpscale, Upscale, MediaStorage, AccountManagement,
     )
 }
 """taskType → struct, for every task this protocol version decodes."""

@@ -24,6 +24,7 @@ from engine.pricing import training_cost
 from protocol.errors import ErrorCode, wire_error
 from protocol.frames import encode_data, encode_errors
 from protocol.inference import ImageInference, ImageResult, ImageUpload, ImageUploadResult, ProgressItem
+from protocol.media import MediaStorage, MediaStorageResult
 from protocol.models import ModelSearch, ModelUpload, ModelUploadStatus
 from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess, PreprocessResult
 from protocol.upscale import ImageUpscale, Upscale, UpscaleResult
@@ -49,7 +50,7 @@ class Host(Protocol):
 log = logging.getLogger("wisp.server")
 
 JobTask = (ImageInference | ImageUpload | ModelUpload | ModelSearch | Training | ImageControlNetPreProcess | ControlNetPreprocess
-           | ImageUpscale | Upscale)
+           | ImageUpscale | Upscale | MediaStorage)
 
 
 class _Outbox:
@@ -170,6 +171,10 @@ class Delivery:
         task, ctx = self.task, self.ctx
         if isinstance(task, ImageInference):
             return [self._image_item(task, image) for image in finished.images]
+        if isinstance(task, MediaStorage):
+            (image,) = finished.images
+            return [MediaStorageResult(taskType="mediaStorage", taskUUID=task.taskUUID, mediaUUID=image.image_uuid,
+                                       mediaURL=f"{ctx.base_url}/images/{image.file_name}")]
         if isinstance(task, ImageUpload):
             (image,) = finished.images
             return [ImageUploadResult(taskType="imageUpload", taskUUID=task.taskUUID, imageUUID=image.image_uuid,

@@ -28,6 +28,7 @@ from protocol.frames import (
     DecodedTask, decode_elements, element_head, encode_data, encode_errors, iter_frames, parse_frame, task_heads,
 )
 from protocol.inference import AsyncAck, ImageInference, ImageUpload
+from protocol.media import AccountManagement, MediaStorage, MediaStorageResult
 from protocol.models import ModelDelete, ModelDeleteResult, ModelSearch, ModelUpload
 from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess
 from protocol.upscale import ImageUpscale, Upscale
@@ -128,6 +129,8 @@ class Gateway:
             ImageUpscale: self._submit,
             Upscale: self._submit,
             Training: self._submit,
+            MediaStorage: self._media,
+            AccountManagement: lambda conn, session, item, started: self._account(session, item.task),  # type: ignore[arg-type]
         }
         """taskType (its struct) → the handler of an authenticated task of that type."""
         self.counters = {"frames": 0, "tasks": 0, "errors": 0}
@@ -338,7 +341,7 @@ class Gateway:
         """A task that is work: prepared into a job once (before any ack), claimed, then run by a :class:`Delivery`."""
         task = item.task
         assert isinstance(task, (ImageInference, ImageUpload, ModelUpload, ModelSearch, Training, ImageControlNetPreProcess,
-                                 ControlNetPreprocess, ImageUpscale, Upscale))
+                                 ControlNetPreprocess, ImageUpscale, Upscale, MediaStorage))
         task_type, task_uuid = item.task_type or "", item.task_uuid or ""
         try:
             job = await self.engine.prepare_job(task, session.team, session.uuid)
@@ -398,6 +401,37 @@ class Gateway:
                               level=logging.DEBUG, ran=False)  # answered from memory: counted, no queue or run time to observe
                 return result
         return self._submit(conn, session, item, started)
+
+    def _media(self, conn: Conn, session: Session, item: DecodedTask, started: list[asyncio.Task[None]]) -> Any:
+        """mediaStorage: an upload is work like imageUpload; a delete of the team's own media is answered at once."""
+        task = item.task
+        assert isinstance(task, MediaStorage)
+        if task.operation == "upload":
+            return self._submit(conn, session, item, started)
+        return self._delete_media(session, task)
+
+    async def _delete_media(self, session: Session, task: MediaStorage) -> Any:
+        assert task.mediaUUID is not None
+        started = time.monotonic()
+        deleted = await asyncio.to_thread(self.engine.images.delete, task.mediaUUID, session.team)
+        outcome = "success" if deleted else ErrorCode.IMAGE_NOT_FOUND
+        task_finished("mediaStorage", task.taskUUID, session.team, None, outcome, started, started, ran=False)
+        if not deleted:
+            return wire_error(ErrorCode.IMAGE_NOT_FOUND, "no media of your team has this mediaUUID", task_type="mediaStorage",
+                              task_uuid=task.taskUUID, parameter="mediaUUID")
+        return MediaStorageResult(taskType="mediaStorage", taskUUID=task.taskUUID, mediaUUID=task.mediaUUID.lower(),
+                                  operation="delete", status="deleted")
+
+    async def _account(self, session: Session, task: AccountManagement) -> Any:
+        """accountManagement (getDetails, getUsageActivity): the session's own team, read in a worker thread."""
+        from server.account import full_details, usage_activity
+
+        db = self.keys.db
+        if task.operation == "getDetails":
+            details = await asyncio.to_thread(full_details, db, session.team, self.config.max_model_bytes)
+        else:
+            details = await asyncio.to_thread(usage_activity, db, session.team, task.days, self.config.task_retention_s)
+        return {"taskType": "accountManagement", "taskUUID": task.taskUUID, "operation": task.operation, **details}
 
     async def _delete_model(self, session: Session, task: ModelDelete) -> Any:
         """modelDelete (a wisp extension): the team's own model, answered at once; its file goes once unused."""

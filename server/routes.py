@@ -28,10 +28,9 @@ from engine.fleet.blobs import BLOB_PATH
 from engine.images.store import ImageStore
 from engine.upload.store import ModelStore
 from engine.registry.keys import KeyStore
-from engine.registry.models import ModelRegistry
-from engine.registry.team_settings import TeamSettings
 from protocol.errors import ErrorCode
 from server import metrics
+from server.account import account_details
 from server.config import ServerConfig
 from server.connection import request_context
 from server.context import RequestContext
@@ -293,22 +292,8 @@ class HTTPRoutes:
         return json_response(200, await asyncio.to_thread(self.account_details, team))
 
     def account_details(self, team: str) -> dict[str, Any]:
-        """``GET /v1/account`` (a wisp extension): what a client needs before it uploads.
-
-        The team, its default source (where an upload with no AIR of its own
-        goes: ``<defaultSource>:<name>@<version>``), every source it owns, the
-        largest model file the server takes, and the LoRA quota.
-        """
-        settings = TeamSettings(self.keys.db)
-        registry = ModelRegistry(self.keys.db)
-        return {
-            "team": team,
-            "defaultSource": settings.default_source(team),
-            "sources": [name for name, owner in registry.list_sources() if owner == team],
-            "maxModelBytes": self.config.max_model_bytes,
-            "loraUploadLimit": settings.lora_upload_limit(team),
-            "loraModels": settings.lora_models(team),
-        }
+        """``GET /v1/account`` (a wisp extension): what a client needs before it uploads (:func:`server.account.account_details`)."""
+        return account_details(self.keys.db, team, self.config.max_model_bytes)
 
     async def _post_tasks(self, headers: dict[str, str], body: bytes, peer: str) -> HTTPResponse:
         team = await self._team(headers, peer)

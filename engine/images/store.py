@@ -107,6 +107,18 @@ class ImageStore:
                 return path
         return None
 
+    def delete(self, image_uuid: str, team: str) -> bool:
+        """Worker thread: delete ``team``'s own image (mediaStorage delete); False when it has none by that UUID."""
+        image_uuid = image_uuid.lower()
+        if self.db is not None:
+            row = self.db.connect().execute("SELECT team FROM image_owners WHERE image_uuid=?", (image_uuid,)).fetchone()
+            if row is None or row[0] != team:
+                return False  # another team's (or an unowned) image looks missing
+        removed = self._remove(image_uuid)
+        if self.db is not None:
+            self.db.connect().execute("DELETE FROM image_owners WHERE image_uuid=?", (image_uuid,))
+        return removed
+
     def _remove(self, image_uuid: str) -> bool:
         removed = False
         for ext in EXT_MIME:
