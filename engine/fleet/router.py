@@ -15,6 +15,7 @@ are copies): state meant to be read elsewhere in the process lives in
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, List, Optional
 
@@ -29,6 +30,9 @@ class WispRouter(RequestRouter):
         super().__init__(*args, **kwargs)
         self._recent = Recent()
         self._spill_queue = SPILL_QUEUE
+        self._in_flight: dict[str, int] = {}
+        """Requests this router sent to each replica and not yet completed: exact and current, where the replicas'
+        reported queues are a stats period old (a burst would all go to the replica that looked shortest)."""
 
     def initialize_state(self, **kwargs: Any) -> None:
         self._spill_queue = int(kwargs.get("spill_queue", SPILL_QUEUE))
@@ -44,10 +48,21 @@ class WispRouter(RequestRouter):
         if hint is None:
             return [candidate_replicas]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        states = [ReplicaState.from_stats(rid, r.routing_stats) for rid, r in by_id.items()]
+        states = []
+        for rid, replica in by_id.items():
+            state = ReplicaState.from_stats(rid, replica.routing_stats)
+            states.append(dataclasses.replace(state, queue=max(state.queue, self._in_flight.get(rid, 0))))
         now = time.monotonic()
         counters = routing.COUNTERS  # through the module: Serve pickles this module by value, routing by reference
         counters["routed"] += 1
         ordered = rank(states, hint, self._recent, now, self._spill_queue, counters)
         self._recent.note(hint.model, ordered[0], now)
         return [[by_id[rid]] for rid in ordered]
+
+    def on_request_routed(self, pending_request: Any, replica_id: Any, result: Any) -> None:
+        key = replica_id.unique_id
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def on_request_completed(self, replica_id: Any, internal_request_id: str) -> None:
+        key = replica_id.unique_id
+        self._in_flight[key] = max(0, self._in_flight.get(key, 0) - 1)

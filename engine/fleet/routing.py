@@ -18,8 +18,11 @@ The ranks, best first:
 Inside ranks 3 and 4 replicas are ordered by rendezvous (highest-random-weight)
 hashing of the model's key with each replica's id: every front end computes
 the same order without talking to the others, so a cold herd for one model
-lands on one replica and loads once.  Inside ranks 0–2 the shorter queue wins,
-then the replica that already holds more of the job's LoRAs.
+lands on one replica and loads once.  Replicas holding the model (ranks 0–2)
+are ordered by queue first — a second copy still loading with one job queued
+beats a resident one fifteen deep — then by rank, then by how many of the
+job's LoRAs they already hold.  Queues are the larger of what the replica
+last reported and what this router has sent it and not seen complete.
 
 **A second replica for a hot model, deliberately:** when every replica
 holding the model (ranks 0–2) reports a queue of at least ``spill_queue``
@@ -132,11 +135,11 @@ def rank(states: list[ReplicaState], hint: Hint, recent: Recent | None = None, n
          spill_queue: int = SPILL_QUEUE, counters: dict[str, int] | None = None) -> list[str]:
     """Replica ids for ``hint``, best first (every replica appears once); ``counters["spills"]`` counts second replicas
     given to a hot model."""
-    def order(state: ReplicaState) -> tuple[int, int, int, int]:
+    def order(state: ReplicaState) -> tuple[int, int, int, int, int]:
         t = tier(state, hint, recent, now)
-        if t <= 2:
-            return (t, state.queue, -len(state.loras.intersection(hint.loras)), -affinity(hint.model, state.id))
-        return (t, 0, 0, -affinity(hint.model, state.id))
+        if t <= 2:  # holders: the shortest queue first (a copy still loading beats a resident one 15 deep), then the tier
+            return (0, state.queue, t, -len(state.loras.intersection(hint.loras)), -affinity(hint.model, state.id))
+        return (t, 0, 0, 0, -affinity(hint.model, state.id))
 
     ordered = sorted(states, key=order)
     holders = [s for s in ordered if tier(s, hint, recent, now) <= 2]

@@ -65,3 +65,10 @@ def test_garbage_stats_and_hints_are_harmless():
     assert weird.device == frozenset() and weird.queue == 0 and weird.loras == frozenset({"l"})
     assert Hint.from_dict(None) is None and Hint.from_dict({"model": 3}) is None
     assert Hint.from_dict(Hint(model="m", size=5, loras=("a",)).as_dict()) == Hint(model="m", size=5, loras=("a",))
+
+
+def test_among_holders_the_shorter_queue_wins_even_over_a_better_tier():
+    """A second copy still loading, one job deep, takes the next job before a resident copy fifteen deep."""
+    hint = Hint(model="m")
+    states = [state("resident", device=["m"], queue=15), state("loading", loading=["m"], queue=1), state("cold", queue=0)]
+    assert rank(states, hint) == ["loading", "resident", "cold"]
