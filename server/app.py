@@ -208,7 +208,7 @@ class WispServer:
         started = time.monotonic()
         print(f"wisp: connecting to the engine fleet ({settings.mode}"
               f"{', ' + settings.address if settings.address else ''})…", flush=True)
-        self.fleet = await asyncio.to_thread(connect, settings)
+        self.fleet = await _bounded(connect, settings, self.config.fleet_connect_timeout_s, settings)
         log.info("engine fleet ready in %.1f s (%s, %d GPU(s) in the cluster)", time.monotonic() - started, settings.mode,
                  self.fleet.gpus)
 
@@ -365,3 +365,37 @@ async def run_forever(config: ServerConfig, announce: bool = True) -> None:
 def _url_host(host: str) -> str:
     """``host`` as it goes in a URL (IPv6 literals bracketed)."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def _bounded(connect: Any, settings: Any, timeout_s: float, described: Any) -> Any:
+    """``connect(settings)`` on a daemon thread, within ``timeout_s``; a failure or timeout is a plain FleetUnavailable.
+
+    Ray's own connect retries an unreachable cluster for minutes: a daemon thread lets wisp say so and exit
+    instead of hanging (an executor thread would hold the exit until Ray gave up)."""
+    import threading
+
+    from engine.errors import FleetUnavailable
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = connect(settings)
+        except BaseException as exc:  # handed to the loop, said plainly there
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(exc))
+        else:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+
+    threading.Thread(target=run, name="wisp-fleet-connect", daemon=True).start()
+    where = described.address or ("a local cluster" if described.mode == "ray-local" else "RAY_ADDRESS / auto")
+    try:
+        return await asyncio.wait_for(done, timeout_s)
+    except asyncio.TimeoutError:
+        raise FleetUnavailable(f"the Ray cluster at {where} did not answer within {timeout_s:g} s "
+                               "(is it running? check --ray-address, or WISP_FLEET_CONNECT_TIMEOUT)") from None
+    except ImportError:
+        raise FleetUnavailable("--engine ray needs Ray: pip install -e '.[fleet]'") from None
+    except Exception as exc:
+        raise FleetUnavailable(f"could not start the engine fleet on {where}: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None

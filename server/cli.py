@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.tasklog import configure
 
     configure()
+    from engine.errors import FleetUnavailable
     from server.app import DataDirInUse, run_forever
 
     try:
@@ -59,6 +61,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except DataDirInUse as exc:
         print(f"wisp: {exc}", file=sys.stderr)
         return 1
+    except FleetUnavailable as exc:
+        print(f"wisp: {exc.message}", file=sys.stderr, flush=True)
+        os._exit(1)  # Ray's threads may still be retrying the cluster: leave without waiting for them
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             print(f"wisp: cannot listen on {config.host}:{config.port}: {exc.strerror} "

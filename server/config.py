@@ -141,6 +141,8 @@ class ServerConfig:
     """Each replica node's directory for model files and scratch; None: ``<tmp>/wisp-fleet-<port>``."""
     fleet_disk_bytes: int = 64 * 1024**3
     """Byte budget of each node's model-file disk cache."""
+    fleet_connect_timeout_s: float = 180.0
+    """How long start-up waits for the Ray cluster and the engine application before it gives up, saying so."""
 
     def engine_config(self) -> EngineConfig:
         """The engine's settings: every field both configs name, and the outbound-URL policy."""
@@ -206,6 +208,7 @@ class ServerConfig:
         c.fleet_origin = os.environ.get("WISP_FLEET_ORIGIN") or None
         c.fleet_cache_dir = os.environ.get("WISP_FLEET_CACHE_DIR") or None
         c.fleet_disk_bytes = _env_int("WISP_FLEET_DISK_BYTES", c.fleet_disk_bytes)
+        c.fleet_connect_timeout_s = _env_float("WISP_FLEET_CONNECT_TIMEOUT", c.fleet_connect_timeout_s)
         return c
 
     def fleet_settings(self) -> "FleetSettings":

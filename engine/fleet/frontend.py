@@ -252,9 +252,6 @@ class FleetEngine(Engine):
 
     # ---- state -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        super().start()
-
     async def watch_replicas(self, period_s: float = 1.0) -> None:
         """Keep :meth:`replica_states` fresh (read from the FleetState actor; never blocks the loop)."""
         while True:
