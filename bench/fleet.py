@@ -225,28 +225,42 @@ def file_server(root: Path) -> tuple[Any, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def zipf_only(args: argparse.Namespace, tmp: Path, common: dict[str, str], n_zipf: int) -> int:
+def two_replicas(tmp: Path, common: dict[str, str], checkpoints: list[Path], base: str, n_zipf: int, n_sat: int) -> dict[str, Any]:
+    """Measurements 2–4 on one 2-replica fleet (budgets for 4 models each, batching off): cold start, RSS,
+    saturation (skipped when ``n_sat`` is 0) and the Zipf mix."""
+    data = tmp / "fleet2"
+    data.mkdir()
+    key = create_wisp_key(data)
+    started = time.monotonic()
+    budget = {"WISP_CACHE_DEVICE_BYTES": str(int(TINY_BYTES * 4.5)), "WISP_CACHE_HOST_BYTES": str(TINY_BYTES // 2)}
+    with fleet_server(data, 2, {**common, **budget, "WISP_MAX_BATCH": "1"}) as fleet:
+        states = wait_replicas(fleet, 2)
+        cold_start = time.monotonic() - started
+        rss = [proc_status_kib(r["pid"], "VmRSS") / 1024 for r in states]
+        rps = asyncio.run(saturate(fleet.url, key, n_sat, 16, 128, 8)) if n_sat else 0.0
+        airs = asyncio.run(upload_all(fleet.url, key, checkpoints, base))
+        before = settled(fleet)
+        spills_before = health(fleet)["fleet"]["router"].get("spills", 0)
+        mix = asyncio.run(zipf_mix(fleet.url, key, airs, n_zipf, 8))
+        after = settled(fleet)
+        router = health(fleet)["fleet"]["router"]
+    loads = sum(r["loads"] for r in after) - sum(r["loads"] for r in before)
+    cold = [c for r in after for c in r["cold_loads"] if c[1] > max(x["reported_at"] for x in before)]
+    zipf = {"requests": n_zipf, "loads": loads, "duplicate_cold_loads": duplicate_cold_loads(after),
+            "spills": router.get("spills", 0) - spills_before, "failures": mix["failures"], "hit_rate": 1 - loads / n_zipf,
+            "cold_loads_seen": len(cold)}
+    return {"cold_start_s": cold_start, "rss_mib": rss, "rps": rps, "zipf": zipf, "mix": mix, "router": router,
+            "resident": {r["id"]: sorted(r["device"]) for r in after}}
+
+
+def zipf_only(tmp: Path, common: dict[str, str], n_zipf: int) -> int:
     """``--zipf-only``: measurement 3 alone (for iterating on routing)."""
     files_root = tmp / "files"
     files_root.mkdir()
-    checkpoints = make_checkpoints(files_root, 12)
     served, base = file_server(files_root)
-    data = tmp / "fleet2"
-    data.mkdir()
-    key2 = create_wisp_key(data)
-    budget = {"WISP_CACHE_DEVICE_BYTES": str(int(TINY_BYTES * 4.5)), "WISP_CACHE_HOST_BYTES": str(TINY_BYTES // 2)}
-    with fleet_server(data, 2, {**common, **budget, "WISP_MAX_BATCH": "1"}) as fleet2:
-        wait_replicas(fleet2, 2)
-        airs = asyncio.run(upload_all(fleet2.url, key2, checkpoints, base))
-        before = settled(fleet2)
-        mix = asyncio.run(zipf_mix(fleet2.url, key2, airs, n_zipf, 8))
-        after = settled(fleet2)
-        router = health(fleet2)["fleet"]["router"]
+    run = two_replicas(tmp, common, make_checkpoints(files_root, 12), base, n_zipf, 0)
     served.shutdown()
-    loads = sum(r["loads"] for r in after) - sum(r["loads"] for r in before)
-    where = {r["id"]: sorted(r["device"]) for r in after}
-    print(json.dumps({"loads": loads, "hit_rate": 1 - loads / n_zipf, "duplicate_cold_loads": duplicate_cold_loads(after),
-                      "failures": mix["failures"], "router": router, "resident": where}, indent=1))
+    print(json.dumps({**run["zipf"], "router": run["router"], "resident": run["resident"]}, indent=1))
     return 0
 
 
@@ -266,7 +280,7 @@ def main() -> int:
     try:
         # 1. latency, embedded vs one replica
         if args.zipf_only:
-            return zipf_only(args, tmp, common, n_zipf)
+            return zipf_only(tmp, common, n_zipf)
         data = tmp / "embedded"
         data.mkdir()
         key = create_wisp_key(data)
@@ -294,26 +308,8 @@ def main() -> int:
         files_root.mkdir()
         checkpoints = make_checkpoints(files_root, 12)
         served, base = file_server(files_root)
-        data = tmp / "fleet2"
-        data.mkdir()
-        key2 = create_wisp_key(data)
-        started = time.monotonic()
-        budget = {"WISP_CACHE_DEVICE_BYTES": str(int(TINY_BYTES * 4.5)), "WISP_CACHE_HOST_BYTES": str(TINY_BYTES // 2)}
-        with fleet_server(data, 2, {**common, **budget, "WISP_MAX_BATCH": "1"}) as fleet2:
-            states = wait_replicas(fleet2, 2)
-            cold_start_2 = time.monotonic() - started
-            rss2 = [proc_status_kib(r["pid"], "VmRSS") / 1024 for r in states]
-            sat2 = asyncio.run(saturate(fleet2.url, key2, n_sat, 16, 128, 8))
-            airs = asyncio.run(upload_all(fleet2.url, key2, checkpoints, base))
-            before = settled(fleet2)
-            spills_before = health(fleet2)["fleet"]["router"].get("spills", 0)
-            mix = asyncio.run(zipf_mix(fleet2.url, key2, airs, n_zipf, 8))
-            after = settled(fleet2)
-            spills = health(fleet2)["fleet"]["router"].get("spills", 0) - spills_before
-        loads = sum(r["loads"] for r in after) - sum(r["loads"] for r in before)
-        cold = [c for r in after for c in r["cold_loads"] if c[1] > max(x["reported_at"] for x in before)]
-        zipf = {"requests": n_zipf, "loads": loads, "duplicate_cold_loads": duplicate_cold_loads(after), "spills": spills,
-                "failures": mix["failures"], "hit_rate": 1 - loads / n_zipf, "cold_loads_seen": len(cold)}
+        run = two_replicas(tmp, common, checkpoints, base, n_zipf, n_sat)
+        mix, zipf = run["mix"], run["zipf"]
         # the same mix on one embedded process with twice a replica's budget
         data = tmp / "embedded8"
         data.mkdir()
@@ -330,8 +326,9 @@ def main() -> int:
         zipf.update({"embedded_loads": loads8, "embedded_hit_rate": 1 - loads8 / n_zipf,
                      "results_equal_to_embedded": same, "in_use_evictions": mix["failures"] + (len(mix["results"]) - same)})
         out["zipf"] = zipf
-        out["throughput"] = {"one_replica_rps": sat1, "two_replicas_rps": sat2, "ratio": sat2 / sat1}
-        out["cold_start"] = {"one_replica_s": cold_start_1, "two_replicas_s": cold_start_2, "rss_mib_one": rss1, "rss_mib_two": rss2}
+        out["throughput"] = {"one_replica_rps": sat1, "two_replicas_rps": run["rps"], "ratio": run["rps"] / sat1}
+        out["cold_start"] = {"one_replica_s": cold_start_1, "two_replicas_s": run["cold_start_s"], "rss_mib_one": rss1,
+                             "rss_mib_two": run["rss_mib"]}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:

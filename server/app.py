@@ -208,7 +208,7 @@ class WispServer:
         started = time.monotonic()
         print(f"wisp: connecting to the engine fleet ({settings.mode}"
               f"{', ' + settings.address if settings.address else ''})…", flush=True)
-        self.fleet = await _bounded(connect, settings, self.config.fleet_connect_timeout_s, settings)
+        self.fleet = await _bounded(connect, settings, self.config.fleet_connect_timeout_s)
         log.info("engine fleet ready in %.1f s (%s, %d GPU(s) in the cluster)", time.monotonic() - started, settings.mode,
                  self.fleet.gpus)
 
@@ -367,7 +367,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-async def _bounded(connect: Any, settings: Any, timeout_s: float, described: Any) -> Any:
+async def _bounded(connect: Any, settings: Any, timeout_s: float) -> Any:
     """``connect(settings)`` on a daemon thread, within ``timeout_s``; a failure or timeout is a plain FleetUnavailable.
 
     Ray's own connect retries an unreachable cluster for minutes: a daemon thread lets wisp say so and exit
@@ -388,7 +388,7 @@ async def _bounded(connect: Any, settings: Any, timeout_s: float, described: Any
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
 
     threading.Thread(target=run, name="wisp-fleet-connect", daemon=True).start()
-    where = described.address or ("a local cluster" if described.mode == "ray-local" else "RAY_ADDRESS / auto")
+    where = settings.address or ("a local cluster" if settings.mode == "ray-local" else "RAY_ADDRESS / auto")
     try:
         return await asyncio.wait_for(done, timeout_s)
     except asyncio.TimeoutError:

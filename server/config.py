@@ -8,7 +8,7 @@ hands them over by name.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -212,18 +212,15 @@ class ServerConfig:
         return c
 
     def fleet_settings(self) -> "FleetSettings":
-        """The fleet's settings (``--engine ray`` / ``ray-local``): replicas get the engine's cache and batching settings."""
+        """The fleet's settings (``--engine ray`` / ``ray-local``): replicas run this server's engine settings (cache
+        budgets, batching, dtype, limits) with ``replica_threads`` torch threads."""
         import tempfile
 
         from engine.fleet.cluster import FleetSettings
         from engine.fleet.replica import ReplicaSettings
 
         cache_dir = self.fleet_cache_dir or os.path.join(tempfile.gettempdir(), f"wisp-fleet-{self.port}")
-        replica = ReplicaSettings(
-            cache_dir=cache_dir, disk_bytes=self.fleet_disk_bytes, torch_threads=self.replica_threads,
-            cache_device_bytes=self.cache_device_bytes, cache_host_bytes=self.cache_host_bytes, lora_cache_bytes=self.lora_cache_bytes,
-            max_batch=self.max_batch, batch_window_ms=self.batch_window_ms, dtype=self.dtype, max_queue=self.max_queue,
-            max_work=self.max_work,
-        )
+        replica = ReplicaSettings(cache_dir=cache_dir, engine=replace(self.engine_config(), torch_threads=self.replica_threads),
+                                  disk_bytes=self.fleet_disk_bytes, gil_switch_interval_s=self.gil_switch_interval_s)
         return FleetSettings(mode=self.engine, address=self.ray_address, replicas=self.replicas, replica_cpus=self.replica_cpus,
                              replica=replica)

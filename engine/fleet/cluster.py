@@ -28,12 +28,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from engine.fleet.replica import STATE_ACTOR, EngineReplica, FleetState, ReplicaSettings
+from engine.fleet.replica import NAMESPACE, STATE_ACTOR, EngineReplica, FleetState, ReplicaSettings
 
 log = logging.getLogger("wisp.fleet")
 
 APP_NAME = "wisp"
-NAMESPACE = "wisp"
 ROUTING_STATS_PERIOD_S = 0.25
 
 
@@ -69,41 +68,38 @@ class Fleet:
         """Disconnect; a ``ray-local`` cluster is stopped (its replicas with it)."""
         import ray
 
-        with _quiet():
-            if self.local_cluster is not None:
-                try:
-                    from ray import serve
+        if self.local_cluster is not None:
+            with contextlib.suppress(Exception):
+                from ray import serve
 
-                    serve.shutdown()
-                except Exception:
-                    pass
+                serve.shutdown()
+        with contextlib.suppress(Exception):
             ray.shutdown()
         if self.local_cluster is not None:
             stop_local_cluster(self.local_cluster)
 
 
-def ray_env(temp_dir: Path | None = None) -> dict[str, str]:
+RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
+"""Set for Ray processes wisp starts and for its own driver, unless the environment says otherwise."""
+
+
+def ray_env(temp_dir: Path) -> dict[str, str]:
     """The environment Ray processes wisp starts get: no usage stats, no token file in anyone's home."""
-    env = dict(os.environ)
-    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    env.setdefault("RAY_DEDUP_LOGS", "0")
-    if temp_dir is not None:
-        env["HOME"] = str(temp_dir / "home")  # Ray writes ~/.ray: never the user's
-        (temp_dir / "home").mkdir(parents=True, exist_ok=True)
+    env = {**RAY_DEFAULTS, **os.environ}
+    env["HOME"] = str(temp_dir / "home")  # Ray writes ~/.ray: never the user's
+    (temp_dir / "home").mkdir(parents=True, exist_ok=True)
     return env
 
 
 def start_local_cluster(cpus: int) -> tuple[str, Path]:
     """``ray start --head`` on loopback in a short temp dir (socket paths are length-limited); (address, dir)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="wisp-ray-", dir="/tmp" if os.path.isdir("/tmp") else None))
-    ray_bin = Path(sys.executable).with_name("ray")
     # Every port picked free (Ray's defaults are fixed numbers: two clusters on one machine — parallel test
     # workers, two wisps — would collide on them).
     ports = {name: _free_port() for name in ("ray-client-server-port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                              "runtime-env-agent-port", "metrics-export-port", "node-manager-port",
                                              "object-manager-port")}
-    command = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--port=0", "--node-ip-address=127.0.0.1",
+    command = [_ray_command(), "start", "--head", "--port=0", "--node-ip-address=127.0.0.1",
                f"--temp-dir={temp_dir / 't'}", "--include-dashboard=false", f"--num-cpus={cpus}",
                f"--num-gpus={_cuda_count()}", "--disable-usage-stats", *(f"--{name}={port}" for name, port in ports.items())]
     done = subprocess.run(command, env=ray_env(temp_dir), capture_output=True, text=True, timeout=120)
@@ -113,6 +109,12 @@ def start_local_cluster(cpus: int) -> tuple[str, Path]:
     address = (temp_dir / "t" / "ray_current_cluster").read_text().strip()
     log.info("started a local Ray cluster at %s (%d CPUs)", address, cpus)
     return address, temp_dir
+
+
+def _ray_command() -> str:
+    """The ``ray`` CLI beside this Python (the venv's), else the one on PATH."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    return str(ray_bin) if ray_bin.exists() else "ray"
 
 
 def _free_port() -> int:
@@ -191,15 +193,14 @@ def connect(settings: FleetSettings) -> Fleet:
     if settings.mode == "ray-local":
         replicas = settings.replicas or 2
         address, local = start_local_cluster(max(2, int(replicas * settings.replica_cpus) + 1))
-    for name, value in ray_env().items():
-        if name.startswith("RAY_"):
-            os.environ.setdefault(name, value)
+    for name, value in RAY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     try:
         ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
                  configure_logging=False)
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        state = FleetStateActor.options(name=STATE_ACTOR, namespace=NAMESPACE, lifetime="detached",
-                                        get_if_exists=True, num_cpus=0).remote()
+        state = ray.remote(FleetState).options(name=STATE_ACTOR, namespace=NAMESPACE, lifetime="detached",
+                                               get_if_exists=True, num_cpus=0).remote()
         serve.start(proxy_location="Disabled")
         if _running(settings.app_name) and _running(training_app(settings)):
             log.info("reusing the running Serve application %r", settings.app_name)
@@ -209,7 +210,7 @@ def connect(settings: FleetSettings) -> Fleet:
         handle = serve.get_app_handle(settings.app_name)
         training = serve.get_app_handle(training_app(settings))
     except BaseException:
-        with _quiet():
+        with contextlib.suppress(Exception):
             ray.shutdown()
         if local is not None:
             stop_local_cluster(local)
@@ -225,11 +226,7 @@ def build_training_app(settings: FleetSettings, gpus: int) -> Any:
     """The training deployment: ``EngineReplica`` × ``training_replicas`` (a GPU each where there are GPUs), default routing."""
     from ray import serve
 
-    replica = replace(settings.replica, state_namespace=NAMESPACE, cache_dir=settings.replica.cache_dir)
-    resources: dict[str, Any] = {"num_cpus": settings.replica_cpus}
-    if gpus > 0:
-        resources["num_gpus"] = 1
-        replica = replace(replica, device="cuda")
+    replica, resources = _placed(settings, gpus)
     deployment = serve.deployment(
         EngineReplica, name="TrainingReplica", num_replicas=settings.training_replicas, ray_actor_options=resources,
         max_ongoing_requests=settings.training_max_ongoing, max_queued_requests=-1, health_check_period_s=5.0,
@@ -239,21 +236,15 @@ def build_training_app(settings: FleetSettings, gpus: int) -> Any:
 
 
 def build_app(settings: FleetSettings, gpus: int) -> Any:
-    """The Serve application: ``EngineReplica`` × N behind :class:`~engine.fleet.router.WispRouter`."""
+    """The Serve application: ``EngineReplica`` × N (one per GPU, else 2) behind :class:`~engine.fleet.router.WispRouter`."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
     from engine.fleet.router import WispRouter
 
-    replica = settings.replica
-    if gpus > 0:
-        count, resources = settings.replicas or gpus, {"num_gpus": 1, "num_cpus": settings.replica_cpus}
-        replica = replace(replica, device="cuda")
-    else:
-        count, resources = settings.replicas or 2, {"num_cpus": settings.replica_cpus}
-    replica = replace(replica, state_namespace=NAMESPACE)
+    replica, resources = _placed(settings, gpus)
     deployment = serve.deployment(
-        EngineReplica, name="EngineReplica", num_replicas=count, ray_actor_options=resources,
+        EngineReplica, name="EngineReplica", num_replicas=settings.replicas or gpus or 2, ray_actor_options=resources,
         max_ongoing_requests=settings.max_ongoing, max_queued_requests=-1,
         health_check_period_s=2.0, health_check_timeout_s=30.0, graceful_shutdown_timeout_s=5.0,
         request_router_config=RequestRouterConfig(request_router_class=WispRouter,
@@ -261,6 +252,14 @@ def build_app(settings: FleetSettings, gpus: int) -> Any:
                                                   request_routing_stats_timeout_s=5.0),
     )
     return deployment.bind(replica)
+
+
+def _placed(settings: FleetSettings, gpus: int) -> tuple[ReplicaSettings, dict[str, Any]]:
+    """A replica's settings and Ray resources: a GPU each (device ``cuda``) where the cluster has GPUs, else CPUs only."""
+    if gpus > 0:
+        return (replace(settings.replica, engine=replace(settings.replica.engine, device="cuda")),
+                {"num_gpus": 1, "num_cpus": settings.replica_cpus})
+    return settings.replica, {"num_cpus": settings.replica_cpus}
 
 
 def _running(app_name: str) -> bool:
@@ -280,42 +279,3 @@ def _cuda_count() -> int:
         return int(torch.cuda.device_count())
     except Exception:
         return 0
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], Exception)  # type: ignore[arg-type]
-
-
-def _state_actor_class() -> Any:
-    import ray
-
-    return ray.remote(FleetState)
-
-
-class _LazyActor:
-    """``ray.remote(FleetState)``, made when first used (importing this module must not need Ray)."""
-
-    def options(self, **kwargs: Any) -> Any:
-        return _state_actor_class().options(**kwargs)
-
-
-FleetStateActor = _LazyActor()
-
-
-def wait_ready(fleet: Fleet, timeout_s: float = 120.0) -> int:
-    """Block until every engine replica has published its state; returns how many did."""
-    import ray
-
-    want = fleet.settings.replicas or (fleet.gpus or 2)
-    deadline = time.monotonic() + timeout_s
-    seen = 0
-    while time.monotonic() < deadline:
-        seen = len(ray.get(fleet.state.snapshot.remote(), timeout=10))
-        if seen >= want:
-            return seen
-        time.sleep(0.2)
-    return seen

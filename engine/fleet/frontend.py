@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import shutil
 import time
@@ -29,7 +30,7 @@ from typing import Any
 
 from engine import jobs
 from engine.core import Engine, EngineConfig
-from engine.errors import FleetUnavailable, JobCancelled, ReplicaLost
+from engine.errors import JobCancelled, ReplicaLost
 from engine.fleet.blobs import Origin
 from engine.fleet.replica import TrainedFile, decode_events
 from engine.fleet.routing import Hint
@@ -53,8 +54,9 @@ def fleet_token(data_dir: Path) -> str:
     except FileNotFoundError:
         pass
     token = secrets.token_urlsafe(32)
-    path.write_text(token)
-    path.chmod(0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even for a moment
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
     return token
 
 
@@ -326,5 +328,3 @@ def _router_counters() -> dict[str, int]:
 def _is_cancelled_error(exc: BaseException) -> bool:
     return type(exc).__name__ in ("RequestCancelledError", "TaskCancelledError")
 
-
-__all__ = ["FleetEngine", "FleetUnavailable", "fleet_token"]

@@ -29,13 +29,14 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Union
+from typing import Any, AsyncIterator, Iterable, Union
 
 import msgspec
 
 from engine import jobs
+from engine.core import EngineConfig
 from engine.errors import EngineError
 from engine.fleet.blobs import BlobCache, Origin
 from engine.inference import failure
@@ -43,6 +44,8 @@ from engine.inference import failure
 log = logging.getLogger("wisp.fleet")
 
 STATE_ACTOR = "wisp-fleet-state"
+NAMESPACE = "wisp"
+"""The Ray namespace of wisp's actors (the FleetState actor, the driver)."""
 
 
 @dataclass(frozen=True)
@@ -51,22 +54,13 @@ class ReplicaSettings:
 
     cache_dir: str
     """The node's root for model files and replica scratch directories (shared by the replicas of a node)."""
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(data_dir=Path(".")))
+    """The replica's engine settings: the front end's own (one config tree), its data dir and store replaced on the
+    replica by the scratch dir and the node's disk cache."""
     disk_bytes: int = 64 * 1024**3
-    device: str = "cpu"
-    torch_threads: int = 1
-    cache_device_bytes: int = 0
-    cache_host_bytes: int = 0
-    lora_cache_bytes: int = 0
-    max_batch: int = 8
-    batch_window_ms: float = 0.0
-    dtype: str = "auto"
-    max_queue: int = 256
-    max_work: float = 0.0
-    state_namespace: str = "wisp"
     gil_switch_interval_s: float = 0.0005
     publish: bool = True
     """Publish state to the FleetState actor (inference replicas; a training replica is not routed by model)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainedFile(msgspec.Struct, frozen=True, kw_only=True, tag="trainedFile"):
@@ -100,6 +94,11 @@ def model_key(cache_key: object) -> str | None:
     return air if content.startswith("builtin-") else content
 
 
+def model_keys(cache_keys: Iterable[object]) -> set[str]:
+    """The routing keys of the models among ``cache_keys`` (see :func:`model_key`)."""
+    return {key for key in map(model_key, cache_keys) if key}
+
+
 def job_files(job: jobs.Job) -> list[str]:
     """Content hashes of every stored file ``job`` reads."""
     if isinstance(job, jobs.InferenceJob):
@@ -116,7 +115,7 @@ class EngineReplica:
     """One engine replica (see the module docstring)."""
 
     def __init__(self, settings: ReplicaSettings) -> None:
-        from engine.core import Engine, EngineConfig
+        from engine.core import Engine
 
         self.id = _replica_id()
         self.settings = settings
@@ -125,12 +124,7 @@ class EngineReplica:
         self.scratch = root / "replicas" / self.id
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.blobs = BlobCache(root / "blobs", settings.disk_bytes)
-        self.engine = Engine(EngineConfig(
-            data_dir=self.scratch, store_dir=self.blobs.root, device=settings.device, torch_threads=settings.torch_threads,
-            cache_device_bytes=settings.cache_device_bytes, cache_host_bytes=settings.cache_host_bytes,
-            lora_cache_bytes=settings.lora_cache_bytes, max_batch=settings.max_batch, batch_window_ms=settings.batch_window_ms,
-            dtype=settings.dtype, max_queue=settings.max_queue, max_work=settings.max_work,
-        ))
+        self.engine = Engine(replace(settings.engine, data_dir=self.scratch, store_dir=self.blobs.root))
         self.engine.images.transient = True  # results travel in their Finished events; the front end stores them
         self.engine.start()
         self.running: dict[str, str] = {}
@@ -142,8 +136,8 @@ class EngineReplica:
         """(model key, when) of jobs that found their model neither resident nor loading here (the last 500)."""
         self.started_at = time.time()
         self._state_actor: Any = None
-        log.info("engine replica %s ready (pid %d, device %s, %d torch threads)", self.id, os.getpid(), settings.device,
-                 settings.torch_threads)
+        log.info("engine replica %s ready (pid %d, device %s, %d torch threads)", self.id, os.getpid(), settings.engine.device,
+                 settings.engine.torch_threads)
 
     async def run(self, hint: dict[str, Any], job_bytes: bytes, origin: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         """Run one job; yields its events as MessagePack arrays (:func:`encode_events`), the last holding its Finished or
@@ -286,7 +280,7 @@ class EngineReplica:
 
     def _resident_or_loading(self) -> set[str]:
         cache = self.engine.cache
-        return {k for k in (model_key(key) for key in [*cache.keys(), *cache.loading_keys()]) if k} | set(self.running.values())
+        return model_keys([*cache.keys(), *cache.loading_keys()]) | set(self.running.values())
 
     def state(self) -> dict[str, Any]:
         """What this replica holds: routing keys by tier, loads in flight, free bytes, queue, counters."""
@@ -296,12 +290,12 @@ class EngineReplica:
         stats = cache.stats()
 
         def keys(tier: str) -> list[str]:
-            return sorted({k for k in (model_key(key) for key in cache.keys(tier)) if k})
+            return sorted(model_keys(cache.keys(tier)))
 
         return {
             "id": self.id, "pid": os.getpid(), "node": _node_id(),
             "device": keys(DEVICE), "host": keys(HOST),
-            "loading": sorted({k for k in (model_key(key) for key in cache.loading_keys()) if k}),
+            "loading": sorted(model_keys(cache.loading_keys())),
             "loras": sorted(self.engine.lora_cache.keys()),
             # room a model could have without evicting one in use (idle models are evictable: counting them as
             # occupied would send a model to whichever replica happened to evict last, scattering the partition)
@@ -325,7 +319,7 @@ class EngineReplica:
             if self._state_actor is None:
                 import ray
 
-                self._state_actor = ray.get_actor(STATE_ACTOR, namespace=self.settings.state_namespace)
+                self._state_actor = ray.get_actor(STATE_ACTOR, namespace=NAMESPACE)
             self._state_actor.report.remote(self.id, state)
         except Exception:  # the state actor is optional (health output only)
             self._state_actor = None

@@ -135,14 +135,16 @@ def rank(states: list[ReplicaState], hint: Hint, recent: Recent | None = None, n
          spill_queue: int = SPILL_QUEUE, counters: dict[str, int] | None = None) -> list[str]:
     """Replica ids for ``hint``, best first (every replica appears once); ``counters["spills"]`` counts second replicas
     given to a hot model."""
+    tiers = {state.id: tier(state, hint, recent, now) for state in states}
+
     def order(state: ReplicaState) -> tuple[int, int, int, int, int]:
-        t = tier(state, hint, recent, now)
+        t = tiers[state.id]
         if t <= 2:  # holders: the shortest queue first (a copy still loading beats a resident one 15 deep), then the tier
             return (0, state.queue, t, -len(state.loras.intersection(hint.loras)), -affinity(hint.model, state.id))
         return (t, 0, 0, 0, -affinity(hint.model, state.id))
 
     ordered = sorted(states, key=order)
-    holders = [s for s in ordered if tier(s, hint, recent, now) <= 2]
+    holders = [s for s in ordered if tiers[s.id] <= 2]
     if holders and min(s.queue for s in holders) >= spill_queue:
         busiest_best = min(s.queue for s in holders)
         others = [s for s in ordered if s not in holders and s.queue * 2 <= busiest_best]
