@@ -36,6 +36,10 @@ def from_a1111(prompt: str) -> str:
 def _compel(pipe: Any, xl: bool, clip_skip: int | None) -> Any:
     from compel import Compel, ReturnedEmbeddingsType
 
+    if xl and pipe.text_encoder is None:  # SDXL's refiner layout: the second encoder alone, pooled
+        return Compel(tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2,
+                      returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                      requires_pooled=True, truncate_long_prompts=False, device=pipe.unet.device)
     if xl:
         return Compel(tokenizer=[pipe.tokenizer, pipe.tokenizer_2], text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
                       returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,

@@ -13,6 +13,14 @@ SDXL tokenizers share it, the second pads with ``!`` as SDXL's does.
 :func:`sdxl_config_for` picks, from a checkpoint's header alone, the folder
 that fits a file: this one for real SDXL (and its fine-tunes: Pony,
 Illustrious, Turbo, Lightning, …), the built-in tiny SDXL for test files.
+
+SDXL's *refiner* (``sd_xl_refiner_1.0.safetensors`` and its fine-tunes) is
+another layout of the family: one text encoder (OpenCLIP bigG, stored as
+``conditioner.embedders.0.model.*``), a UNet of 384/768/1536/1536 channels
+attending to 1280-wide text and conditioned on an aesthetic score instead of
+the crop.  Its folder (:func:`ensure_sdxl_refiner_config`) names
+``StableDiffusionXLImg2ImgPipeline`` with ``requires_aesthetics_score``: a
+refiner only finishes another model's denoising.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from engine.builtin.sd15_config import (
     _write_tokenizer,
     config_for_header,
 )
-from engine.builtin.tiny_sdxl import ensure_tiny_sdxl
+from engine.builtin.tiny_sdxl import ensure_tiny_sdxl, ensure_tiny_sdxl_refiner
 from engine.safetensors_header import read_header
 
 CONFIG_VERSION = "1"
@@ -134,6 +142,49 @@ TOKENIZER_2_PAD = "!"
 """SDXL's second tokenizer pads with ``!`` (id 0), not ``<|endoftext|>``: the padded positions feed the UNet."""
 
 
+REFINER_FIRST_CONV: tuple[int, ...] = (384, 4, 3, 3)
+"""``conv_in`` of the SDXL refiner 1.0 (block_out_channels[0] = 384)."""
+
+REFINER_MODEL_INDEX: dict[str, Any] = {
+    "_class_name": "StableDiffusionXLImg2ImgPipeline",
+    "_diffusers_version": "0.42.1",
+    "feature_extractor": [None, None],
+    "force_zeros_for_empty_prompt": False,
+    "image_encoder": [None, None],
+    "requires_aesthetics_score": True,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": [None, None],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": [None, None],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+REFINER_UNET_CONFIG: dict[str, Any] = {
+    # stabilityai/stable-diffusion-xl-refiner-1.0 (what diffusers derives from sgm's sd_xl_refiner.yaml: model_channels
+    # 384, channel_mult 1/2/4/4, attention at the middle two levels, transformer depth 4, 64-wide heads, adm 2560).
+    **UNET_CONFIG,
+    "attention_head_dim": [6, 12, 24, 24],
+    "block_out_channels": [384, 768, 1536, 1536],
+    "cross_attention_dim": 1280,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "projection_class_embeddings_input_dim": 2560,  # 5 size/crop/aesthetic numbers × 256 + 1280 pooled
+    "transformer_layers_per_block": 4,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+}
+
+REFINER_TEXT_PREFIX = "conditioner.embedders.0.model."
+"""Where a refiner file keeps its one text encoder (a base file has CLIP-L there, as ``…0.transformer.``)."""
+
+
+def is_refiner_layout(header: dict[str, tuple[int, ...]]) -> bool:
+    """Whether a checkpoint's header is SDXL's refiner layout: OpenCLIP as the first and only embedder."""
+    return any(k.startswith(REFINER_TEXT_PREFIX) for k in header) and not any(
+        k.startswith("conditioner.embedders.1.") for k in header
+    )
+
+
 def _write_text_encoder(folder: Path, config: dict[str, Any]) -> None:
     # Through CLIPTextConfig so the file carries what this transformers version writes.
     from transformers import CLIPTextConfig
@@ -165,6 +216,22 @@ def build(target: Path) -> None:
     _write_json(target / "model_index.json", MODEL_INDEX)  # last: its presence means "complete"
 
 
+def build_refiner(target: Path) -> None:
+    """Write the config-only SDXL refiner folder at ``target`` (which must not exist yet)."""
+    target.mkdir(parents=True)
+    _write_json(target / "unet" / "config.json", REFINER_UNET_CONFIG)
+    _write_json(target / "vae" / "config.json", VAE_CONFIG)
+    _write_json(target / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
+    _write_text_encoder(target / "text_encoder_2", TEXT_ENCODER_2_CONFIG)
+    _write_tokenizer_2(target / "tokenizer_2")
+    _write_json(target / "model_index.json", REFINER_MODEL_INDEX)  # last: its presence means "complete"
+
+
+def ensure_sdxl_refiner_config(data_dir: Path) -> Path:
+    """Return ``data_dir/builtin/sdxl-refiner-config-v1``, writing it once (atomically)."""
+    return build_once(data_dir, f"sdxl-refiner-config-v{CONFIG_VERSION}", build_refiner)
+
+
 def ensure_sdxl_config(data_dir: Path) -> Path:
     """Return ``data_dir/builtin/sdxl-config-v1``, writing it once (atomically)."""
     return build_once(data_dir, f"sdxl-config-v{CONFIG_VERSION}", build)
@@ -177,9 +244,17 @@ def sdxl_config_for(data_dir: Path, path: Path) -> Path:
     conv tells SDXL base from wisp's tiny SDXL; a file without one gets the
     real folder (the loader's header check then says what is missing); any
     other shape is refused up front (a 9-channel inpainting UNet, say).
+    A refiner-layout file gets a refiner folder, real or tiny by the same test.
     """
+    header = read_header(Path(path))
+    if is_refiner_layout(header):
+        return config_for_header(
+            header, {REFINER_FIRST_CONV: (lambda: ensure_sdxl_refiner_config(data_dir), "the SDXL refiner 1.0 and its fine-tunes"),
+                     TINY_FIRST_CONV: (lambda: ensure_tiny_sdxl_refiner(data_dir), "wisp's tiny SDXL refiner")},
+            family="SDXL refiner",
+        )  # fmt: skip
     return config_for_header(
-        read_header(Path(path)), {SDXL_FIRST_CONV: (lambda: ensure_sdxl_config(data_dir), "SDXL base 1.0 and its fine-tunes"),
+        header, {SDXL_FIRST_CONV: (lambda: ensure_sdxl_config(data_dir), "SDXL base 1.0 and its fine-tunes"),
                TINY_FIRST_CONV: (lambda: ensure_tiny_sdxl(data_dir), "wisp's tiny SDXL")},
         family="SDXL",
     )  # fmt: skip

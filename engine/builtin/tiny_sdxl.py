@@ -19,6 +19,11 @@ it, only narrow and shallow.
   with ``!`` like SDXL's ``tokenizer_2``).
 
 The weights are random (seed 0): it draws structured noise, not pictures.
+
+:func:`ensure_tiny_sdxl_refiner` builds the same in the SDXL *refiner* layout
+(one text encoder, the second one's; a UNet conditioned on an aesthetic score
+instead of the crop): the configuration wisp loads tiny refiner-layout files
+with (the tests make such files; it is not a listed model).
 """
 
 from __future__ import annotations
@@ -55,6 +60,13 @@ UNET_CONFIG: dict[str, Any] = dict(
     projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + POOLED_WIDTH,
     cross_attention_dim=sum(TEXT_WIDTHS),
     norm_num_groups=32,
+)
+
+REFINER_UNET_CONFIG: dict[str, Any] = dict(
+    UNET_CONFIG,
+    # The refiner attends to the second encoder alone and adds five numbers (size, crop, aesthetic score), not six.
+    projection_class_embeddings_input_dim=5 * TIME_EMBED_DIM + POOLED_WIDTH,
+    cross_attention_dim=TEXT_WIDTHS[1],
 )
 
 VAE_CONFIG: dict[str, Any] = dict(
@@ -131,6 +143,39 @@ def build(target: Path) -> None:
         add_watermarker=False,
     )
     pipe.save_pretrained(str(target), safe_serialization=True)
+
+
+def build_refiner(target: Path) -> None:
+    """Build the tiny refiner-layout pipeline folder at ``target`` (which must not exist yet)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    vocab = byte_level_vocab()
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(**REFINER_UNET_CONFIG)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    torch.manual_seed(0)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(vocab), TEXT_WIDTHS[1], "gelu", POOLED_WIDTH))
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token="!"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(str(target), safe_serialization=True)
+
+
+def ensure_tiny_sdxl_refiner(data_dir: Path) -> Path:
+    """The tiny refiner-layout folder under ``data_dir/builtin``, built once (atomically)."""
+    return build_once(data_dir, f"tiny-sdxl-refiner-v{BUILD_VERSION}", build_refiner)
 
 
 def ensure_tiny_sdxl(data_dir: Path) -> Path:

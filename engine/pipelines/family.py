@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["BuiltinModel", "CheckpointComponent", "ModelDefaults", "ModelFamily", "Sniffing"]
+__all__ = ["BuiltinModel", "CheckpointComponent", "ModelDefaults", "ModelFamily", "RefinerLayout", "Sniffing"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,20 @@ class CheckpointComponent:
     name: str  # the diffusers pipeline attribute
     title: str  # for messages
     prefix: str  # of its tensors in the original file
+
+
+@dataclass(frozen=True)
+class RefinerLayout:
+    """A second single-file layout of a family whose checkpoints only finish another model's denoising (SDXL's refiner).
+
+    Chosen by the config folder a file gets (its model_index.json names ``pipeline``); the file holds
+    ``components`` and loads as ``model_class``, which refuses to start an image on its own.
+    """
+
+    title: str  # for messages
+    pipeline: str  # ``_class_name`` in its config folders' model_index.json
+    components: tuple[CheckpointComponent, ...]
+    model_class: Any
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,8 @@ class ModelFamily:
     """The tiny built-in ControlNet made from the built-in model's U-Net (``build``: data_dir → its folder)."""
     refines: bool = False
     """Whether a checkpoint of the family can finish another's denoising (``refiner``: SDXL's two-stage split)."""
+    refiner_layout: RefinerLayout | None = None
+    """The family's refiner-only checkpoint layout, if it has one (SDXL refiner 1.0)."""
     default_scheduler_adds_a_step: bool = False
     """Whether the checkpoints' own ("Default") scheduler is PNDM, whose img2img runs one step more than
     ``int(steps × strength)`` (so a request with fewer is still not empty)."""

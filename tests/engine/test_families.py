@@ -106,8 +106,9 @@ def test_no_module_outside_the_family_folders_switches_on_a_family_name() -> Non
 def test_each_registered_family_is_complete(family: ModelFamily) -> None:
     import diffusers
 
+    optional = {"refiner_layout"}  # only SDXL has a refiner-only layout
     for field in dataclasses.fields(family):
-        assert getattr(family, field.name) is not None, field.name
+        assert field.name in optional or getattr(family, field.name) is not None, field.name
     assert families.get(family.name) is family
     assert next(iter(family.architectures)) == family.name  # its own name first: the fallback defaults
     assert all(isinstance(d, ModelDefaults) for d in family.architectures.values())
@@ -197,9 +198,9 @@ def test_tables_derived_from_the_registry_are_the_ones_written_by_hand_before() 
     assert RECIPE_BASES == {"sd1x": "wisp:tiny-sd15@1", "sdxl": "wisp:tiny-sdxl@1"}
     assert LATENT_RGB["sd1x"][0] == (0.3512, 0.2297, 0.3227) and LATENT_RGB["sdxl"][3] == (-0.3112, -0.2359, -0.2076)
     assert CHECKPOINT_PREFIXES == (
-        "cond_stage_model.transformer.", "conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.",
-        "first_stage_model.", "model.diffusion_model.",
-    )  # fmt: skip
+        "cond_stage_model.transformer.", "conditioner.embedders.0.model.", "conditioner.embedders.0.transformer.",
+        "conditioner.embedders.1.model.", "first_stage_model.", "model.diffusion_model.",
+    )  # fmt: skip  (conditioner.embedders.0.model.: the SDXL refiner's one text encoder)
     assert [f.training_resolution for f in families.all()] == [512, 1024]
     assert [f.lycoris_conv_projections for f in families.all()] == [True, False]
 
@@ -218,7 +219,7 @@ def test_the_registry_is_whole_whichever_module_is_imported_first(first: str) ->
         "from engine.pipelines import families\n"
         "from engine.pipelines.stable_diffusion.loading import CHECKPOINT_PREFIXES, FAMILIES\n"
         "from engine.upload.sniff import ARCHITECTURE_FAMILIES\n"
-        "assert families.names() == ('sd1x', 'sdxl') and len(CHECKPOINT_PREFIXES) == 5 and set(FAMILIES) == {'sd1x', 'sdxl'}\n"
+        "assert families.names() == ('sd1x', 'sdxl') and len(CHECKPOINT_PREFIXES) == 6 and set(FAMILIES) == {'sd1x', 'sdxl'}\n"
         "assert ARCHITECTURE_FAMILIES['pony'] == 'sdxl'\n"
     )
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)

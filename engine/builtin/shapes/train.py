@@ -119,7 +119,7 @@ class AttributeProbe(torch.nn.Module):
 
 
 def train_denoiser(text_encoder, unet, tokenizer, pools, scale: float, rng: random.Random, seconds: float, batch: int, log,
-                   lr: float = 1e-3, probe_weight: float = 0.0):
+                   lr: float = 1e-3, probe_weight: float = 0.0, min_snr: float = 0.0):
     """Returns the EMA copies of ``(text_encoder, unet)``.  ``pools``: one per picture size, taken in turn (a pool of
     pictures with 4× the pixels gets a quarter of the batch, so every step costs about the same)."""
     alphas = torch.cumprod(1 - torch.linspace(TRAIN_BETAS["beta_start"] ** 0.5, TRAIN_BETAS["beta_end"] ** 0.5, 1000) ** 2, 0)
@@ -146,7 +146,12 @@ def train_denoiser(text_encoder, unet, tokenizer, pools, scale: float, rng: rand
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         hidden = text_encoder(ids)[0]
         prediction = unet(noisy, t, hidden).sample
-        loss = F.mse_loss(prediction, noise)
+        if min_snr > 0:  # Min-SNR-γ (Hang et al. 2023): less weight on nearly clean steps, where the picture is decided
+            snr = a.view(-1) / (1 - a.view(-1))
+            weight = torch.clamp(snr, max=min_snr) / snr
+            loss = (weight * F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3))).mean()
+        else:
+            loss = F.mse_loss(prediction, noise)
         if probe is not None:
             loss = loss + probe_weight * probe.loss(hidden, ids, texts)
         optimiser.zero_grad(set_to_none=True)
@@ -207,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe-weight", type=float, default=0.3,
                         help="weight of the auxiliary loss that asks the text encoder what the caption names (0: off)")
     parser.add_argument("--sides", default="64", help="picture sizes the denoiser learns from, e.g. 64,128")
+    parser.add_argument("--min-snr", type=float, default=0.0,
+                        help="Min-SNR-γ loss weighting, γ (0: plain epsilon MSE)")
     parser.add_argument("--lr", type=float, default=1e-3, help="the denoiser's peak learning rate")
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue from this model folder (its VAE is kept: no VAE phase)")
@@ -244,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         scale = float(vae.config.scaling_factor)
     log(f"vae ready; latent scale {scale:.4f}; pools of {args.pool} encoded at {sides} px")
     ema_te, ema_unet = train_denoiser(text_encoder, unet, tokenizer, pools, scale, rng, budget - (time.monotonic() - began),
-                                      args.batch, log, lr=args.lr, probe_weight=args.probe_weight)  # fmt: skip
+                                      args.batch, log, lr=args.lr, probe_weight=args.probe_weight,
+                                      min_snr=args.min_snr)  # fmt: skip
     save(args.out, ema_te, ema_unet, vae, tokenizer)
     log(f"saved to {args.out}")
     if args.evaluate:

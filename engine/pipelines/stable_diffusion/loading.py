@@ -23,18 +23,19 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable
 
 from engine.lora_cache import LoraCache
 from engine.pipelines import families
-from engine.pipelines.family import CheckpointComponent, ModelFamily
+from engine.pipelines.family import CheckpointComponent, ModelFamily, RefinerLayout
 from engine.pipelines.stable_diffusion.pipeline import StableDiffusionModel
 from engine.safetensors_header import ModelLoadError, read_header
 
 __all__ = [
-    "CHECKPOINT_PREFIXES", "FAMILIES", "Family", "ModelLoadError", "check_checkpoint", "family_of",
-    "load_folder", "load_single_file", "read_header",
+    "CHECKPOINT_PREFIXES", "FAMILIES", "Family", "Layout", "ModelLoadError", "check_checkpoint", "family_of",
+    "layout_of", "load_folder", "load_single_file", "read_header",
 ]  # fmt: skip
 
 log = logging.getLogger("wisp.engine.loading")
@@ -53,28 +54,58 @@ Family = ModelFamily
 FAMILIES: dict[str, Family] = {f.name: f for f in families.all()}
 """The single-file families this build loads, by the family name of :mod:`engine.upload.sniff`."""
 
-CHECKPOINT_PREFIXES = tuple(sorted({c.prefix for f in FAMILIES.values() for c in f.components}))
+CHECKPOINT_PREFIXES = tuple(
+    sorted(
+        {c.prefix for f in FAMILIES.values() for c in f.components}
+        | {c.prefix for f in FAMILIES.values() if f.refiner_layout is not None for c in f.refiner_layout.components}
+    )
+)
 """Every prefix a loaded tensor of an original-layout file has (an EMA copy or other extras have none)."""
 
 
-def family_of(config_folder: Path) -> Family:
-    """The family a diffusers folder (built-in model or config-only folder) configures, from its model_index.json."""
+@dataclass(frozen=True)
+class Layout:
+    """What a config folder configures: the family, the single-file components it loads and the wrapper class."""
+
+    family: Family
+    title: str
+    components: tuple[CheckpointComponent, ...]
+    model_class: Any
+
+    @classmethod
+    def of(cls, family: Family, refiner: RefinerLayout | None = None) -> Layout:
+        if refiner is None:
+            return cls(family, family.title, family.components, family.model_class)
+        return cls(family, refiner.title, refiner.components, refiner.model_class)
+
+
+def layout_of(config_folder: Path) -> Layout:
+    """The layout a diffusers folder (built-in model or config-only folder) configures, from its model_index.json."""
     try:
         name = json.loads((Path(config_folder) / "model_index.json").read_text())["_class_name"]
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"no diffusers config folder at {config_folder}") from exc
     found = families.by_pipeline(name)
     if found is not None:
-        return found
+        return Layout.of(found)
+    for family in FAMILIES.values():
+        if family.refiner_layout is not None and family.refiner_layout.pipeline == name:
+            return Layout.of(family, family.refiner_layout)
     raise ModelLoadError(f"{config_folder} configures a {name}, which this build cannot load")
 
 
+def family_of(config_folder: Path) -> Family:
+    """The family a diffusers folder (built-in model or config-only folder) configures, from its model_index.json."""
+    return layout_of(config_folder).family
+
+
 def load_folder(folder: Path, device: str = "cpu", dtype: Any = None, lora_cache: LoraCache | None = None) -> StableDiffusionModel:
-    """Load a diffusers folder (a built-in model) with its family's wrapper; ``lora_cache``: the engine's adapter cache."""
-    return family_of(folder).model_class.load(folder, device, dtype, lora_cache)
+    """Load a diffusers folder (a built-in model) with its layout's wrapper; ``lora_cache``: the engine's adapter cache."""
+    model: StableDiffusionModel = layout_of(folder).model_class.load(folder, device, dtype, lora_cache)
+    return model
 
 
-def _expected_shapes(config_folder: Path, family: Family) -> dict[str, dict[str, tuple[int, ...]]]:
+def _expected_shapes(config_folder: Path, layout: Layout) -> dict[str, dict[str, tuple[int, ...]]]:
     """Each component's state-dict shapes, built on the meta device from its config (no weights)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -90,12 +121,12 @@ def _expected_shapes(config_folder: Path, family: Family) -> dict[str, dict[str,
         "text_encoder_2": lambda: text("text_encoder_2", CLIPTextModelWithProjection),
     }
     with torch.device("meta"):
-        models = {c.name: builders[c.name]() for c in family.components}
+        models = {c.name: builders[c.name]() for c in layout.components}
     return {name: {k: tuple(v.shape) for k, v in model.state_dict().items()} for name, model in models.items()}
 
 
 def _converted_shapes(
-    header: dict[str, tuple[int, ...]], config_folder: Path, family: Family
+    header: dict[str, tuple[int, ...]], config_folder: Path, layout: Layout
 ) -> dict[str, dict[str, tuple[int, ...]]]:
     """What diffusers' own converters make of the file's names, per component.
 
@@ -139,7 +170,7 @@ def _converted_shapes(
         # CLIPTextModelWithProjection still has its ``text_model`` level.
         "text_encoder_2": lambda c: run(lambda: open_clip(c.prefix)),
     }
-    return {c.name: converters[c.name](c) for c in family.components}
+    return {c.name: converters[c.name](c) for c in layout.components}
 
 
 def check_checkpoint(path: Path, config_folder: Path) -> None:
@@ -149,16 +180,16 @@ def check_checkpoint(path: Path, config_folder: Path) -> None:
     only): the library runs it when a checkpoint is uploaded.
     """
     path, config_folder = Path(path), Path(config_folder)
-    family = family_of(config_folder)
+    layout = layout_of(config_folder)
     header = read_header(path)
-    expected = _expected_shapes(config_folder, family)
-    converted = _converted_shapes(header, config_folder, family)
-    for component in family.components:  # a whole component absent says more than its first missing tensor
+    expected = _expected_shapes(config_folder, layout)
+    converted = _converted_shapes(header, config_folder, layout)
+    for component in layout.components:  # a whole component absent says more than its first missing tensor
         if not any(k.startswith(component.prefix) for k in header):
             raise ModelLoadError(
-                f"{path.name} has no {component.title} weights ({component.prefix}*); it is not a full {family.title} checkpoint"
+                f"{path.name} has no {component.title} weights ({component.prefix}*); it is not a full {layout.title} checkpoint"
             )
-    for component in family.components:
+    for component in layout.components:
         title, shapes = component.title, expected[component.name]
         got = converted[component.name]
         missing = sorted(k for k in shapes if k not in got)
@@ -168,7 +199,7 @@ def check_checkpoint(path: Path, config_folder: Path) -> None:
         if wrong:
             detail = ", ".join(f"{k} {list(got[k])} (expected {list(shapes[k])})" for k in wrong[:_LIST_AT_MOST])
             raise ModelLoadError(
-                f"{path.name} does not match the {family.title} architecture it was registered as: "
+                f"{path.name} does not match the {layout.title} architecture it was registered as: "
                 f"{len(wrong)} {title} tensor(s) have the wrong shape: {detail}"
             )
 
@@ -193,8 +224,8 @@ def load_single_file(
     if path.suffix.lower() != ".safetensors":
         # diffusers would unpickle anything else (.ckpt/.pt), which can run code.
         raise ModelLoadError(f"{path.name}: only .safetensors checkpoints can be loaded")
-    family = family_of(config_folder)
-    model_class = family.model_class
+    layout = layout_of(config_folder)
+    model_class = layout.model_class
     check_checkpoint(path, config_folder)
     try:
         pipe = model_class.pipeline_class().from_single_file(
@@ -208,7 +239,7 @@ def load_single_file(
         log.debug("from_single_file failed for %s", path, exc_info=True)
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelLoadError(f"{path.name} could not be loaded: {first_line.replace(str(path), path.name)}") from exc
-    for component in family.components:
+    for component in layout.components:
         model = getattr(pipe, component.name)
         left = [k for k, v in model.state_dict().items() if v.device.type == "meta"]
         if left:

@@ -7,9 +7,10 @@ from pathlib import Path
 from engine.builtin.sdxl_config import ensure_sdxl_config, sdxl_config_for
 from engine.builtin import tiny_controlnet
 from engine.builtin.tiny_sdxl import BUILD_VERSION, BUILTIN_SDXL_AIR, ensure_tiny_sdxl
-from engine.pipelines.family import BuiltinModel, CheckpointComponent, ModelDefaults, ModelFamily, Sniffing
+from engine.builtin.sdxl_config import REFINER_TEXT_PREFIX
+from engine.pipelines.family import BuiltinModel, CheckpointComponent, ModelDefaults, ModelFamily, RefinerLayout, Sniffing
 from engine.pipelines.stable_diffusion.family import UNET, VAE
-from engine.pipelines.stable_diffusion_xl.pipeline import StableDiffusionXLModel
+from engine.pipelines.stable_diffusion_xl.pipeline import StableDiffusionXLModel, StableDiffusionXLRefinerModel
 
 
 def config_folder(data_dir: Path, path: Path | None = None) -> Path:
@@ -47,6 +48,11 @@ FAMILY = ModelFamily(
     ),  # fmt: skip
     training_resolution=1024,
     refines=True,
+    refiner_layout=RefinerLayout(
+        title="SDXL refiner", pipeline="StableDiffusionXLImg2ImgPipeline",
+        components=(UNET, VAE, CheckpointComponent("text_encoder_2", "text encoder (OpenCLIP)", REFINER_TEXT_PREFIX)),
+        model_class=StableDiffusionXLRefinerModel,
+    ),  # fmt: skip
     preview_factors=(
         (0.3920, 0.4054, 0.4549),
         (-0.2634, -0.0196, 0.0653),

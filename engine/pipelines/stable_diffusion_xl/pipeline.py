@@ -15,6 +15,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, ClassVar
 
+from engine.errors import InvalidInput
 from engine.pipelines.stable_diffusion.pipeline import StableDiffusionModel
 
 
@@ -65,3 +66,38 @@ class StableDiffusionXLModel(StableDiffusionModel):
         )
         return {"prompt_embeds": positive, "negative_prompt_embeds": negative,
                 "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+
+
+class StableDiffusionXLRefinerModel(StableDiffusionXLModel):
+    """A loaded SDXL refiner-layout checkpoint (``sd_xl_refiner_1.0`` and its fine-tunes): it only finishes.
+
+    One text encoder (OpenCLIP bigG) and a UNet conditioned on an aesthetic
+    score: diffusers runs it as ``StableDiffusionXLImg2ImgPipeline`` with
+    ``requires_aesthetics_score`` (its default scores, 6 and 2.5).  It cannot
+    start an image from noise, so :meth:`run` refuses with a message that
+    says where it belongs; :meth:`refine` (inherited) is its use.
+    """
+
+    PIPELINES: ClassVar[dict[str, str]] = {
+        "txt2img": "StableDiffusionXLImg2ImgPipeline",
+        "img2img": "StableDiffusionXLImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLInpaintPipeline",
+    }
+    LOAD_KWARGS: ClassVar[dict[str, Any]] = {"add_watermarker": False, "requires_aesthetics_score": True}
+
+    def _variant(self, mode: str) -> Any:
+        return self.base if mode in ("txt2img", "img2img") else super()._variant(mode)
+
+    def run(self, spec: Any, should_stop: Callable[[], bool] | None = None, refiner: Any = None) -> list[Any]:
+        raise InvalidInput(
+            "this model is an SDXL refiner (one text encoder, aesthetic-score conditioning): it can only finish another "
+            "SDXL model's image; name it as refiner.model and an SDXL checkpoint as model",
+            parameter="model",
+        )
+
+    def run_batch(self, specs: list[Any], should_stop: Callable[[], bool] | None = None) -> list[Any]:
+        return self.run(specs[0], should_stop)
+
+    @staticmethod
+    def training_conditioning(pipe: Any, caption: str, n: int, size: tuple[int, int]) -> tuple[Any, dict[str, Any] | None]:
+        raise InvalidInput("an SDXL refiner cannot be the base of a LoRA training; train on an SDXL checkpoint", parameter="model")
