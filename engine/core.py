@@ -539,6 +539,9 @@ class Engine:
             raise InvalidInput(
                 f"{entry.air} is {entry.architecture}; the recipe {plan.recipe} trains {plan.family} LoRAs", parameter="baseModel"
             )
+        if self.library.refines_only(entry):
+            raise InvalidInput(f"{entry.air} is an SDXL refiner: it only finishes images; train on an SDXL checkpoint",
+                               parameter="baseModel")
         target = None
         imported = plan.import_model
         from engine.registry.team_settings import TeamSettings

@@ -314,6 +314,15 @@ class ModelLibrary:
             return descriptor.config_folder(self.data_dir, path)
         raise InvalidInput(f"architecture {architecture} cannot be loaded by this build", parameter="model")
 
+    def refines_only(self, entry: ModelEntry) -> bool:
+        """Whether ``entry``'s file is in a refiner-only layout (SDXL's refiner): it can finish images, not start them
+        or be trained on.  Reads the file's header (worker thread)."""
+        if entry.builtin or entry.file is None or entry.category != "checkpoint":
+            return False
+        from engine.pipelines.stable_diffusion.loading import layout_of
+
+        return layout_of(self.config_folder(entry.architecture, entry.file)).refines_only
+
     # ---- loaded models (the cache) ---------------------------------------------
 
     @staticmethod

@@ -23,6 +23,7 @@ from engine.errors import EngineError, InvalidInput
 from engine.pipelines.stable_diffusion.loading import ModelLoadError, check_checkpoint, layout_of
 from engine.upload.sniff import sniff_model
 from engine.upload.safetensors_check import read_safetensors_info
+from protocol.frames import decode_frame
 from protocol.inference import ImageInference
 from protocol.models import ModelUpload
 from tests.engine.test_sd15_config import write_sparse_safetensors
@@ -156,3 +157,9 @@ async def test_a_refiner_cannot_start_an_image_or_be_trained_on(engine, files: d
     assert isinstance(info.value, EngineError)
     still = await engine.generate(task(), team=TEAM, owner="a")  # the engine goes on
     assert still[0].data.startswith(b"\x89PNG")
+    training = decode_frame(json.dumps([{"taskType": "training", "taskUUID": str(uuid.uuid4()), "model": "wisp:sdxl@lora-training",
+                                         "baseModel": air, "inputs": {"dataset": ["https://example.invalid/a.png"]}}]))[0].task  # fmt: skip
+    with pytest.raises(InvalidInput, match="SDXL refiner") as refused:
+        engine.check_training(training, TEAM)
+    assert refused.value.parameter == "baseModel"
+    assert not engine.library.refines_only(engine.library.resolve(BUILTIN_SDXL_AIR, TEAM, parameter="model"))

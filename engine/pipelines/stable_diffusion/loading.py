@@ -71,12 +71,14 @@ class Layout:
     title: str
     components: tuple[CheckpointComponent, ...]
     model_class: Any
+    refines_only: bool = False
+    """A refiner-only layout (SDXL's refiner): it finishes another model's image, never starts one."""
 
     @classmethod
     def of(cls, family: Family, refiner: RefinerLayout | None = None) -> Layout:
         if refiner is None:
             return cls(family, family.title, family.components, family.model_class)
-        return cls(family, refiner.title, refiner.components, refiner.model_class)
+        return cls(family, refiner.title, refiner.components, refiner.model_class, refines_only=True)
 
 
 def layout_of(config_folder: Path) -> Layout:
