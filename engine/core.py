@@ -277,6 +277,11 @@ class Engine:
             self._worker.thread.join(wait_s)
         return len(left)
 
+    @property
+    def batch_limit(self) -> int:
+        """How many compatible jobs may share a device call here (1: dynamic batching is off)."""
+        return self._worker.max_batch
+
     def batch_sizes(self) -> dict[int, int]:
         """Device calls so far, by how many requests each ran (dynamic batching)."""
         return dict(self._worker.batches)

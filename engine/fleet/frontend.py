@@ -33,7 +33,7 @@ from engine.core import Engine, EngineConfig
 from engine.errors import JobCancelled, ReplicaLost
 from engine.fleet.blobs import Origin
 from engine.fleet.replica import TrainedFile, decode_events
-from engine.fleet.routing import Hint
+from engine.fleet.routing import Hint, batch_hint
 from engine.images.codec import FORMATS
 from engine.inference import failure, report_failure
 from engine.registry.db import Database
@@ -173,7 +173,7 @@ class FleetEngine(Engine):
         except BaseException as exc:
             report_failure(sink, job.task_uuid, exc, errors)
             return
-        hint = Hint(model=job.model.sha256 or job.model.air, size=job.model.size_bytes, loras=tuple(lora.sha256 for lora in job.loras))
+        hint = routing_hint(job)
         payload = jobs.encode(job)
         origin = {"url": self.origin.url, "token": self.origin.token} if self.origin is not None else None
         seen = _Seen()
@@ -328,3 +328,14 @@ def _router_counters() -> dict[str, int]:
 def _is_cancelled_error(exc: BaseException) -> bool:
     return type(exc).__name__ in ("RequestCancelledError", "TaskCancelledError")
 
+
+
+def routing_hint(job: jobs.InferenceJob) -> Hint:
+    """What the router needs of ``job``: its model's key and bytes, its LoRAs, and whom it could share a pass with."""
+    model = job.model.sha256 or job.model.air
+    alone = (len(job.seeds) != 1 or job.seed_image is not None or job.mask_image is not None or job.hires is not None
+             or job.prompt_weighting is not None or job.refiner is not None or bool(job.embeddings) or job.vae is not None
+             or bool(job.controlnets) or job.outpaint is not None)  # fmt: skip
+    batch = batch_hint(model, alone, job.width, job.height, job.steps, job.scheduler, job.cfg_scale, job.clip_skip,
+                       tuple((lora.sha256, lora.weight) for lora in job.loras))
+    return Hint(model=model, size=job.model.size_bytes, loras=tuple(lora.sha256 for lora in job.loras), batch=batch)

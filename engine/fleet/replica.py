@@ -128,6 +128,9 @@ class EngineReplica:
         self.engine.images.transient = True  # results travel in their Finished events; the front end stores them
         self.engine.start()
         self.running: dict[str, str] = {}
+        self.waiting: dict[str, str] = {}
+        """task UUID → batch hint of jobs accepted here and not started yet (reported to the router when this
+        replica's engine batches)."""
         """taskUUID → model key of the jobs this replica holds (fetching, queued or on the device)."""
         self.jobs_done = 0
         self.run_ms: list[float] = []
@@ -149,6 +152,9 @@ class EngineReplica:
         if model and model not in self._resident_or_loading():
             self.cold_loads = [*self.cold_loads[-499:], (model, time.time())]
         self.running[task_uuid] = model
+        batch = hint.get("batch") if isinstance(hint, dict) else None
+        if isinstance(batch, str) and batch:
+            self.waiting[task_uuid] = batch
         events: asyncio.Queue[jobs.Event] = asyncio.Queue()
         runner: asyncio.Task[None] | None = None
         files = contextlib.ExitStack()
@@ -167,6 +173,8 @@ class EngineReplica:
                 batch = [await events.get()]
                 while not events.empty():  # what is already here goes as one stream item (each item costs an RPC)
                     batch.append(events.get_nowait())
+                if task_uuid in self.waiting and any(isinstance(e, jobs.Started) for e in batch):
+                    del self.waiting[task_uuid]  # on the device now: no longer a pass to join
                 final = next((e for e in batch if isinstance(e, (jobs.Finished, jobs.Failed))), None)
                 if final is None:
                     yield encode_events(batch)
@@ -275,6 +283,7 @@ class EngineReplica:
     def _done(self, task_uuid: str, files: contextlib.ExitStack) -> None:
         """A job's end, counted once: its files released, its queue slot freed."""
         files.close()
+        self.waiting.pop(task_uuid, None)
         if self.running.pop(task_uuid, None) is not None:
             self.jobs_done += 1
 
@@ -303,6 +312,7 @@ class EngineReplica:
             "free_host": max(0, stats.host_budget - cache.pinned_bytes(HOST)),
             "unused_device": max(0, stats.device_budget - stats.device_bytes),
             "queue": len(self.running), "running": sorted(self.running),
+            "waiting": sorted(set(self.waiting.values())) if self.engine.batch_limit > 1 else [],
             "loads": stats.misses, "hits": stats.hits + stats.coalesced, "evictions": stats.evictions_dropped + stats.evictions_to_host,
             "jobs": self.jobs_done, "downloads": self.blobs.downloads, "disk_bytes": self.blobs.used_bytes(),
             "batches": {str(k): v for k, v in self.engine.batch_sizes().items()},

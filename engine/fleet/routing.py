@@ -24,6 +24,13 @@ beats a resident one fifteen deep — then by rank, then by how many of the
 job's LoRAs they already hold.  Queues are the larger of what the replica
 last reported and what this router has sent it and not seen complete.
 
+**Batch compatibility:** a holder where a job the new one could share a
+pass with is still waiting (same :func:`batch_hint`: model, size, steps,
+scheduler, CFG, LoRAs; one-image txt2img) counts ``BATCH_CREDIT`` fewer
+queued jobs: the new job rides in that pass (the replica's dynamic batching
+merges them) instead of costing a pass of its own elsewhere.  It is a hint
+only: the replica's engine decides what batches, from the full request.
+
 **A second replica for a hot model, deliberately:** when every replica
 holding the model (ranks 0–2) reports a queue of at least ``spill_queue``
 jobs and some other replica has at most half that queue, the least-loaded
@@ -41,6 +48,8 @@ COUNTERS: dict[str, int] = {"routed": 0, "spills": 0}
 """This process's routing decisions (the router runs in the front end): requests ranked, deliberate spills."""
 SPILL_QUEUE = 8
 """A replica holding the model with this many jobs queued lets a lightly loaded replica take the next one."""
+BATCH_CREDIT = 4
+"""Queued jobs a replica is credited with when a batch-compatible job waits there (half a batch of 8)."""
 RECENT_S = 5.0
 """How long this router remembers having sent a model to a replica (covers the stats period and a load's start)."""
 
@@ -53,15 +62,29 @@ class Hint:
     """The checkpoint's sha256, or a built-in model's AIR."""
     size: int = 0
     loras: tuple[str, ...] = ()
+    batch: str = ""
+    """:func:`batch_hint` of the job ("" when it runs alone)."""
 
     def as_dict(self) -> dict[str, object]:
-        return {"model": self.model, "size": self.size, "loras": list(self.loras)}
+        return {"model": self.model, "size": self.size, "loras": list(self.loras), "batch": self.batch}
 
     @classmethod
     def from_dict(cls, data: object) -> "Hint | None":
         if not isinstance(data, dict) or not isinstance(data.get("model"), str):
             return None
-        return cls(model=data["model"], size=int(data.get("size") or 0), loras=tuple(data.get("loras") or ()))
+        batch = data.get("batch")
+        return cls(model=data["model"], size=int(data.get("size") or 0), loras=tuple(data.get("loras") or ()),
+                   batch=batch if isinstance(batch, str) else "")
+
+
+def batch_hint(model: str, mode_alone: bool, width: int, height: int, steps: int, scheduler: str, cfg_scale: float,
+               clip_skip: int | None, loras: tuple[tuple[str, float], ...]) -> str:
+    """A short, stable name for what must match for two jobs to share a device pass ("" when ``mode_alone``: the
+    job never batches).  Mirrors the engine's ``batch_key`` closely enough to route by; never decides a batch."""
+    if mode_alone:
+        return ""
+    text = repr((model, width, height, steps, scheduler, float(cfg_scale), clip_skip, loras))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,8 @@ class ReplicaState:
     free_device: int = 0
     free_host: int = 0
     queue: int = 0
+    waiting: frozenset[str] = frozenset()
+    """Batch hints of jobs accepted there and not yet started."""
 
     @classmethod
     def from_stats(cls, replica_id: str, stats: dict[str, object] | None) -> "ReplicaState":
@@ -90,7 +115,8 @@ class ReplicaState:
             return int(value) if isinstance(value, (int, float)) else 0
 
         return cls(id=replica_id, device=keys("device"), host=keys("host"), loading=keys("loading"), loras=keys("loras"),
-                   free_device=number("free_device"), free_host=number("free_host"), queue=number("queue"))
+                   free_device=number("free_device"), free_host=number("free_host"), queue=number("queue"),
+                   waiting=keys("waiting"))
 
 
 def affinity(key: str, replica_id: str) -> int:
@@ -140,7 +166,8 @@ def rank(states: list[ReplicaState], hint: Hint, recent: Recent | None = None, n
     def order(state: ReplicaState) -> tuple[int, int, int, int, int]:
         t = tiers[state.id]
         if t <= 2:  # holders: the shortest queue first (a copy still loading beats a resident one 15 deep), then the tier
-            return (0, state.queue, t, -len(state.loras.intersection(hint.loras)), -affinity(hint.model, state.id))
+            queue = state.queue - (BATCH_CREDIT if hint.batch and hint.batch in state.waiting else 0)
+            return (0, queue, t, -len(state.loras.intersection(hint.loras)), -affinity(hint.model, state.id))
         return (t, 0, 0, 0, -affinity(hint.model, state.id))
 
     ordered = sorted(states, key=order)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.fleet.routing import SPILL_QUEUE, Hint, Recent, ReplicaState, affinity, rank, tier
+from engine.fleet.routing import BATCH_CREDIT, SPILL_QUEUE, Hint, Recent, ReplicaState, affinity, batch_hint, rank, tier
 
 MB = 1_000_000
 
@@ -72,3 +72,36 @@ def test_among_holders_the_shorter_queue_wins_even_over_a_better_tier():
     hint = Hint(model="m")
     states = [state("resident", device=["m"], queue=15), state("loading", loading=["m"], queue=1), state("cold", queue=0)]
     assert rank(states, hint) == ["loading", "resident", "cold"]
+
+
+def test_a_job_goes_where_a_compatible_one_waits_to_share_its_pass():
+    key = batch_hint("m", False, 64, 64, 20, "Default", 7.0, None, ())
+    hint = Hint(model="m", batch=key)
+    states = [state("idle", device=["m"], queue=1), state("waiting", device=["m"], queue=3, waiting=[key])]
+    assert rank(states, hint) == ["waiting", "idle"]  # three queued, one of them this job's batch-mate: it rides along
+    other = Hint(model="m", batch=batch_hint("m", False, 64, 64, 30, "Default", 7.0, None, ()))  # other steps
+    assert rank(states, other) == ["idle", "waiting"]
+    far = [state("idle", device=["m"], queue=0), state("waiting", device=["m"], queue=1 + BATCH_CREDIT, waiting=[key])]
+    assert rank(far, hint) == ["idle", "waiting"]  # the credit is bounded: a long queue still loses
+    assert batch_hint("m", True, 64, 64, 20, "Default", 7.0, None, ()) == ""  # a job that never batches has no hint
+    assert rank(states, Hint(model="m")) == ["idle", "waiting"]
+    assert batch_hint("m", False, 64, 64, 20, "Default", 7, None, ()) == key  # 7 and 7.0 are one CFG
+    assert Hint.from_dict(hint.as_dict()) == hint and ReplicaState.from_stats("r", {"waiting": [key, 3]}).waiting == {key}
+
+
+def test_the_front_end_names_batchable_jobs_only():
+    import msgspec
+
+    from engine.fleet.frontend import routing_hint
+    from engine.jobs import InferenceJob, LoraRef, ModelRef
+
+    base = InferenceJob(task_uuid="t", team="a", owner="o", model=ModelRef(air="x:y@1", architecture="sd1x", builtin=False, sha256="s" * 64), prompt="p",
+                        negative_prompt=None, width=64, height=64, steps=4, cfg_scale=7.0, scheduler="Default", seeds=(1,))  # fmt: skip
+    hint = routing_hint(base)
+    assert hint.model == "s" * 64 and hint.batch
+    assert routing_hint(msgspec.structs.replace(base, prompt="another prompt", seeds=(9,))).batch == hint.batch  # prompt, seed: free
+    assert routing_hint(msgspec.structs.replace(base, steps=5)).batch != hint.batch
+    lora = (LoraRef(air="l:l@1", sha256="l" * 64, weight=1.0),)
+    assert routing_hint(msgspec.structs.replace(base, loras=lora)).batch not in ("", hint.batch)
+    for alone in ({"seeds": (1, 2)}, {"seed_image": "uuid"}, {"hires": (128, 128, 0.5, 4)}, {"prompt_weighting": "compel"}):
+        assert routing_hint(msgspec.structs.replace(base, **alone)).batch == ""
