@@ -294,10 +294,23 @@ class Engine:
         """True while the device thread is still inside a job (after :meth:`stop`: a step longer than its wait)."""
         return self._started and self._worker.thread.is_alive()
 
-    async def warm(self, air: str, team: str = "") -> None:
-        """Load a model ahead of its first request (builds the built-in one if needed)."""
+    async def warm(self, air: str, team: str = "", freeze_libraries: bool = False) -> None:
+        """Load a model ahead of its first request (builds the built-in one if needed).
+
+        ``freeze_libraries`` (a long-running server): first move the libraries' objects out of the garbage
+        collector's way (engine.heap), on the device thread before the load, so no model is frozen with them."""
         entry = self.library.resolve(air, team)
-        await submit(self.queue, "__warm__", lambda: self.library.pipeline(entry))
+
+        def load() -> Any:
+            if freeze_libraries:
+                from engine.heap import freeze_library_objects
+                from engine.models import LOAD_LOCK
+
+                with LOAD_LOCK:
+                    freeze_library_objects()
+            return self.library.pipeline(entry)
+
+        await submit(self.queue, "__warm__", load)
 
     # ---- the job interface ------------------------------------------------------------
 

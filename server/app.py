@@ -240,7 +240,7 @@ class WispServer:
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
         self._revocations = asyncio.get_running_loop().create_task(self._watch_revocations())
         if self.config.warm_builtin and self.fleet is None:
-            warm = asyncio.get_running_loop().create_task(self.engine.warm(BUILTIN_SD15_AIR))
+            warm = asyncio.get_running_loop().create_task(self.engine.warm(BUILTIN_SD15_AIR, freeze_libraries=True))
             warm.add_done_callback(_log_warm_failure)
 
     async def _watch_revocations(self) -> None:
