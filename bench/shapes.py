@@ -5,10 +5,11 @@ measured rather than hoped.  Three parts, each against a baseline in the same ru
 
 * **metric**: ``--cases`` prompt × seed pairs (random scenes, every attribute named,
   in the captions' free word orders; :func:`engine.builtin.shapes.scene.metric_cases`),
-  generated through wisp's engine at the model's defaults (20 steps, CFG 5) and
+  generated through wisp's engine at the model's defaults (20 steps, CFG 3) and
   graded by :func:`engine.builtin.shapes.scene.judge`: the named colour must dominate
   the named shape's region and the named background colour the border.  Goal ≥ 90 %.
-  Baseline: the random-weight ``wisp:tiny-sd15@1`` on the same prompts.
+  Baseline: the random-weight ``wisp:tiny-sd15@1`` on the same prompts.  ``--cfg-sweep``
+  grades the shapes model again at other CFG scales (how the default was chosen).
 * **speed**: seconds per image at 64 and 128 px on one torch thread, through the
   engine vs diffusers' pipeline called directly on the same folder.
 * **concept**: a LoRA trained through the ``training`` task on ``--concept-images``
@@ -55,9 +56,11 @@ def decode_one(element: dict[str, Any]) -> Any:
     return decoded[0].task
 
 
-def inference(model: str, prompt: str, seed: int, side: int = 64, lora: list[dict] | None = None) -> Any:
+def inference(model: str, prompt: str, seed: int, side: int = 64, lora: list[dict] | None = None, cfg: float | None = None) -> Any:
     element = {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": model, "positivePrompt": prompt,
                "width": side, "height": side, "seed": seed, "lora": lora or []}
+    if cfg is not None:
+        element["CFGScale"] = cfg
     return decode_one(element)
 
 
@@ -68,38 +71,42 @@ def generate(engine: Any, task: Any) -> Any:
     return Image.open(io.BytesIO(images[0].data))
 
 
-def metric(engine: Any, cases: list[Any], model: str) -> dict[str, Any]:
+def metric(engine: Any, cases: list[Any], model: str, cfg: float | None = None) -> dict[str, Any]:
     from engine.builtin.shapes.scene import judge
 
     shape_ok = background_ok = both = 0
     for case in cases:
-        image = generate(engine, inference(model, case.prompt, case.seed))
+        image = generate(engine, inference(model, case.prompt, case.seed, cfg=cfg))
         verdict = judge(image, case.scene.colour, case.scene.background, case.scene.position, case.scene.size)
         shape_ok += verdict.shape_ok
         background_ok += verdict.background_ok
         both += verdict.ok
     n = len(cases)
-    return {"model": model, "cases": n, "shape_colour": shape_ok / n, "background": background_ok / n, "both": both / n}
+    return {"model": model, "cfg": "default" if cfg is None else cfg, "cases": n, "shape_colour": shape_ok / n,
+            "background": background_ok / n, "both": both / n}
 
 
 def speed(engine: Any, folder: Path, repeats: int) -> list[dict[str, Any]]:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from engine.models import BUILTIN_MODELS
+
+    cfg = BUILTIN_MODELS[SHAPES].defaults.cfg_scale  # what the engine uses when a request names none
     pipe = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     prompt = "a large red star at the top left on a blue background"
     rows = []
     for side in (64, 128):
         generate(engine, inference(SHAPES, prompt, 0, side))  # warm both sides
-        pipe(prompt, height=side, width=side, num_inference_steps=20, guidance_scale=5.0)
+        pipe(prompt, height=side, width=side, num_inference_steps=20, guidance_scale=cfg)
         wisp_s, direct_s = [], []
         for i in range(repeats):
             t0 = time.perf_counter()
             generate(engine, inference(SHAPES, prompt, i, side))
             wisp_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            pipe(prompt, height=side, width=side, num_inference_steps=20, guidance_scale=5.0,
+            pipe(prompt, height=side, width=side, num_inference_steps=20, guidance_scale=cfg,
                  generator=torch.Generator().manual_seed(i))  # fmt: skip
             direct_s.append(time.perf_counter() - t0)
         wisp_mean, direct_mean = sum(wisp_s) / repeats, sum(direct_s) / repeats
@@ -146,6 +153,7 @@ def main() -> None:
     parser.add_argument("--concept-images", type=int, default=6)
     parser.add_argument("--concept-steps", type=int, default=300)
     parser.add_argument("--concept-seeds", type=int, default=20)
+    parser.add_argument("--cfg-sweep", default="", help="comma-separated CFG scales to grade the shapes model at too")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: metric, speed, concept")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -164,11 +172,12 @@ def main() -> None:
                 cases = metric_cases(args.cases)
                 log(f"metric: {len(cases)} prompt × seed pairs, shapes then tiny")
                 result["metric"] = [metric(engine, cases, SHAPES), metric(engine, cases, TINY)]
-                print(render_table(["model", "cases", "shape colour", "background", "both (goal ≥ 0.90)"],
-                                   [[m["model"], m["cases"], f"{m['shape_colour']:.1%}", f"{m['background']:.1%}", f"{m['both']:.1%}"]
-                                    for m in result["metric"]]))  # fmt: skip
+                result["metric"] += [metric(engine, cases, SHAPES, float(c)) for c in filter(None, args.cfg_sweep.split(","))]
+                print(render_table(["model", "CFG", "cases", "shape colour", "background", "both (goal ≥ 0.90)"],
+                                   [[m["model"], m["cfg"], m["cases"], f"{m['shape_colour']:.1%}", f"{m['background']:.1%}",
+                                     f"{m['both']:.1%}"] for m in result["metric"]]))  # fmt: skip
             if "speed" not in skip:
-                log("speed: 20 steps, CFG 5, one torch thread")
+                log("speed: 20 steps at the default CFG, one torch thread")
                 result["speed"] = speed(engine, MODEL_FOLDER, args.repeats)
                 print(render_table(["side", "wisp s/image", "diffusers s/image", "wisp/diffusers"],
                                    [[r["side"], f"{r['wisp_s']:.3f}", f"{r['direct_s']:.3f}", f"{r['ratio']:.3f}×"] for r in result["speed"]]))
