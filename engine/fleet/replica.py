@@ -128,10 +128,10 @@ class EngineReplica:
         self.engine.images.transient = True  # results travel in their Finished events; the front end stores them
         self.engine.start()
         self.running: dict[str, str] = {}
-        self.waiting: dict[str, str] = {}
-        """task UUID → batch hint of jobs accepted here and not started yet (reported to the router when this
-        replica's engine batches)."""
         """taskUUID → model key of the jobs this replica holds (fetching, queued or on the device)."""
+        self.waiting: dict[str, str] = {}
+        """taskUUID → batch hint of the jobs accepted here and not started yet (reported to the router when this
+        replica's engine batches)."""
         self.jobs_done = 0
         self.run_ms: list[float] = []
         """How long the last jobs took here, from their bytes arriving to their last event (milliseconds)."""
@@ -152,9 +152,9 @@ class EngineReplica:
         if model and model not in self._resident_or_loading():
             self.cold_loads = [*self.cold_loads[-499:], (model, time.time())]
         self.running[task_uuid] = model
-        batch = hint.get("batch") if isinstance(hint, dict) else None
-        if isinstance(batch, str) and batch:
-            self.waiting[task_uuid] = batch
+        mates = hint.get("batch") if isinstance(hint, dict) else None
+        if isinstance(mates, str) and mates:
+            self.waiting[task_uuid] = mates
         events: asyncio.Queue[jobs.Event] = asyncio.Queue()
         runner: asyncio.Task[None] | None = None
         files = contextlib.ExitStack()
