@@ -108,6 +108,20 @@ def wisp_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(WISP + list(args), capture_output=True, text=True, cwd=ROOT)
 
 
+def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter at the project root (import-order and process-wide state checks)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on once this returns (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class FileServer:
     """A loopback HTTP server over a folder, counting GETs per path (for 'no download' checks)."""
 

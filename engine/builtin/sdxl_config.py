@@ -146,19 +146,13 @@ REFINER_FIRST_CONV: tuple[int, ...] = (384, 4, 3, 3)
 """``conv_in`` of the SDXL refiner 1.0 (block_out_channels[0] = 384)."""
 
 REFINER_MODEL_INDEX: dict[str, Any] = {
+    # SDXL's, finishing only: no first text encoder, the empty prompt encoded (not zeros), aesthetic-score conditioning.
+    **MODEL_INDEX,
     "_class_name": "StableDiffusionXLImg2ImgPipeline",
-    "_diffusers_version": "0.42.1",
-    "feature_extractor": [None, None],
     "force_zeros_for_empty_prompt": False,
-    "image_encoder": [None, None],
     "requires_aesthetics_score": True,
-    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
     "text_encoder": [None, None],
-    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
     "tokenizer": [None, None],
-    "tokenizer_2": ["transformers", "CLIPTokenizer"],
-    "unet": ["diffusers", "UNet2DConditionModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
 }
 
 REFINER_UNET_CONFIG: dict[str, Any] = {
@@ -203,28 +197,28 @@ def _write_tokenizer_2(folder: Path) -> None:
         _write_json(path, {**json.loads(path.read_text(encoding="utf-8")), "pad_token": TOKENIZER_2_PAD})
 
 
-def build(target: Path) -> None:
-    """Write the config-only SDXL folder at ``target`` (which must not exist yet)."""
+def _write_folder(target: Path, unet: dict[str, Any], model_index: dict[str, Any], first_encoder: bool) -> None:
+    """A config-only SDXL-family folder at ``target`` (which must not exist yet); ``first_encoder``: with CLIP-L."""
     target.mkdir(parents=True)
-    _write_json(target / "unet" / "config.json", UNET_CONFIG)
+    _write_json(target / "unet" / "config.json", unet)
     _write_json(target / "vae" / "config.json", VAE_CONFIG)
     _write_json(target / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
-    _write_text_encoder(target / "text_encoder", TEXT_ENCODER_CONFIG)
+    if first_encoder:
+        _write_text_encoder(target / "text_encoder", TEXT_ENCODER_CONFIG)
+        _write_tokenizer(target / "tokenizer")
     _write_text_encoder(target / "text_encoder_2", TEXT_ENCODER_2_CONFIG)
-    _write_tokenizer(target / "tokenizer")
     _write_tokenizer_2(target / "tokenizer_2")
-    _write_json(target / "model_index.json", MODEL_INDEX)  # last: its presence means "complete"
+    _write_json(target / "model_index.json", model_index)  # last: its presence means "complete"
+
+
+def build(target: Path) -> None:
+    """Write the config-only SDXL folder at ``target`` (which must not exist yet)."""
+    _write_folder(target, UNET_CONFIG, MODEL_INDEX, first_encoder=True)
 
 
 def build_refiner(target: Path) -> None:
     """Write the config-only SDXL refiner folder at ``target`` (which must not exist yet)."""
-    target.mkdir(parents=True)
-    _write_json(target / "unet" / "config.json", REFINER_UNET_CONFIG)
-    _write_json(target / "vae" / "config.json", VAE_CONFIG)
-    _write_json(target / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
-    _write_text_encoder(target / "text_encoder_2", TEXT_ENCODER_2_CONFIG)
-    _write_tokenizer_2(target / "tokenizer_2")
-    _write_json(target / "model_index.json", REFINER_MODEL_INDEX)  # last: its presence means "complete"
+    _write_folder(target, REFINER_UNET_CONFIG, REFINER_MODEL_INDEX, first_encoder=False)
 
 
 def ensure_sdxl_refiner_config(data_dir: Path) -> Path:

@@ -114,31 +114,37 @@ def _text_config(vocab_size: int, width: int, act: str, projection: int) -> Any:
     )
 
 
-def build(target: Path) -> None:
-    """Build the pipeline folder at ``target`` (which must not exist yet)."""
+def _shared_parts(vocab: dict[str, int]) -> dict[str, Any]:
+    """What the tiny base and the tiny refiner share, built the same way (seed 0 each): the VAE, the second text
+    encoder and its tokenizer (padding with ``!`` like SDXL's ``tokenizer_2``)."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-    vocab = byte_level_vocab()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    tokenizer_2 = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token="!")
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
     torch.manual_seed(0)
     vae = AutoencoderKL(**VAE_CONFIG)
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(_text_config(len(vocab), TEXT_WIDTHS[0], "quick_gelu", TEXT_WIDTHS[0]))
-    torch.manual_seed(0)
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(vocab), TEXT_WIDTHS[1], "gelu", POOLED_WIDTH))
+    return {"vae": vae, "text_encoder_2": text_encoder_2, "scheduler": EulerDiscreteScheduler(**SCHEDULER_CONFIG),
+            "tokenizer_2": CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token="!")}
+
+
+def build(target: Path) -> None:
+    """Build the pipeline folder at ``target`` (which must not exist yet)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    vocab = byte_level_vocab()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_text_config(len(vocab), TEXT_WIDTHS[0], "quick_gelu", TEXT_WIDTHS[0]))
     pipe = StableDiffusionXLPipeline(
-        vae=vae,
         text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77),
         unet=unet,
-        scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        **_shared_parts(vocab),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
@@ -148,24 +154,16 @@ def build(target: Path) -> None:
 def build_refiner(target: Path) -> None:
     """Build the tiny refiner-layout pipeline folder at ``target`` (which must not exist yet)."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
 
     vocab = byte_level_vocab()
     torch.manual_seed(1)
     unet = UNet2DConditionModel(**REFINER_UNET_CONFIG)
-    torch.manual_seed(0)
-    vae = AutoencoderKL(**VAE_CONFIG)
-    torch.manual_seed(0)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(vocab), TEXT_WIDTHS[1], "gelu", POOLED_WIDTH))
     pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=vae,
         text_encoder=None,
-        text_encoder_2=text_encoder_2,
         tokenizer=None,
-        tokenizer_2=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token="!"),
         unet=unet,
-        scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        **_shared_parts(vocab),
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
         add_watermarker=False,

@@ -98,8 +98,8 @@ class ImageStore:
         """
         image_uuid = image_uuid.lower()
         if team is not None and self.db is not None:
-            row = self.db.connect().execute("SELECT team FROM image_owners WHERE image_uuid=?", (image_uuid,)).fetchone()
-            if row is not None and row[0] != team:
+            owner = self._owner(image_uuid)
+            if owner is not None and owner != team:
                 return None
         for ext in EXT_MIME:
             path = self.path_for_name(f"{image_uuid}.{ext}")
@@ -110,14 +110,18 @@ class ImageStore:
     def delete(self, image_uuid: str, team: str) -> bool:
         """Worker thread: delete ``team``'s own image (mediaStorage delete); False when it has none by that UUID."""
         image_uuid = image_uuid.lower()
-        if self.db is not None:
-            row = self.db.connect().execute("SELECT team FROM image_owners WHERE image_uuid=?", (image_uuid,)).fetchone()
-            if row is None or row[0] != team:
-                return False  # another team's (or an unowned) image looks missing
+        if self.db is not None and self._owner(image_uuid) != team:
+            return False  # another team's (or an unowned) image looks missing
         removed = self._remove(image_uuid)
         if self.db is not None:
             self.db.connect().execute("DELETE FROM image_owners WHERE image_uuid=?", (image_uuid,))
         return removed
+
+    def _owner(self, image_uuid: str) -> str | None:
+        """The team that made or uploaded an image (None: no owner recorded).  Needs ``self.db``."""
+        assert self.db is not None
+        row = self.db.connect().execute("SELECT team FROM image_owners WHERE image_uuid=?", (image_uuid,)).fetchone()
+        return None if row is None else str(row[0])
 
     def _remove(self, image_uuid: str) -> bool:
         removed = False

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from pathlib import Path
 
 import pytest
 
 from engine.pipelines import families
 from engine.pipelines.family import ModelDefaults, ModelFamily
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, run_python
 
 ALLOWED = {
     "engine/pipelines/families.py",
@@ -211,9 +209,6 @@ def test_tables_derived_from_the_registry_are_the_ones_written_by_hand_before() 
 )
 def test_the_registry_is_whole_whichever_module_is_imported_first(first: str) -> None:
     """A family folder's package imports the registry's users; none of them may see it half built."""
-    import subprocess
-    import sys
-
     check = (
         f"import {first}\n"
         "from engine.pipelines import families\n"
@@ -222,5 +217,5 @@ def test_the_registry_is_whole_whichever_module_is_imported_first(first: str) ->
         "assert families.names() == ('sd1x', 'sdxl') and len(CHECKPOINT_PREFIXES) == 6 and set(FAMILIES) == {'sd1x', 'sdxl'}\n"
         "assert ARCHITECTURE_FAMILIES['pony'] == 'sdxl'\n"
     )
-    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = run_python(check)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import run_python
 
 
 def test_library_objects_are_frozen_once_and_later_objects_are_still_collected():
@@ -23,6 +19,6 @@ def test_library_objects_are_frozen_once_and_later_objects_are_still_collected()
         "assert alive() is None\n"
         "print(frozen)\n"
     )
-    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_python(check, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.strip()) > 100_000

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 
-from tests.conftest import ROOT, WISP
+from tests.conftest import ROOT, WISP, free_port
 
 
 def test_an_unreachable_cluster_ends_start_up_with_a_plain_error(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens here once the probe closes
+    port = free_port()  # nothing listens here
     env = {**os.environ, "HOME": str(tmp_path / "home"), "WISP_FLEET_CONNECT_TIMEOUT": "5", "RAY_USAGE_STATS_ENABLED": "0"}
     done = subprocess.run(WISP + ["serve", "--port", "0", "--data-dir", str(tmp_path / "data"), "--engine", "ray",
                                   "--ray-address", f"127.0.0.1:{port}"],

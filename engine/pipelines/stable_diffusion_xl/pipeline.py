@@ -97,7 +97,3 @@ class StableDiffusionXLRefinerModel(StableDiffusionXLModel):
 
     def run_batch(self, specs: list[Any], should_stop: Callable[[], bool] | None = None) -> list[Any]:
         return self.run(specs[0], should_stop)
-
-    @staticmethod
-    def training_conditioning(pipe: Any, caption: str, n: int, size: tuple[int, int]) -> tuple[Any, dict[str, Any] | None]:
-        raise InvalidInput("an SDXL refiner cannot be the base of a LoRA training; train on an SDXL checkpoint", parameter="model")
