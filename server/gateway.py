@@ -397,6 +397,7 @@ class Gateway:
                     return wire_error(ErrorCode.CONFLICT_TASK_UUID, "a task with this taskUUID already exists; poll it with getResponse",
                                       task_type="modelSearch", task_uuid=task.taskUUID, parameter="taskUUID")
                 record.succeed([result])
+                self.tasks.finish(record)  # not journaled (durable=False): packed for the hour getResponse keeps it
                 task_finished("modelSearch", task.taskUUID, session.team, None, "success", record.created_at, record.created_at,
                               level=logging.DEBUG, ran=False)  # answered from memory: counted, no queue or run time to observe
                 return result

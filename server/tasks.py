@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import msgspec
 
@@ -74,22 +73,68 @@ def _trim(value: Any) -> Any:
     return value
 
 
-@dataclass
+_PACK = msgspec.msgpack.Encoder()
+_UNPACK = msgspec.msgpack.Decoder()
+
+
 class TaskRecord:
-    team: str
-    task_uuid: str
-    task_type: str
-    request: Any
-    session_uuid: str
-    created_at: float = field(default_factory=time.monotonic)
-    started_at: float | None = None
-    """When the device took the task from the queue (imageInference; None: still queued, or not tracked)."""
-    progress: float = 0.0
-    """Share of the denoising steps done (imageInference), for the dialects' progress fields."""
-    finished_at: float | None = None
-    items: list[Any] = field(default_factory=list)
-    errors: list[WireError] = field(default_factory=list)
-    durable: bool = True
+    """One accepted task: who sent it, what it asked, how far it got and what it gave.
+
+    Finished records stay for ``retention_s`` (an hour by default), and a busy server answers tens of thousands of
+    searches an hour.  Kept as they were (the request's dicts, the result structs and their lists, ~19 objects a
+    search), every full collection of the garbage collector walked them all, and that grew to half of a search's
+    CPU (bench/RESULTS.md, "Task records packed").  So :meth:`pack` keeps a finished record's request and items as
+    one MessagePack ``bytes`` the collector never looks into; reading them back (getResponse, getTaskDetails, the
+    dialects) decodes plain dicts and lists, exactly what a record read from the journal after a restart holds.
+    """
+
+    __slots__ = ("team", "task_uuid", "task_type", "session_uuid", "created_at", "started_at", "progress", "finished_at",
+                 "errors", "durable", "_request", "_items", "_packed")  # fmt: skip
+
+    def __init__(self, team: str, task_uuid: str, task_type: str, request: Any, session_uuid: str, durable: bool = True) -> None:
+        self.team = team
+        self.task_uuid = task_uuid
+        self.task_type = task_type
+        self.session_uuid = session_uuid
+        self.durable = durable
+        self.created_at = time.monotonic()
+        self.started_at: float | None = None
+        """When the device took the task from the queue (imageInference; None: still queued, or not tracked)."""
+        self.progress = 0.0
+        """Share of the denoising steps done (imageInference), for the dialects' progress fields."""
+        self.finished_at: float | None = None
+        self.errors: Sequence[WireError] = ()
+        self._request: Any = request
+        self._items: list[Any] = []
+        self._packed: bytes | None = None
+
+    @property
+    def request(self) -> Any:
+        """The request as received, huge strings elided (plain data)."""
+        return self._request if self._packed is None else _UNPACK.decode(self._packed)[0]
+
+    @property
+    def items(self) -> list[Any]:
+        """What the task gave: wire structs while it runs, plain dicts once packed or read from the journal."""
+        return self._items if self._packed is None else _UNPACK.decode(self._packed)[1]
+
+    @items.setter
+    def items(self, value: list[Any]) -> None:
+        if self._packed is not None:
+            self._request, self._packed = self.request, None
+        self._items = value
+
+    def pack(self) -> None:
+        """Keep the request and items as one ``bytes`` from now on (a finished record: they no longer change)."""
+        if self._packed is None:
+            try:
+                packed = _PACK.encode((self._request, self._items))
+                if not self.durable and len(packed) > _MAX_KEPT_STRING:  # its request was kept untrimmed (claim)
+                    packed = _PACK.encode((_trim(self._request), self._items))
+            except (TypeError, ValueError):  # something not plain data: keep it as it is
+                return
+            self._packed = packed
+            self._request = self._items = None  # type: ignore[assignment]
 
     @property
     def status(self) -> str:
@@ -138,18 +183,21 @@ class TaskStore:
             existing = self._from_journal(team, task_uuid)
         if existing is not None and not self._expired(existing, time.monotonic()):
             return None
-        record = TaskRecord(team, task_uuid, task_type, _trim(request), session_uuid, durable=durable)
+        # A query's request is trimmed only if it turns out big when packed (finish): searches are small, and a
+        # microsecond each is a share of one worth saving.
+        record = TaskRecord(team, task_uuid, task_type, _trim(request) if durable else request, session_uuid, durable=durable)
         self._records[key] = record
         if self.journal is not None and durable:
             self.journal.claimed(team, task_uuid, task_type, record.request)
         return record
 
     def finish(self, record: TaskRecord) -> None:
-        """Persist a task's outcome (call after ``succeed`` or ``fail``)."""
+        """Persist a task's outcome and pack its record (call after ``succeed`` or ``fail``)."""
         if self.journal is not None and record.durable:
             self.journal.finished(
                 record.team, record.task_uuid, record.status, _journal_items(record.items), msgspec.to_builtins(record.errors)
             )
+        record.pack()
 
     def release(self, record: TaskRecord) -> None:
         """Forget a task refused before it started, so its taskUUID can be sent again."""

@@ -177,3 +177,76 @@ async def test_failed_authentications_are_rate_limited_per_address(tmp_path):
     assert scanner.session is None
     await send(gw, neighbour, {"taskType": "authentication", "apiKey": good})
     assert "data" in neighbour.frames[-1]  # other addresses are unaffected
+
+
+async def test_finished_records_are_packed_and_read_back_unchanged(gateway):
+    """A finished task's record keeps its request and items as one bytes (not walked by the garbage collector);
+    getResponse and getTaskDetails answer from it exactly what the task sent, and a huge field stays trimmed."""
+    import gc
+
+    gw, key, _ = gateway
+    conn = FakeConn()
+    await send(gw, conn, {"taskType": "authentication", "apiKey": key})
+    searches = [str(uuid.uuid4()) for _ in range(2)]
+    for u in searches:  # the first may run as a job (the model view warms up); the second is answered from memory
+        await settle(await send(gw, conn, {"taskType": "modelSearch", "taskUUID": u, "search": "tiny"}))
+    sent = conn.frames[-1]["data"][0]
+    assert sent["taskUUID"] == searches[1] and sent["results"]
+    image = str(uuid.uuid4())
+    seed_image = noise_png_base64()
+    assert len(seed_image) > 10_000
+    await settle(await send(gw, conn, infer(image, seedImage=seed_image, strength=0.5)))
+    image_sent = conn.frames[-1]["data"][0]
+
+    for u in (*searches, image):
+        record = gw.tasks.get(key_team(gw, key), u)
+        assert record is not None and record.finished_at is not None
+        held = gc.get_referents(record)
+        assert any(isinstance(r, bytes) for r in held)
+        assert not any(isinstance(r, (dict, list)) and r for r in held), held  # no request dict, no item list left
+
+    await send(gw, conn, {"taskType": "getResponse", "taskUUID": searches[1]})
+    assert conn.frames[-1]["data"] == [{**sent, "status": "success"}]
+    await send(gw, conn, {"taskType": "getResponse", "taskUUID": image})
+    assert conn.frames[-1]["data"] == [{**image_sent, "status": "success"}]
+    await send(gw, conn, {"taskType": "getTaskDetails", "taskUUID": image})
+    details = conn.frames[-1]["data"][0]
+    assert details["request"][0]["seedImage"] == f"<{len(seed_image)} characters omitted>"
+    assert details["response"] == [image_sent]
+
+
+def test_a_query_request_is_trimmed_when_packed():
+    """Queries (durable=False) skip the trim at claim (a microsecond each); a big one is trimmed when packed."""
+    from server.tasks import TaskRecord
+
+    record = TaskRecord("t", "u", "modelSearch", {"search": "y" * 9000, "limit": 5}, "s", durable=False)
+    assert record.request["search"] == "y" * 9000
+    record.succeed([{"results": []}])
+    record.pack()
+    assert record.request == {"search": "<9000 characters omitted>", "limit": 5}
+    assert record.items == [{"results": []}] and len(record._packed) < 200
+    record.items = [{"results": [1]}]  # set again (a late status): the request survives
+    assert record.request["limit"] == 5 and record.items == [{"results": [1]}]
+
+
+async def settle(jobs: list[asyncio.Task]) -> None:
+    if jobs:
+        await asyncio.wait(jobs)
+
+
+def noise_png_base64() -> str:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def key_team(gw: Gateway, key: str) -> str:
+    team = gw.keys.team_of(key)
+    assert team is not None
+    return team
