@@ -83,9 +83,12 @@ class TaskRecord:
     Finished records stay for ``retention_s`` (an hour by default), and a busy server answers tens of thousands of
     searches an hour.  Kept as they were (the request's dicts, the result structs and their lists, ~19 objects a
     search), every full collection of the garbage collector walked them all, and that grew to half of a search's
-    CPU (bench/RESULTS.md, "Task records packed").  So :meth:`pack` keeps a finished record's request and items as
-    one MessagePack ``bytes`` the collector never looks into; reading them back (getResponse, getTaskDetails, the
-    dialects) decodes plain dicts and lists, exactly what a record read from the journal after a restart holds.
+    CPU (bench/RESULTS.md, "Task records packed").  So :meth:`pack` keeps a finished query's (``durable=False``)
+    request and items as one MessagePack ``bytes`` the collector never looks into; reading them back (getResponse,
+    getTaskDetails, the dialects) decodes plain dicts and lists, exactly what a record read from the journal after
+    a restart holds.  Work records (images, uploads, trainings) are few and are not packed: their items may hold
+    base64 images, and every getResponse of a packed one would decode a fresh copy (64 polls of a 0.5 MB result
+    queued on a socket that does not read would hold 64 copies; shared items are encoded frame by frame).
     """
 
     __slots__ = ("team", "task_uuid", "task_type", "session_uuid", "created_at", "started_at", "progress", "finished_at",
@@ -125,11 +128,11 @@ class TaskRecord:
         self._items = value
 
     def pack(self) -> None:
-        """Keep the request and items as one ``bytes`` from now on (a finished record: they no longer change)."""
-        if self._packed is None:
+        """A finished query: keep the request and items as one ``bytes`` from now on (they no longer change)."""
+        if self._packed is None and not self.durable:
             try:
                 packed = _PACK.encode((self._request, self._items))
-                if not self.durable and len(packed) > _MAX_KEPT_STRING:  # its request was kept untrimmed (claim)
+                if len(packed) > _MAX_KEPT_STRING:  # a query's request is kept untrimmed until now (claim)
                     packed = _PACK.encode((_trim(self._request), self._items))
             except (TypeError, ValueError):  # something not plain data: keep it as it is
                 return
@@ -192,7 +195,7 @@ class TaskStore:
         return record
 
     def finish(self, record: TaskRecord) -> None:
-        """Persist a task's outcome and pack its record (call after ``succeed`` or ``fail``)."""
+        """Persist a task's outcome, or pack a query's record (call after ``succeed`` or ``fail``)."""
         if self.journal is not None and record.durable:
             self.journal.finished(
                 record.team, record.task_uuid, record.status, _journal_items(record.items), msgspec.to_builtins(record.errors)

@@ -180,8 +180,9 @@ async def test_failed_authentications_are_rate_limited_per_address(tmp_path):
 
 
 async def test_finished_records_are_packed_and_read_back_unchanged(gateway):
-    """A finished task's record keeps its request and items as one bytes (not walked by the garbage collector);
-    getResponse and getTaskDetails answer from it exactly what the task sent, and a huge field stays trimmed."""
+    """A finished search's record keeps its request and items as one bytes (not walked by the garbage collector);
+    an image task's stays as it was (its items are shared by repeated polls); getResponse and getTaskDetails answer
+    exactly what each task sent, and a huge field stays trimmed."""
     import gc
 
     gw, key, _ = gateway
@@ -198,12 +199,14 @@ async def test_finished_records_are_packed_and_read_back_unchanged(gateway):
     await settle(await send(gw, conn, infer(image, seedImage=seed_image, strength=0.5)))
     image_sent = conn.frames[-1]["data"][0]
 
-    for u in (*searches, image):
+    for u in searches:
         record = gw.tasks.get(key_team(gw, key), u)
         assert record is not None and record.finished_at is not None
         held = gc.get_referents(record)
         assert any(isinstance(r, bytes) for r in held)
         assert not any(isinstance(r, (dict, list)) and r for r in held), held  # no request dict, no item list left
+    record = gw.tasks.get(key_team(gw, key), image)
+    assert record is not None and record._packed is None and record.items[0] is record.items[0]
 
     await send(gw, conn, {"taskType": "getResponse", "taskUUID": searches[1]})
     assert conn.frames[-1]["data"] == [{**sent, "status": "success"}]
