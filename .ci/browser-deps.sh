@@ -3,7 +3,12 @@
 # with Playwright for Python. Idempotent: does nothing when /usr/bin/chromium
 # is already there. Never use `playwright install`: it downloads a browser
 # build of its own, which cannot work without the internet.
+#
+# It is the test command's first step, so it also puts spandrel into .venv without its
+# dependencies (.ci/spandrel.sh says why: pyproject.toml cannot).
 set -euo pipefail
+
+bash "$(dirname "$0")/spandrel.sh"
 
 if [ -x /usr/bin/chromium ]; then
     exit 0

@@ -337,8 +337,10 @@ class Engine:
             assert task.media is not None
             return jobs.ImageUploadJob(task_uuid=task.taskUUID, team=team, image=task.media)
         if isinstance(task, (ImageUpscale, Upscale)):
-            return jobs.UpscaleJob(task_uuid=task.taskUUID, team=team, image=task.image, factor=task.factor,
-                                   output_format=task.outputFormat, output_quality=task.outputQuality)
+            if task.uses_builtin:  # Lanczos: nothing to look up
+                return jobs.UpscaleJob(task_uuid=task.taskUUID, team=team, image=task.image, factor=task.factor,
+                                       output_format=task.outputFormat, output_quality=task.outputQuality)
+            return await asyncio.to_thread(self._prepare_upscale, task, team, owner)
         if isinstance(task, (ImageControlNetPreProcess, ControlNetPreprocess)):
             from engine.preprocessors import check as check_preprocessor
 
@@ -478,31 +480,78 @@ class Engine:
         return await self._image_to_image(job.task_uuid, job.team, job.image, make, job.output_format, job.output_quality, own_hosts)
 
     MAX_UPSCALED_PIXELS = 4096 * 4096
-    """The largest image an upscale may produce (16.8 megapixels)."""
+    """The largest image an upscale may produce (16.8 megapixels), and the largest a model pass may make on its way."""
+
+    def _prepare_upscale(self, task: ImageUpscale | Upscale, team: str, owner: str) -> jobs.UpscaleJob:
+        """Worker thread: an upscale naming an uploaded upscaler model, resolved (its bytes, network and scale).
+
+        The factor defaults to the model's scale; another one resizes the
+        model's output by Lanczos to that factor.
+        """
+        assert task.model is not None
+        row = self.library.resolve_upscaler(task.model, team)
+        detected = row.meta.get("upscaler") or {}
+        ref = jobs.UpscalerRef(air=row.air, sha256=row.sha256, architecture=str(detected.get("architecture", "")),
+                               scale=int(detected.get("scale", 1)), size_bytes=row.size_bytes)
+        requested = task.requested_factor
+        return jobs.UpscaleJob(task_uuid=task.taskUUID, team=team, image=task.image,
+                               factor=float(ref.scale) if requested is None else requested, output_format=task.outputFormat,
+                               output_quality=task.outputQuality, model=ref, owner=owner)
+
+    def _upscaled_size(self, width: int, height: int, factor: float, what: str = "the upscaled image") -> tuple[int, int]:
+        """``factor`` × (width, height), or :class:`WorkLimitExceeded` past :attr:`MAX_UPSCALED_PIXELS`."""
+        from engine.errors import WorkLimitExceeded
+
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        if size[0] * size[1] > self.MAX_UPSCALED_PIXELS:
+            raise WorkLimitExceeded(f"{what} would be {size[0]}×{size[1]}; this server makes at most "
+                                    f"{self.MAX_UPSCALED_PIXELS} pixels: a smaller factor or image", parameter="upscaleFactor")
+        return size
 
     async def upscale(self, job: jobs.UpscaleJob, own_hosts: frozenset[str] = frozenset()) -> jobs.Finished:
-        """An image enlarged ``job.factor`` times by Lanczos resampling (the built-in ``wisp:lanczos-upscaler@1``)."""
-        from engine.errors import WorkLimitExceeded
+        """An image enlarged ``job.factor`` times: by Lanczos resampling (the built-in ``wisp:lanczos-upscaler@1``), or by
+        an uploaded upscaler model (:meth:`_upscale_by_model`)."""
+        if job.model is not None:
+            with self.leases.hold([job.model.sha256]):  # a model deleted meanwhile keeps its file until this ends
+                return await self._upscale_by_model(job, job.model, own_hosts)
 
         def make(image: Any) -> Any:
             from PIL import Image
 
-            size = (max(1, round(image.width * job.factor)), max(1, round(image.height * job.factor)))
-            if size[0] * size[1] > self.MAX_UPSCALED_PIXELS:
-                raise WorkLimitExceeded(f"the upscaled image would be {size[0]}×{size[1]}; this server makes at most "
-                                        f"{self.MAX_UPSCALED_PIXELS} pixels: a smaller factor or image", parameter="upscaleFactor")
-            return image.resize(size, Image.Resampling.LANCZOS)
+            return image.resize(self._upscaled_size(image.width, image.height, job.factor), Image.Resampling.LANCZOS)
 
         return await self._image_to_image(job.task_uuid, job.team, job.image, make, job.output_format, job.output_quality, own_hosts)
 
+    async def _upscale_by_model(self, job: jobs.UpscaleJob, model: jobs.UpscalerRef, own_hosts: frozenset[str]) -> jobs.Finished:
+        """The image through the upscaler network on the device worker (cached and pinned there: engine.models), then
+        resized by Lanczos to ``job.factor`` × the input when that is not the network's scale.
+
+        Both the output and the network's own output are held to :attr:`MAX_UPSCALED_PIXELS`, checked before the
+        network runs.  On a CPU engine the device worker is a CPU thread: the same path.
+        """
+
+        def make(image: Any) -> Any:
+            from PIL import Image
+
+            size = self._upscaled_size(image.width, image.height, job.factor)
+            self._upscaled_size(image.width, image.height, model.scale, f"{model.air}'s own output (×{model.scale})")
+            with self.library.use_upscaler(model.sha256) as network:
+                made = network.run(image)
+            return made if made.size == size else made.resize(size, Image.Resampling.LANCZOS)
+
+        return await self._image_to_image(job.task_uuid, job.team, job.image, make, job.output_format, job.output_quality, own_hosts,
+                                          owner=job.owner)
+
     async def _image_to_image(
         self, task_uuid: str, team: str, ref: str, make: Callable[[Any], Any], output_format: str, quality: int,
-        own_hosts: frozenset[str],
+        own_hosts: frozenset[str], owner: str | None = None,
     ) -> jobs.Finished:
-        """Read an input image (the team's own imageUUIDs only), make a new one from it on a thread, store both.
+        """Read an input image (the team's own imageUUIDs only), make a new one from it, store both.
 
-        An input that came as anything but an imageUUID is stored too, so the
-        result's ``inputImageUUID`` names it.
+        ``make`` runs on a thread, or, given the ``owner`` whose turn it takes,
+        on the device worker (it runs a model).  An input that came as
+        anything but an imageUUID is stored too, so the result's
+        ``inputImageUUID`` names it.
         """
         from engine.images.codec import FORMATS
 
@@ -519,6 +568,8 @@ class Engine:
             result = jobs.GeneratedImage(image_uuid=made_uuid, file_name=name, seed=0, data=encoded, mime=mime, cost=0.0)
             return jobs.Finished(task_uuid=task_uuid, images=[result], input_image_uuid=input_uuid)
 
+        if owner is not None:
+            return await submit(self.queue, owner, work)
         return await asyncio.to_thread(work)
 
     # ---- the model library -------------------------------------------------

@@ -34,6 +34,7 @@ Every error, where it lives, and its code:
 ``TrainingFailed`` (engine.training.runner)            ``trainingFailed``
 ``UploadSourceGone`` (server.gateway)                  ``downloadFailed``
 ``PreprocessorUnavailable`` (engine.preprocessors)      ``unsupportedParameter``
+``UpscalerUnavailable`` (engine.upscalers)              ``unsupportedParameter``
 ``NotYourModel`` (engine.registry.models)              ``sourceNotAllowed``
 ``ModelUnavailable`` (here: a fleet replica could      ``modelLoadFailed``
 not fetch a model's bytes from the origin)

@@ -206,8 +206,21 @@ class PreprocessJob(msgspec.Struct, frozen=True, kw_only=True, tag="controlNetPr
     output_quality: int = 95
 
 
+class UpscalerRef(msgspec.Struct, frozen=True, kw_only=True):
+    """An uploaded upscaler model (category ``upscaler``), resolved: which bytes, and what they were detected as."""
+
+    air: str
+    sha256: str
+    architecture: str
+    """spandrel's name of the network (``ESRGAN``, ``RealESRGAN Compact``, …), as detected at upload."""
+    scale: int
+    """What one pass of the network multiplies each side by."""
+    size_bytes: int = 0
+
+
 class UpscaleJob(msgspec.Struct, frozen=True, kw_only=True, tag="upscale"):
-    """An image enlarged by the built-in Lanczos upscaler (imageUpscale / upscale); CPU only."""
+    """An image enlarged (imageUpscale / upscale): by the built-in Lanczos upscaler on a thread (``model`` None), or by
+    an uploaded upscaler model on the device worker, its output resized by Lanczos when ``factor`` is not its scale."""
 
     task_uuid: str
     team: str
@@ -215,6 +228,9 @@ class UpscaleJob(msgspec.Struct, frozen=True, kw_only=True, tag="upscale"):
     factor: float
     output_format: str = "PNG"
     output_quality: int = 95
+    model: UpscalerRef | None = None
+    owner: str = ""
+    """Whose turn in the fair queue a model pass takes (a session)."""
 
 
 Job = Union[InferenceJob, TrainingJob, UploadJob, SearchJob, ImageUploadJob, PreprocessJob, UpscaleJob]

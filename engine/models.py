@@ -42,6 +42,16 @@ loaders of different keys concurrently, so the loaders take this lock.
 
 
 
+def spandrel_ready(parameter: str | None) -> None:
+    """Worker thread: spandrel's architectures imported (once: under :data:`LOAD_LOCK`, never beside another thread's
+    imports), or :class:`engine.upscalers.UpscalerUnavailable` at ``parameter``."""
+    from engine import upscalers
+
+    if not upscalers.imported():
+        with LOAD_LOCK:
+            upscalers.require(parameter)
+
+
 def family(architecture: str) -> str:
     """The weight layout a declared architecture shares (``pony`` → ``sdxl``); one table, in sniff."""
     return ARCHITECTURE_FAMILIES.get(architecture, architecture)
@@ -205,6 +215,28 @@ class ModelLibrary:
             raise InvalidInput(
                 f"{air} is {a_noun} for {row.architecture}; the model {base.air} is {base.architecture}", parameter=parameter
             )
+        return row
+
+    def resolve_upscaler(self, air: str, team: str, parameter: str = "model") -> ModelRow:
+        """The row of upscaler model ``air`` (category ``upscaler``) if ``team`` may use it (worker thread: a registry read).
+
+        Missing and another team's private look alike (``ModelNotFound``); a
+        model of another category is ``InvalidInput``, both naming ``parameter``.
+        """
+        from engine.controlnets import BUILTIN_CONTROLNETS
+        from protocol.upscale import LANCZOS_UPSCALER
+
+        if air in BUILTIN_MODELS:
+            raise InvalidInput(f"{air} is a checkpoint, not an upscaler", parameter=parameter)
+        if air in BUILTIN_CONTROLNETS:
+            raise InvalidInput(f"{air} is a controlnet, not an upscaler", parameter=parameter)
+        row = self.registry.visible(air, team)
+        if row is None:
+            raise ModelNotFound(f"no upscaler {air[:200]!r} is available; this server has {LANCZOS_UPSCALER} and the upscaler "
+                                "models (category upscaler) your team can use", parameter=parameter)
+        if row.category != "upscaler":
+            raise InvalidInput(f"{air} is a {row.category}, not an upscaler", parameter=parameter)
+        spandrel_ready(parameter)  # this server can run it at all
         return row
 
     def resolve_embedding(self, air: str, team: str, base: ModelEntry, parameter: str, weight: float | None = None) -> Any:
@@ -433,6 +465,36 @@ class ModelLibrary:
 
         with self.cache.use(vae.key, load, size_hint=lambda: 2 * vae.path.stat().st_size) as module:
             yield replace(spec, vae=replace(vae, module=module))
+
+    @staticmethod
+    def upscaler_key(sha256: str) -> str:
+        """An upscaler model's cache key: its content alone (the network is whatever the bytes are)."""
+        return f"upscaler|{sha256}"
+
+    @contextmanager
+    def use_upscaler(self, sha256: str) -> Iterator[Any]:
+        """``with library.use_upscaler(sha256) as upscaler:`` — the stored upscaler model built on the device
+        (:class:`engine.upscalers.LoadedUpscaler`), cached and pinned for the block (device worker)."""
+        from engine import upscalers
+
+        path = self.store.path_for(sha256)
+
+        def load() -> Any:
+            from engine.registry.integrity import verify_stored_file
+            from engine.safetensors_header import ModelLoadError
+
+            verify_stored_file(path, ModelLoadError, "model")  # its bytes still hash to its name (once per process)
+            spandrel_ready("model")
+            return upscalers.load(path, self.device, self.dtype)
+
+        def size() -> int | None:
+            try:
+                return 2 * path.stat().st_size  # stored at 16 or 32 bits a weight, loaded at 32 at most
+            except OSError:
+                return None  # missing: the loader says so (ModelLoadError)
+
+        with self.cache.use(self.upscaler_key(sha256), load, size_hint=size) as model:
+            yield model
 
     def prove_checkpoint(self, path: Path, architecture: str) -> None:
         """Worker thread: load a checkpoint file once and drop it (upload's optimized phase)."""

@@ -12,7 +12,8 @@ from engine.models import BUILTIN_MODELS, ModelEntry, architecture_defaults
 from engine.pipelines import families
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.registry.view import ModelView
-from protocol.models import ModelInfo, ModelSearch, ModelSearchResult
+from protocol.models import UPSCALER_ARCHITECTURE, ModelInfo, ModelSearch, ModelSearchResult
+from protocol.upscale import LANCZOS_UPSCALER
 
 
 def search_models(registry: ModelRegistry, task: ModelSearch, team: str, view: ModelView | None = None) -> ModelSearchResult:
@@ -78,13 +79,33 @@ def _row_info(row: ModelRow) -> ModelInfo:
     meta = row.meta
     return ModelInfo(
         air=row.air, name=row.name, version=row.version, category=row.category, architecture=row.architecture,
-        tags=row.tags, heroImage=meta.get("heroImageURL") or "", private=row.private, comment=meta.get("comment") or "",
+        tags=row.tags, heroImage=meta.get("heroImageURL") or "", private=row.private, comment=_comment(row),
         type=row.type, conditioning=row.conditioning, shortDescription=meta.get("shortDescription"),
         positiveTriggerWords=meta.get("positiveTriggerWords"), negativeTriggerWords=meta.get("negativeTriggerWords"),
         defaultScheduler=meta.get("defaultScheduler"), defaultSteps=meta.get("defaultSteps"),
         defaultCFG=meta.get("defaultCFG"), defaultStrength=meta.get("defaultStrength"),
         defaultWeight=meta.get("defaultWeight"), sizeBytes=row.size_bytes,
     )
+
+
+def _comment(row: ModelRow) -> str:
+    """The upload's ``comment``; an upscaler's starts with the network its file was detected as (``ESRGAN ×4``)."""
+    comment = row.meta.get("comment") or ""
+    detected = row.meta.get("upscaler")
+    if row.category != "upscaler" or not isinstance(detected, dict):
+        return comment
+    found = f"{detected.get('architecture')} ×{detected.get('scale')} upscaler (detected from the file by spandrel)"
+    return f"{found}; {comment}" if comment else found
+
+
+def _builtin_upscaler() -> tuple[ModelEntry, ModelInfo]:
+    name = "Lanczos upscaler (built in)"
+    entry = ModelEntry(air=LANCZOS_UPSCALER, name=name, category="upscaler", architecture=UPSCALER_ARCHITECTURE,
+                       defaults=architecture_defaults(UPSCALER_ARCHITECTURE), builtin=True)
+    info = ModelInfo(air=LANCZOS_UPSCALER, name=name, version="1", category="upscaler", architecture=UPSCALER_ARCHITECTURE,
+                     tags=["builtin"], heroImage="", private=False, comment="Lanczos resampling, no model: sharper than "
+                     "bicubic, invents no detail; any factor from 1 to 4 (default 2)")
+    return entry, info
 
 
 def _builtin_controlnet(air: str, name: str, architecture: str) -> tuple[ModelEntry, ModelInfo]:
@@ -102,5 +123,5 @@ _BUILTINS: list[tuple[ModelEntry, str, ModelInfo]] = [
     (entry, f"{entry.air} {entry.name} builtin controlnet".lower(), info)
     for entry, info in (_builtin_controlnet(f.builtin_controlnet.air, f.builtin_controlnet.name, f.builtin_controlnet.architecture)
                         for f in families.all() if f.builtin_controlnet is not None)
-]
+] + [(entry, f"{entry.air} {entry.name} builtin upscaler lanczos".lower(), info) for entry, info in (_builtin_upscaler(),)]
 """The built-in models with their lowered search text and their (immutable) ModelInfo, made once."""

@@ -21,7 +21,7 @@ AIR_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}:[A-Za-z0-9][A-Za-z0-9_-]{0,63}@[A-Za-z
 _AIR_RE = re.compile(AIR_PATTERN)
 
 AIR = Annotated[str, msgspec.Meta(pattern=AIR_PATTERN, description="source:id@version")]
-Category = Literal["checkpoint", "lora", "lycoris", "controlnet", "vae", "embeddings"]
+Category = Literal["checkpoint", "lora", "lycoris", "controlnet", "vae", "embeddings", "upscaler"]
 ModelType = Literal["base", "inpainting", "refiner", "positive", "negative"]
 ModelFormat = Literal["safetensors", "ckpt", "pt", "bin"]
 
@@ -30,6 +30,8 @@ ARCHITECTURES: tuple[str, ...] = (
     "sd1x", "sdhyper", "sd1xlcm", "sdxl", "sdxllcm", "sdxldistilled", "sdxlhyper",
     "sdxllightning", "sdxlturbo", "sd3", "pony", "illustrious",
 )
+UPSCALER_ARCHITECTURE = "upscaler"
+"""The one ``architecture`` of category ``upscaler`` (wisp detects the network itself: ESRGAN, SwinIR, …), and only of it."""
 CONDITIONINGS: tuple[str, ...] = (
     "blur", "canny", "depth", "gray", "hed", "inpaint", "inpaintdepth", "lineart", "lowquality",
     "normal", "openmlsd", "openpose", "outfit", "pix2pix", "qrcode", "scrible", "seg", "shuffle",
@@ -104,7 +106,13 @@ class ModelUpload(Task, tag="modelUpload"):
         def bad(parameter: str, message: str, code: str = ErrorCode.INVALID_PARAMETER, **extra: Any) -> WireError:
             return wire_error(code, message, parameter=parameter, **extra)
 
-        if self.architecture not in ARCHITECTURES:
+        if self.category == "upscaler" or self.architecture == UPSCALER_ARCHITECTURE:
+            if self.category != "upscaler":
+                return bad("architecture", f"architecture {UPSCALER_ARCHITECTURE} applies only to category upscaler")
+            if self.architecture != UPSCALER_ARCHITECTURE:
+                return bad("architecture", f"category upscaler takes architecture {UPSCALER_ARCHITECTURE!r}; the network "
+                                           "(ESRGAN, SwinIR, …) is detected from the file")
+        elif self.architecture not in ARCHITECTURES:
             return bad("architecture", f"unknown architecture {self.architecture[:40]!r}; known: {', '.join(ARCHITECTURES)}")
         if self.category in ("checkpoint", "embeddings") and self.type is None:
             return bad("type", f"type is required for category {self.category}", ErrorCode.MISSING_PARAMETER)

@@ -4,10 +4,13 @@ The 0.5 SDK sends the image as ``inputImage`` or ``inputs: {image}`` (after
 uploading it), ``upscaleFactor``, and optionally ``model``, ``settings``,
 ``outputType``, ``outputFormat``, ``includeCost``, ``webhookURL`` and
 ``deliveryMethod``; it reads ``imageUUID``, ``inputImageUUID`` and the image
-field of the output type.  wisp's upscaler is built in and says what it is:
-``wisp:lanczos-upscaler@1`` (Lanczos resampling, no model: sharper than
-bicubic, invents no detail).  ``targetMegapixels`` and upscaler models are
-refused naming the field.
+field of the output type.  Without ``model`` (or with
+``wisp:lanczos-upscaler@1``) the built-in upscaler runs: Lanczos resampling,
+no model (sharper than bicubic, invents no detail).  Any other ``model`` names
+an upscaler model the team uploaded (category ``upscaler``); the engine
+resolves it when it prepares the job (``modelNotFound`` / ``invalidParameter``
+there, naming ``model``), since that reads the model registry.
+``targetMegapixels`` is refused naming the field.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class UpscaleSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 class _Upscale(ImageToImageTask):
     upscaleFactor: UpscaleFactor | None = None
-    """Default 2; any factor from 1 to 4 (Runware's models take 2, 3 or 4)."""
+    """Any factor from 1 to 4 (Runware's models take 2, 3 or 4); default 2, or an upscaler model's own scale."""
     targetMegapixels: int | None = None
     model: Keyword | None = None
     settings: UpscaleSettings | None = None
@@ -38,12 +41,24 @@ class _Upscale(ImageToImageTask):
     deliveryMethod: Literal["sync", "async"] = "sync"
 
     @property
-    def factor(self) -> float:
+    def requested_factor(self) -> float | None:
+        """``upscaleFactor``, at the top or under ``settings``; None: not given."""
         if self.upscaleFactor is not None:
             return self.upscaleFactor
         if self.settings is not None and self.settings.upscaleFactor is not None:
             return self.settings.upscaleFactor
-        return 2.0
+        return None
+
+    @property
+    def factor(self) -> float:
+        """The built-in upscaler's factor: as requested, else 2."""
+        requested = self.requested_factor
+        return 2.0 if requested is None else requested
+
+    @property
+    def uses_builtin(self) -> bool:
+        """Whether the built-in Lanczos upscaler runs (no ``model``, or its AIR)."""
+        return self.model is None or self.model == LANCZOS_UPSCALER
 
     def check(self) -> WireError | None:
         missing = self.input_error()
@@ -52,9 +67,6 @@ class _Upscale(ImageToImageTask):
         if self.targetMegapixels is not None:
             return wire_error(ErrorCode.UNSUPPORTED_PARAMETER, "wisp upscales by upscaleFactor; targetMegapixels is not offered",
                               parameter="targetMegapixels")
-        if self.model is not None and self.model != LANCZOS_UPSCALER:
-            return wire_error(ErrorCode.MODEL_NOT_FOUND, f"no upscaler {self.model!r} on this server; it has {LANCZOS_UPSCALER}",
-                              parameter="model")
         return webhook_url_error(self.webhookURL, "webhookURL")
 
 

@@ -180,7 +180,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         "taskUUID": str(uuid.uuid4()),
         "air": air,
         "category": args.category,
-        "architecture": args.architecture,
+        "architecture": args.architecture or ("upscaler" if args.category == "upscaler" else "sd1x"),
         "format": "safetensors",
         "downloadURL": url,
         "uniqueIdentifier": unique,
@@ -205,8 +205,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     upload.add_argument("--air", default=None,
                         help="source:id@version under one of your team's sources (default: your team's default source, "
                              "the file's name, --version)")
-    upload.add_argument("--category", required=True, choices=["checkpoint", "lora", "lycoris", "controlnet", "vae", "embeddings"])
-    upload.add_argument("--architecture", default="sd1x")
+    upload.add_argument("--category", required=True,
+                        choices=["checkpoint", "lora", "lycoris", "controlnet", "vae", "embeddings", "upscaler"])
+    upload.add_argument("--architecture", default=None, help="default: sd1x; for --category upscaler: upscaler (its only one)")
     upload.add_argument("--type", default=None, help="checkpoint: base|inpainting|refiner; embeddings: positive|negative")
     upload.add_argument("--name", default=None)
     upload.add_argument("--version", default="1")

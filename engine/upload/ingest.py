@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from engine import upscalers
 from engine.errors import EngineError
 from engine.lora import LoraLoadError, lora_format
-from engine.models import LOADABLE_FAMILIES, family
+from engine.models import LOADABLE_FAMILIES, family, spandrel_ready
 from engine.net import NetPolicy, check_url
 from engine.registry.models import ModelRegistry, ModelRow
 from engine.registry.team_settings import TeamSettings
@@ -163,11 +164,14 @@ class ModelIngest:
             for phase in ("downloaded", "optimized", "stored"):
                 await emit(phase, REUSED_MESSAGES[phase])
             sha, size = existing.sha256, existing.size_bytes
-            converted_from = existing.meta.get("convertedFrom")
+            found = {k: existing.meta[k] for k in FOUND_META if k in existing.meta}
         else:
-            sha, size, converted_from = await self._fetch_and_store(req, emit, local_source)
+            sha, size, found = await self._fetch_and_store(req, emit, local_source)
+        converted_from = found.get("convertedFrom")
         meta = dict(req.meta)
         meta.setdefault("tags", [])
+        if "upscaler" in found:  # what the network was detected as (modelSearch shows it)
+            meta["upscaler"] = found["upscaler"]
         if converted_from:  # a LyCORIS LoHa/LoKr stored as its equivalent LoRA
             meta["convertedFrom"] = converted_from
             if "lycoris" not in meta["tags"]:
@@ -201,6 +205,10 @@ class ModelIngest:
             if existing.type != req.type:
                 raise UploadRefused(f"{req.air} has type {existing.type}; the type cannot change in an update", parameter="type")
         await asyncio.to_thread(TeamSettings(self.registry.db).check_lora_upload, team, req.category, existing is None)
+        if req.category == upscalers.CATEGORY:
+            if req.architecture != upscalers.CATEGORY:
+                raise UploadRefused(f"category upscaler takes architecture {upscalers.CATEGORY!r}", parameter="architecture")
+            await asyncio.to_thread(spandrel_ready, "category")  # before any download: this server reads upscalers at all
         if req.category == "checkpoint" and family(req.architecture) not in LOADABLE_FAMILIES:
             supported = sorted(a for a in ARCHITECTURE_FAMILIES if family(a) in LOADABLE_FAMILIES)
             raise UploadRefused(
@@ -214,7 +222,8 @@ class ModelIngest:
             await check_url(req.download_url, self.config.policy, "downloadURL")
         return existing
 
-    async def _fetch_and_store(self, req: IngestRequest, emit: Emit, local_source: Path | None) -> tuple[str, int, str | None]:
+    async def _fetch_and_store(self, req: IngestRequest, emit: Emit, local_source: Path | None) -> tuple[str, int, dict[str, Any]]:
+        """Fetch, check, convert and store the file: its sha256, size and what was found in it (:data:`FOUND_META`)."""
         work = Path(tempfile.mkdtemp(prefix="upload-", dir=self.config.tmp_dir))
         try:
             if local_source is not None:
@@ -226,43 +235,66 @@ class ModelIngest:
                     max_bytes=self.config.max_model_bytes, retries=req.retry, limits=limits,
                 )
             await emit("downloaded", PHASE_MESSAGES["downloaded"])
-            final, sha, converted_from = await asyncio.to_thread(self._optimize, req, fetched.path, fetched.sha256, work)
+            final, sha, found = await asyncio.to_thread(self._optimize, req, fetched.path, fetched.sha256, work)
             if req.category == "checkpoint":
                 await self.prove_checkpoint(final, req.architecture)
             await emit("optimized", PHASE_MESSAGES["optimized"])
             size = final.stat().st_size
             await asyncio.to_thread(self.store.put, final, sha)
             await emit("stored", PHASE_MESSAGES["stored"])
-            return sha, size, converted_from
+            return sha, size, found
         finally:
             await asyncio.to_thread(_remove_tree, work)
 
-    def _optimize(self, req: IngestRequest, path: Path, sha: str, work: Path) -> tuple[Path, str, str | None]:
-        """Worker thread: validate the header, convert LoHa/LoKr, sniff, check the declaration, convert the dtype.
+    def _optimize(self, req: IngestRequest, path: Path, sha: str, work: Path) -> tuple[Path, str, dict[str, Any]]:
+        """Worker thread: validate the header, convert LoHa/LoKr, sniff, check the declaration, convert the dtype;
+        an upscaler is then loaded (CPU, safetensors) and detected.
 
-        The third value names the LyCORIS kind a LoRA was converted from (None: not converted).
+        The third value is what was found (:data:`FOUND_META`): the LyCORIS kind a LoRA was converted from, what an
+        upscaler's network is.
         """
         info = read_safetensors_info(path)
-        converted_from = None
+        found: dict[str, Any] = {}
         if req.category in ("lora", "lycoris"):
             lora = work / "lycoris-as-lora.safetensors"
             converted_from = to_kohya_lora(info, lora, family(req.architecture))
             if converted_from is not None:  # sniffed and stored from here on as the equivalent LoRA
                 path, info = lora, read_safetensors_info(lora)
+                found["convertedFrom"] = converted_from
+        if req.category == upscalers.CATEGORY:
+            _not_a_diffusion_file(info)
+        else:
+            sniffed = sniff_model(info)
+            if req.category in ("lora", "lycoris") and sniffed.category in ("lora", "lycoris"):
+                try:
+                    lora_format(info.tensors)  # refuses DoRA, OFT and other kinds diffusers would misapply
+                except LoraLoadError as exc:
+                    raise InvalidModelFile(exc.message, parameter="downloadURL") from None
+            check_declared(sniffed, req.category, req.architecture)
+            _check_usable(info, req.category)
+        final, final_sha = path, (sha if "convertedFrom" not in found else _sha256_file(path))
+        if needs_conversion(info, self.config.storage_dtype):
+            final = work / "converted.safetensors"
+            convert(info, final, self.config.storage_dtype)
+            read_safetensors_info(final)  # what we wrote must pass our own checks
+            final_sha = _sha256_file(final)
+        if req.category == upscalers.CATEGORY:  # the stored bytes, as inference will load them
+            found["upscaler"] = upscalers.detect(final).as_meta()
+        return final, final_sha, found
+
+
+FOUND_META = ("convertedFrom", "upscaler")
+"""What the ingest finds in a file and keeps in its row's meta (kept as it was when an upload reuses the stored file)."""
+
+
+def _not_a_diffusion_file(info: Any) -> None:
+    """An upload declared ``upscaler`` whose header is a LoRA, checkpoint, ControlNet, VAE or embedding: refused so."""
+    try:
         sniffed = sniff_model(info)
-        if req.category in ("lora", "lycoris") and sniffed.category in ("lora", "lycoris"):
-            try:
-                lora_format(info.tensors)  # refuses DoRA, OFT and other kinds diffusers would misapply
-            except LoraLoadError as exc:
-                raise InvalidModelFile(exc.message, parameter="downloadURL") from None
-        check_declared(sniffed, req.category, req.architecture)
-        _check_usable(info, req.category)
-        if not needs_conversion(info, self.config.storage_dtype):
-            return path, (sha if converted_from is None else _sha256_file(path)), converted_from
-        converted = work / "converted.safetensors"
-        convert(info, converted, self.config.storage_dtype)
-        read_safetensors_info(converted)  # what we wrote must pass our own checks
-        return converted, _sha256_file(converted), converted_from
+    except InvalidModelFile:
+        return  # no diffusion layout (or a broken one): spandrel decides
+    raise InvalidModelFile(f"file looks like {sniffed.describe()}, but was declared an upscaler ({sniffed.detail})",
+                           parameter="category")
 
 
 def _check_usable(info: Any, category: str) -> None:

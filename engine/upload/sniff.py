@@ -27,7 +27,8 @@ from typing import Iterable
 from engine.pipelines import families
 from engine.upload.safetensors_check import InvalidModelFile, SafetensorsInfo, TensorInfo
 
-CATEGORIES = ("checkpoint", "lora", "lycoris", "controlnet", "vae", "embeddings")
+CATEGORIES = ("checkpoint", "lora", "lycoris", "controlnet", "vae", "embeddings", "upscaler")
+"""Every upload category; an ``upscaler`` is never sniffed from names (engine.upscalers detects it with spandrel)."""
 
 _FAMILIES = families.all()
 
@@ -87,7 +88,7 @@ def _unrecognised(info: SafetensorsInfo, why: str = "") -> InvalidModelFile:
     names = sorted(info.tensors)
     sample = ", ".join(repr(n[:80] + ("..." if len(n) > 80 else "")) for n in names[:3])
     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-    reason = f"; {why}" if why else ""
+    reason = f"; {why}" if why else " (an upscaler model, ESRGAN, SwinIR…, is uploaded as category upscaler)"
     return InvalidModelFile(
         f"could not tell what this file is: its tensor names ({sample}{more}) match no supported "
         f"SD 1.x/2.x/XL checkpoint, LoRA, LyCORIS, ControlNet, VAE or embedding layout{reason}"

@@ -1486,6 +1486,8 @@ function setupUpload() {
   const form = $("#upload-form");
   const arch = $("#u-arch");
   for (const name of ARCHITECTURES) arch.append(el("option", {}, name));
+  // An upscaler's only architecture is "upscaler" (its network is detected from the file), and only an upscaler's.
+  arch.append(el("option", { hidden: true }, "upscaler"));
   // URL or file: only the chosen source's field is shown.
   for (const radio of $$("input[name=source]", form)) {
     radio.addEventListener("change", () => {
@@ -1497,6 +1499,8 @@ function setupUpload() {
     const type = $("#u-type");
     if (event.target.value === "checkpoint" && !type.value) type.value = "base";
     if (event.target.value !== "checkpoint" && event.target.value !== "embeddings") type.value = "";
+    if (event.target.value === "upscaler") arch.value = "upscaler";
+    else if (arch.value === "upscaler") arch.value = ARCHITECTURES[0];
   });
   form.addEventListener("submit", (event) => {
     event.preventDefault();

@@ -61,7 +61,7 @@ def test_an_air_error_shows_the_form_not_a_regex():
 def test_a_category_error_lists_the_choices():
     error = error_for("modelUpload", air="a:b@1", category="loraz", architecture="sd1x", format="safetensors",
                       downloadURL="http://example.com/a.safetensors", uniqueIdentifier="a" * 64, name="n", version="1")
-    assert "must be one of checkpoint, controlnet, embeddings, lora, lycoris, vae (got 'loraz')" in error.message
+    assert "must be one of checkpoint, controlnet, embeddings, lora, lycoris, upscaler, vae (got 'loraz')" in error.message
 
 
 def test_text_written_for_people_is_kept():
