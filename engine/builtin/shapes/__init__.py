@@ -16,6 +16,8 @@ from pathlib import Path
 
 SHAPES_AIR = "wisp:shapes-sd15@1"
 BUILD_VERSION = "1"
+DEFAULT_CFG = 3.0
+"""Its default guidance scale (it oversaturates by 5: bench/RESULTS.md)."""
 MODEL_FOLDER = Path(__file__).resolve().parent / "model"
 
 

@@ -38,7 +38,7 @@ FAMILY = ModelFamily(
         BuiltinModel(
             air=shapes.SHAPES_AIR, name="wisp shapes SD 1.x (coloured shapes, 64 px)", architecture="sd1x",
             version=shapes.BUILD_VERSION, build=shapes.shapes_folder,
-            defaults=ModelDefaults(steps=20, cfg_scale=3.0, scheduler="Default"),
+            defaults=ModelDefaults(steps=20, cfg_scale=shapes.DEFAULT_CFG, scheduler="Default"),
             comment="trained in this repo on drawn pictures: one coloured shape (circle, square, triangle, star) of a "
                     "colour, size and place on a plain background; nothing else",
         ),
