@@ -98,14 +98,15 @@ def _comment(row: ModelRow) -> str:
     return f"{found}; {comment}" if comment else found
 
 
-def _builtin_upscaler() -> tuple[ModelEntry, ModelInfo]:
+def _builtin_upscaler() -> tuple[ModelEntry, str, ModelInfo]:
+    """The built-in Lanczos upscaler as :data:`_BUILTINS` holds it: entry, lowered search text, info."""
     name = "Lanczos upscaler (built in)"
     entry = ModelEntry(air=LANCZOS_UPSCALER, name=name, category="upscaler", architecture=UPSCALER_ARCHITECTURE,
                        defaults=architecture_defaults(UPSCALER_ARCHITECTURE), builtin=True)
     info = ModelInfo(air=LANCZOS_UPSCALER, name=name, version="1", category="upscaler", architecture=UPSCALER_ARCHITECTURE,
                      tags=["builtin"], heroImage="", private=False, comment="Lanczos resampling, no model: sharper than "
                      "bicubic, invents no detail; any factor from 1 to 4 (default 2)")
-    return entry, info
+    return entry, f"{entry.air} {entry.name} builtin upscaler lanczos".lower(), info
 
 
 def _builtin_controlnet(air: str, name: str, architecture: str) -> tuple[ModelEntry, ModelInfo]:
@@ -123,5 +124,5 @@ _BUILTINS: list[tuple[ModelEntry, str, ModelInfo]] = [
     (entry, f"{entry.air} {entry.name} builtin controlnet".lower(), info)
     for entry, info in (_builtin_controlnet(f.builtin_controlnet.air, f.builtin_controlnet.name, f.builtin_controlnet.architecture)
                         for f in families.all() if f.builtin_controlnet is not None)
-] + [(entry, f"{entry.air} {entry.name} builtin upscaler lanczos".lower(), info) for entry, info in (_builtin_upscaler(),)]
+] + [_builtin_upscaler()]
 """The built-in models with their lowered search text and their (immutable) ModelInfo, made once."""

@@ -166,15 +166,6 @@ def imported() -> bool:
     return _loaded is not None
 
 
-def available() -> bool:
-    """Whether upscaler models can be read here (spandrel is installed)."""
-    try:
-        _spandrel(None)
-    except UpscalerUnavailable:
-        return False
-    return True
-
-
 def require(parameter: str | None = "category") -> Spandrel:
     """spandrel's parts, or :class:`UpscalerUnavailable` (at ``parameter``) naming how to install it.
 

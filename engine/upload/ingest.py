@@ -205,9 +205,7 @@ class ModelIngest:
             if existing.type != req.type:
                 raise UploadRefused(f"{req.air} has type {existing.type}; the type cannot change in an update", parameter="type")
         await asyncio.to_thread(TeamSettings(self.registry.db).check_lora_upload, team, req.category, existing is None)
-        if req.category == upscalers.CATEGORY:
-            if req.architecture != upscalers.CATEGORY:
-                raise UploadRefused(f"category upscaler takes architecture {upscalers.CATEGORY!r}", parameter="architecture")
+        if req.category == upscalers.CATEGORY:  # its architecture was checked with the request (ModelUpload.check)
             await asyncio.to_thread(spandrel_ready, "category")  # before any download: this server reads upscalers at all
         if req.category == "checkpoint" and family(req.architecture) not in LOADABLE_FAMILIES:
             supported = sorted(a for a in ARCHITECTURE_FAMILIES if family(a) in LOADABLE_FAMILIES)

@@ -212,7 +212,7 @@ def train_denoiser(text_encoder, unet, tokenizer, pools, scale: float, rng: rand
         size = max(1, batch * smallest**2 // means.shape[-1] ** 2)
         index = torch.randint(0, len(scenes), (size,), generator=generator)
         latents = means[index] * scale
-        if sample_latents:  # SD's recipe; this VAE's posterior std is ~1 (its KL weight is tiny), so a sample is noisy
+        if sample_latents:  # SD's recipe; the shipped VAE's posterior std is ~1 (tiny KL weight): its samples are noisy
             latents = latents + stds[index] * torch.randn(means[index].shape, generator=generator) * scale
         texts = ["" if rng.random() < 0.1 else caption(scenes[i], rng) for i in index.tolist()]
         ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
