@@ -28,9 +28,24 @@ def search_models(registry: ModelRegistry, task: ModelSearch, team: str, view: M
 
 
 def search_in_view(view: ModelView, task: ModelSearch, team: str) -> ModelSearchResult | None:
-    """The same answer from the in-memory view, on the event loop; None while the view is stale."""
-    rows = view.search(team, **_filters(task))
-    return None if rows is None else _result(task, rows)
+    """The same answer from the in-memory view, on the event loop; None while the view is stale.
+
+    The matches are remembered per team and filters until the view reloads (:meth:`ModelView.memoised`):
+    asked again, a search costs a dict lookup and one result struct.  The remembered ``results`` list is
+    shared by the answers that reuse it; nothing downstream changes a result after it is made.
+    """
+    key = (team, task.search, task.category, task.type, task.architecture, task.conditioning, task.visibility,
+           tuple(task.tags) if task.tags else None, task.offset, task.limit)  # fmt: skip
+
+    def compute(v: ModelView) -> tuple[int, list[ModelInfo]] | None:
+        rows = v.search(team, **_filters(task))
+        return None if rows is None else _matches(task, rows)
+
+    found = view.memoised(key, compute)
+    if found is None:
+        return None
+    total, results = found
+    return ModelSearchResult(taskType="modelSearch", taskUUID=task.taskUUID, totalResults=total, results=results)
 
 
 def _filters(task: ModelSearch) -> dict[str, Any]:
@@ -43,14 +58,17 @@ def _filters(task: ModelSearch) -> dict[str, Any]:
 
 
 def _result(task: ModelSearch, rows: list[ModelRow]) -> ModelSearchResult:
-    found = [info for entry, text, info in _BUILTINS if _builtin_matches(entry, text, task)]
-    found += [_row_info(r) for r in rows]
-    return ModelSearchResult(
-        taskType="modelSearch",
-        taskUUID=task.taskUUID,
-        totalResults=len(found),
-        results=found[task.offset : task.offset + task.limit],
-    )
+    total, results = _matches(task, rows)
+    return ModelSearchResult(taskType="modelSearch", taskUUID=task.taskUUID, totalResults=total, results=results)
+
+
+def _matches(task: ModelSearch, rows: list[ModelRow]) -> tuple[int, list[ModelInfo]]:
+    """(totalResults, the page ``offset``/``limit`` asks for): built-ins first, then ``rows`` in their order."""
+    builtins = [info for entry, text, info in _BUILTINS if _builtin_matches(entry, text, task)]
+    start, end = task.offset, task.offset + task.limit
+    page = builtins[start:end]  # only the page's rows are shaped into ModelInfo
+    page += [_row_info(r) for r in rows[max(0, start - len(builtins)) : max(0, end - len(builtins))]]
+    return len(builtins) + len(rows), page
 
 
 def _builtin_matches(entry: ModelEntry, text: str, task: ModelSearch) -> bool:

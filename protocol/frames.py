@@ -367,14 +367,21 @@ def _pack(key: bytes, encoded: Iterable[bytes], limit: int) -> list[bytes]:
     return list(_pack_iter(key, encoded, limit))
 
 
-def iter_frames(items: Sequence[Any], errors: Sequence[WireError] = (), limit: int = MAX_OUT_FRAME_BYTES) -> Iterator[bytes]:
+def iter_frames(items: Sequence[Any], errors: Sequence[WireError] = (), limit: int = MAX_OUT_FRAME_BYTES) -> Iterable[bytes]:
     """The frames of :func:`encode_data` then :func:`encode_errors`, encoded one at a time as they are taken.
 
     A reply that repeats a large result (a frame of getResponse tasks for one
     20-image base64 task) then costs one frame of memory at a time, not the
     whole reply: the writer takes the next frame only when the client has
-    room for it.
+    room for it.  The commonest reply, one item, is one frame whatever its
+    size: it is encoded at once, without the generators.
     """
+    if len(items) == 1 and not errors:
+        return (b'{"data":[' + _encoder.encode(items[0]) + b"]}",)
+    return _iter_frames(items, errors, limit)
+
+
+def _iter_frames(items: Sequence[Any], errors: Sequence[WireError], limit: int) -> Iterator[bytes]:
     yield from _pack_iter(b"data", (_encoder.encode(i) for i in items), limit)
     yield from _pack_iter(b"errors", (_encoder.encode(e) for e in errors), limit)
 

@@ -225,3 +225,14 @@ class ModelSearchResult(msgspec.Struct):
     taskUUID: str
     totalResults: int
     results: list[ModelInfo]
+
+
+class EncodedModelSearchResult(msgspec.Struct, gc=False):
+    """:class:`ModelSearchResult` with its ``results`` already JSON: the same fields in the same order, so it
+    encodes to the same bytes.  A server answering the same search many times encodes the results once, and
+    every answer shares those bytes (``gc=False``: it holds only strings, an int and bytes)."""
+
+    taskType: str
+    taskUUID: str
+    totalResults: int
+    results: msgspec.Raw

@@ -10,7 +10,6 @@ a dropped socket (resume buffer) and are recorded in the team's task store
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -25,11 +24,11 @@ from engine.jobs import Job
 from engine.registry.keys import KeyStore
 from protocol.errors import ErrorCode, WireError, wire_error
 from protocol.frames import (
-    DecodedTask, decode_elements, element_head, encode_data, encode_errors, iter_frames, parse_frame, task_heads,
+    DecodedTask, decode_elements, element_head, encode_data, encode_errors, encode_item, iter_frames, parse_frame, task_heads,
 )
 from protocol.inference import AsyncAck, ImageInference, ImageUpload
 from protocol.media import AccountManagement, MediaStorage, MediaStorageResult
-from protocol.models import ModelDelete, ModelDeleteResult, ModelSearch, ModelUpload
+from protocol.models import EncodedModelSearchResult, ModelDelete, ModelDeleteResult, ModelInfo, ModelSearch, ModelUpload
 from protocol.preprocess import ControlNetPreprocess, ImageControlNetPreProcess
 from protocol.upscale import ImageUpscale, Upscale
 from protocol.training import TaskCancel, TaskCancelResult, Training
@@ -50,7 +49,7 @@ from server.errors import to_wire_error
 from server.files import FILES_PATH, FileDrop
 from server.ratelimit import AuthLimiter
 from server.sessions import Session, SessionRegistry
-from server.tasklog import task_finished
+from server.tasklog import query_answered, task_finished
 from server.tasks import TaskRecord, TaskStore
 from server.webhooks import WEBHOOK_FIELDS, WebhookSender
 
@@ -66,6 +65,18 @@ def _as_success(item: Any) -> Any:
     return item
 
 
+_WEBHOOK_FIELDS_OF: dict[type, tuple[str, ...]] = {}
+
+
+def _webhook_fields(task_class: type) -> tuple[str, ...]:
+    """Which of :data:`WEBHOOK_FIELDS` a task type has (looked up once per type, not per task)."""
+    found = _WEBHOOK_FIELDS_OF.get(task_class)
+    if found is None:
+        found = _WEBHOOK_FIELDS_OF[task_class] = tuple(
+            name for name in WEBHOOK_FIELDS if name in getattr(task_class, "__struct_fields__", ()))
+    return found
+
+
 class UploadSourceGone(EngineError):
     """A modelUpload named a `/v1/files` URL that has expired or is another team's."""
 
@@ -74,6 +85,8 @@ class UploadSourceGone(EngineError):
 _PONG_FRAME = encode_data([Pong(taskType="ping", pong=True)])[0]
 _PING_BYTES = b'[{"taskType":"ping","ping":true}]'
 _PING_MAX = 48
+_ENCODED_RESULTS_KEPT = 128
+"""Search results lists kept encoded (:meth:`Gateway._results_json`); the engine's view remembers as many answers."""
 PRE_AUTH_MAX_FRAME_BYTES = 64 * 1024
 """Before authentication a frame needs room for one authentication task, not for a batch of work."""
 PRE_AUTH_PARSED_BYTES = 4096
@@ -134,6 +147,7 @@ class Gateway:
         }
         """taskType (its struct) → the handler of an authenticated task of that type."""
         self.counters = {"frames": 0, "tasks": 0, "errors": 0}
+        self._encoded_results: dict[int, tuple[list[ModelInfo], msgspec.Raw]] = {}
 
     # ---- frames -----------------------------------------------------------
 
@@ -216,8 +230,10 @@ class Gateway:
                 )
             else:
                 reply = None
-                if any(getattr(task, name, None) for name in WEBHOOK_FIELDS):  # a refused webhook fails the task before its ack
-                    reply = await self.webhooks.refusal(task, item.task_type, item.task_uuid)
+                for name in _webhook_fields(type(task)):
+                    if getattr(task, name):  # a refused webhook fails the task before its ack
+                        reply = await self.webhooks.refusal(task, item.task_type, item.task_uuid)
+                        break
                 if reply is None:
                     reply = await self._dispatch(conn, conn.session, item, started)
                 if isinstance(reply, WireError):
@@ -335,7 +351,7 @@ class Gateway:
     async def _dispatch(self, conn: Conn, session: Session, item: DecodedTask, started: list[asyncio.Task[None]]) -> Any:
         """One authenticated task: the handler its type names in :attr:`routes` answers it."""
         reply = self.routes[type(item.task)](conn, session, item, started)
-        return await reply if inspect.isawaitable(reply) else reply
+        return await reply if asyncio.iscoroutine(reply) else reply
 
     async def _submit(self, conn: Conn, session: Session, item: DecodedTask, started: list[asyncio.Task[None]]) -> Any:
         """A task that is work: prepared into a job once (before any ack), claimed, then run by a :class:`Delivery`."""
@@ -396,12 +412,24 @@ class Gateway:
                 if record is None:
                     return wire_error(ErrorCode.CONFLICT_TASK_UUID, "a task with this taskUUID already exists; poll it with getResponse",
                                       task_type="modelSearch", task_uuid=task.taskUUID, parameter="taskUUID")
-                record.succeed([result])
+                answer = EncodedModelSearchResult(taskType=result.taskType, taskUUID=result.taskUUID,
+                                                  totalResults=result.totalResults, results=self._results_json(result.results))
+                record.succeed_encoded(answer)  # kept as it is: its results are bytes shared with every repeat
                 self.tasks.finish(record)  # not journaled (durable=False): packed for the hour getResponse keeps it
-                task_finished("modelSearch", task.taskUUID, session.team, None, "success", record.created_at, record.created_at,
-                              level=logging.DEBUG, ran=False)  # answered from memory: counted, no queue or run time to observe
-                return result
+                query_answered("modelSearch", task.taskUUID, session.team, record.created_at)  # no queue or run time to observe
+                return answer
         return self._submit(conn, session, item, started)
+
+    def _results_json(self, results: list[ModelInfo]) -> msgspec.Raw:
+        """``results`` as JSON, encoded once per list: the engine's view hands the same list to every search that
+        repeats one (until the registry changes), so a repeated search costs no encoding of its results.  Keyed by
+        the list's identity; the entry holds the list, so its id cannot be reused while the entry lives."""
+        found = self._encoded_results.get(id(results))
+        if found is None or found[0] is not results:
+            if len(self._encoded_results) >= _ENCODED_RESULTS_KEPT:
+                self._encoded_results.clear()
+            found = self._encoded_results[id(results)] = (results, msgspec.Raw(encode_item(results)))
+        return found[1]
 
     def _media(self, conn: Conn, session: Session, item: DecodedTask, started: list[asyncio.Task[None]]) -> Any:
         """mediaStorage: an upload is work like imageUpload; a delete of the team's own media is answered at once."""

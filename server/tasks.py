@@ -75,6 +75,8 @@ def _trim(value: Any) -> Any:
 
 _PACK = msgspec.msgpack.Encoder()
 _UNPACK = msgspec.msgpack.Decoder()
+_JSON_ITEM = msgspec.json.Decoder()
+_JSON = msgspec.json.Encoder()
 
 
 class TaskRecord:
@@ -92,7 +94,7 @@ class TaskRecord:
     """
 
     __slots__ = ("team", "task_uuid", "task_type", "session_uuid", "created_at", "started_at", "progress", "finished_at",
-                 "errors", "durable", "_request", "_items", "_packed")  # fmt: skip
+                 "errors", "durable", "_request", "_items", "_packed", "_encoded")  # fmt: skip
 
     def __init__(self, team: str, task_uuid: str, task_type: str, request: Any, session_uuid: str, durable: bool = True) -> None:
         self.team = team
@@ -110,6 +112,8 @@ class TaskRecord:
         self._request: Any = request
         self._items: list[Any] = []
         self._packed: bytes | None = None
+        self._encoded: Any = None
+        """A query's one item as the wire got it, its bytes shared with other answers (:meth:`succeed_encoded`)."""
 
     @property
     def request(self) -> Any:
@@ -119,21 +123,24 @@ class TaskRecord:
     @property
     def items(self) -> list[Any]:
         """What the task gave: wire structs while it runs, plain dicts once packed or read from the journal."""
+        if self._encoded is not None:
+            return [_JSON_ITEM.decode(_JSON.encode(self._encoded))]
         return self._items if self._packed is None else _UNPACK.decode(self._packed)[1]
 
     @items.setter
     def items(self, value: list[Any]) -> None:
         if self._packed is not None:
             self._request, self._packed = self.request, None
-        self._items = value
+        self._items, self._encoded = value, None
 
     def pack(self) -> None:
         """A finished query: keep the request and items as one ``bytes`` from now on (they no longer change)."""
         if self._packed is None and not self.durable:
             try:
-                packed = _PACK.encode((self._request, self._items))
+                items = None if self._encoded is not None else self._items  # already JSON: not packed again
+                packed = _PACK.encode((self._request, items))
                 if len(packed) > _MAX_KEPT_STRING:  # a query's request is kept untrimmed until now (claim)
-                    packed = _PACK.encode((_trim(self._request), self._items))
+                    packed = _PACK.encode((_trim(self._request), items))
             except (TypeError, ValueError):  # something not plain data: keep it as it is
                 return
             self._packed = packed
@@ -152,6 +159,13 @@ class TaskRecord:
 
     def succeed(self, items: list[Any]) -> None:
         self.items = items
+        self.finished_at = time.monotonic()
+
+    def succeed_encoded(self, item: Any) -> None:
+        """A query (``durable=False``) that gave one item whose bulk is already JSON (``msgspec.Raw`` fields) shared
+        with every answer to the same search: the record keeps that item, not a copy (a search's results are ~2 KB,
+        and an hour of searches is many), and reads it back as the plain dicts a packed record gives."""
+        self._items, self._encoded = [], item
         self.finished_at = time.monotonic()
 
     def fail(self, error: WireError) -> None:

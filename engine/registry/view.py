@@ -18,11 +18,19 @@ text matches, the same order (newest update first, then AIR).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from engine.registry.models import RESERVED_SOURCES, ModelRegistry, ModelRow, _row
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+T = TypeVar("T")
+
+MEMO_ENTRIES = 128
+"""Answers remembered per loaded generation of rows (:meth:`ModelView.memoised`); past that the memo starts afresh."""
 
 
 def _fold(text: str) -> str:
@@ -40,18 +48,22 @@ class _Indexed:
 class ModelView:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
-        self._rows: list[_Indexed] | None = None
+        self._loaded: tuple[int, list[_Indexed]] | None = None
+        """(generation, rows), swapped whole, so that a reader on the loop never pairs one load's rows with
+        another's generation while a worker thread reloads."""
+        self._generation = 0
         self._version: int | None = None
         self._lock = threading.Lock()
+        self._memo: dict[tuple[int, Hashable], object] = {}
         registry.on_change.append(self.invalidate)
 
     @property
     def ready(self) -> bool:
-        return self._rows is not None
+        return self._loaded is not None
 
     def invalidate(self) -> None:
         """The registry changed: the next search goes to SQLite (and reloads the view)."""
-        self._rows = None
+        self._loaded = None
 
     def reload(self) -> None:
         """Worker thread: load every row (and the version they are at)."""
@@ -67,12 +79,35 @@ class ModelView:
             rows.sort(key=lambda e: e.row.air)
             rows.sort(key=lambda e: e.updated_at, reverse=True)  # stable: newest first, then AIR
             self._version = version
-            self._rows = rows
+            self._generation += 1
+            self._loaded = (self._generation, rows)
 
     def check(self) -> None:
         """Worker thread: drop the rows if another process wrote the registry since they were loaded."""
-        if self._rows is not None and self.registry.version() != self._version:
+        if self._loaded is not None and self.registry.version() != self._version:
             self.invalidate()
+
+    def memoised(self, key: Hashable, compute: "Callable[[ModelView], T]") -> T | None:
+        """``compute(self)``'s answer for ``key``, remembered until the rows are reloaded; None while stale.
+
+        A search is a pure function of the rows and its filters, and a busy client (a model picker, a
+        load balancer's health check) asks the same few again and again: the second time costs a dict
+        lookup instead of a pass over every row and a result struct per match.  Keys carry the rows'
+        generation, so an answer computed from rows a reload has replaced is never served after it.
+        """
+        loaded = self._loaded
+        if loaded is None:
+            return None
+        memo_key = (loaded[0], key)
+        found = self._memo.get(memo_key)
+        if found is None:
+            found = compute(self)
+            if found is None or self._loaded is not loaded:
+                return found  # the rows changed while it was computed: answer, but do not remember
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo = {}
+            self._memo[memo_key] = found
+        return found  # type: ignore[return-value]
 
     def search(
         self, team: str, *, text: str | None = None, category: str | None = None, type_: str | None = None,
@@ -80,9 +115,10 @@ class ModelView:
         tags: list[str] | None = None,
     ) -> list[ModelRow] | None:
         """What :meth:`ModelRegistry.search` returns (all matches, in order), or None while the view is stale."""
-        rows = self._rows
-        if rows is None:
+        loaded = self._loaded
+        if loaded is None:
             return None
+        rows = loaded[1]
         needle = _fold(text.lower()) if text else None
         wanted = set(tags) if tags else None
         found = []

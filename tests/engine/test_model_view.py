@@ -77,3 +77,59 @@ def test_a_write_here_or_in_another_process_drops_the_rows(registry: ModelRegist
     assert "al:elsewhere@1" in [r.air for r in view.search("alpha")]
     view.check()
     assert view.ready  # nothing changed since: kept
+
+
+def _search(**fields) -> "ModelSearch":
+    import uuid
+
+    from protocol.models import ModelSearch
+
+    return ModelSearch(taskUUID=str(uuid.uuid4()), **fields)
+
+
+def test_answers_are_remembered_per_team_and_query_until_the_rows_reload(registry: ModelRegistry):
+    """A repeated search is answered from the memo (the same results list), pages included, and always equals the
+    SQL's answer; a write drops the memo with the rows, and another team's query is never served a team's answer."""
+    from engine.search import search_in_view, search_models
+
+    view = ModelView(registry)
+    assert search_in_view(view, _search(), "alpha") is None  # stale: the job path answers (and reloads)
+    view.reload()
+    for fields in ({}, {"search": "ink"}, {"limit": 2}, {"offset": 1, "limit": 3}, {"offset": 6, "limit": 2},
+                   {"offset": 50}, {"category": "lora", "visibility": "public"}, {"tags": ["ink"]}):  # fmt: skip
+        for team in ("alpha", "beta"):
+            first = search_in_view(view, _search(**fields), team)
+            again = search_in_view(view, _search(**fields), team)
+            everything = search_models(registry, _search(**{**fields, "offset": 0, "limit": 100}), team)
+            start, end = fields.get("offset", 0), fields.get("offset", 0) + fields.get("limit", 20)
+            assert first is not None and again is not None
+            assert again.results is first.results  # remembered: no second pass over the rows
+            assert first.totalResults == everything.totalResults == len(everything.results), (team, fields)
+            assert first.results == everything.results[start:end], (team, fields)
+    alpha = search_in_view(view, _search(search="secret"), "alpha")
+    beta = search_in_view(view, _search(search="secret"), "beta")
+    assert [r.air for r in alpha.results] == ["al:secret@1"] and beta.results == []  # private to alpha
+
+    before = search_in_view(view, _search(search="ink"), "beta")
+    registry.upsert(row("be:ink3@1", "beta", name="ink three"))
+    assert search_in_view(view, _search(search="ink"), "beta") is None  # the write dropped rows and memo
+    view.reload()
+    after = search_in_view(view, _search(search="ink"), "beta")
+    assert after.totalResults == before.totalResults + 1 and "be:ink3@1" in [r.air for r in after.results]
+
+
+def test_an_answer_computed_across_a_reload_is_not_remembered(registry: ModelRegistry):
+    """The rows may be swapped by a worker thread while the loop computes: that answer is given, not kept."""
+    view = ModelView(registry)
+    view.reload()
+    calls = []
+
+    def compute(v: ModelView) -> list[str]:
+        calls.append(1)
+        v.reload()  # as if a worker thread reloaded meanwhile
+        return ["answer"]
+
+    assert view.memoised("key", compute) == ["answer"]
+    assert view.memoised("key", lambda v: calls.append(1) or ["fresh"]) == ["fresh"]
+    assert view.memoised("key", lambda v: ["not asked"]) == ["fresh"]
+    assert len(calls) == 2

@@ -224,3 +224,18 @@ def test_invalid_utf8_inside_a_string_is_a_bad_frame():
 
 def test_empty_image_reference_is_refused():
     assert one(inference(seedImage="")).error.parameter == "seedImage"
+
+
+def test_an_encoded_search_result_is_byte_identical_to_the_struct():
+    """The gateway answers repeated searches with the results encoded once; the wire must not tell."""
+    import msgspec
+
+    from protocol.models import EncodedModelSearchResult, ModelInfo, ModelSearchResult
+
+    results = [ModelInfo(air="wisp:tiny-sd15@1", name="tiny", version="1", category="checkpoint", architecture="sd1x",
+                         tags=["builtin"], heroImage="", private=False, comment="ünïcode \"quoted\"", defaultCFG=7.0)]
+    plain = ModelSearchResult(taskType="modelSearch", taskUUID="u\"1", totalResults=3, results=results)
+    encoded = EncodedModelSearchResult(taskType="modelSearch", taskUUID="u\"1", totalResults=3,
+                                       results=msgspec.Raw(msgspec.json.encode(results)))
+    assert msgspec.json.encode(encoded) == msgspec.json.encode(plain)
+    assert encoded.__struct_fields__ == plain.__struct_fields__

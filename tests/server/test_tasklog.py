@@ -62,3 +62,34 @@ def test_without_the_writer_tasks_are_counted_at_once():
     before = _count("imageUpload", "testDirect")
     tasklog.task_finished("imageUpload", "d-1", "t", None, "testDirect", time.monotonic(), None)
     assert _count("imageUpload", "testDirect") == before + 1
+
+
+def test_queries_answered_from_memory_are_counted_without_a_line(configured: io.StringIO):
+    before = _count("modelSearch", "success")
+    for n in range(7):
+        tasklog.query_answered("modelSearch", f"q-{n}", "team-a", time.monotonic())
+    tasklog.drain()  # what /metrics does before a scrape
+    assert _count("modelSearch", "success") == before + 7
+    tasklog.drain()  # counted once, not again
+    assert _count("modelSearch", "success") == before + 7
+    assert configured.getvalue() == ""
+
+
+def test_queries_answered_from_memory_get_their_line_at_debug(configured: io.StringIO):
+    logging.getLogger("wisp.tasks").setLevel(logging.DEBUG)
+    try:
+        before = _count("modelSearch", "success")
+        tasklog.query_answered("modelSearch", "q-debug", "team-a", time.monotonic())
+        tasklog.drain()
+        assert _count("modelSearch", "success") == before + 1
+        line = json.loads(configured.getvalue().splitlines()[0])
+        assert line["taskUUID"] == "q-debug" and line["level"] == "DEBUG" and line["outcome"] == "success"
+    finally:
+        logging.getLogger("wisp.tasks").setLevel(logging.NOTSET)
+
+
+def test_without_the_writer_queries_are_counted_at_once():
+    assert tasklog._writer is None
+    before = _count("modelSearch", "success")
+    tasklog.query_answered("modelSearch", "q-direct", "t", time.monotonic())
+    assert _count("modelSearch", "success") == before + 1
