@@ -5,7 +5,7 @@ measured rather than hoped.  Three parts, each against a baseline in the same ru
 
 * **metric**: ``--cases`` prompt × seed pairs (random scenes, every attribute named,
   in the captions' free word orders; :func:`engine.builtin.shapes.scene.metric_cases`),
-  generated through wisp's engine at the model's defaults (20 steps, CFG 3) and
+  generated through wisp's engine at the model's defaults (20 steps, CFG 2) and
   graded by :func:`engine.builtin.shapes.scene.judge`: the named colour must dominate
   the named shape's region and the named background colour the border.  Goal ≥ 90 %.
   Baseline: the random-weight ``wisp:tiny-sd15@1`` on the same prompts.  ``--cfg-sweep``

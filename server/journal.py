@@ -66,7 +66,12 @@ class TaskJournal:
                 except queue.Empty:
                     break
             statements = [b for b in batch if b is not None and b[0] != _VACUUM]
-            if statements:
+            if len(statements) == 1:  # the usual case on a server that is not flooded: one call, its own transaction
+                try:
+                    conn.execute(*statements[0])
+                except Exception:
+                    log.exception("task journal write failed")
+            elif statements:
                 try:
                     conn.execute("BEGIN")
                     for sql, params in statements:

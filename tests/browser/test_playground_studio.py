@@ -135,10 +135,10 @@ def screenshot(page, folder: Path, name: str) -> None:  # type: ignore[no-untype
 def test_progress_previews_history_reuse_seed_and_copied_code(playground, tmp_path, screenshot_dir):
     playground.open()
     page = playground.page
-    # The defaults: the shapes model at 64×64, 20 steps, CFG 3, its kind of prompt; its name in full under the picker.
+    # The defaults: the shapes model at 64×64, 20 steps, CFG 2, its kind of prompt; its name in full under the picker.
     expect(page.locator("#g-model")).to_have_value(SHAPES)
     expect(page.locator(f"#g-model option[value='{TINY}']")).to_have_count(1)
-    assert [page.input_value(f"#gen-form [name={n}]") for n in ("width", "height", "steps", "CFGScale")] == ["64", "64", "20", "3"]
+    assert [page.input_value(f"#gen-form [name={n}]") for n in ("width", "height", "steps", "CFGScale")] == ["64", "64", "20", "2"]
     assert page.input_value("#g-prompt") == "a red circle at the top left on a blue background"
     expect(page.locator("#g-model-info")).to_contain_text("shapes")
     expect(page.locator("#g-size")).to_have_value("64x64")

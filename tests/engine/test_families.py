@@ -192,7 +192,7 @@ def test_tables_derived_from_the_registry_are_the_ones_written_by_hand_before() 
         "wisp:tiny-sdxl@1": ("wisp tiny SDXL (random weights)", "sdxl"),
         "wisp:shapes-sd15@1": ("wisp shapes SD 1.x (coloured shapes, 64 px)", "sd1x"),
     }
-    assert BUILTIN_MODELS["wisp:shapes-sd15@1"].defaults == ModelDefaults(steps=20, cfg_scale=3.0)
+    assert BUILTIN_MODELS["wisp:shapes-sd15@1"].defaults == ModelDefaults(steps=20, cfg_scale=2.0)
     assert RECIPE_BASES == {"sd1x": "wisp:tiny-sd15@1", "sdxl": "wisp:tiny-sdxl@1"}
     assert LATENT_RGB["sd1x"][0] == (0.3512, 0.2297, 0.3227) and LATENT_RGB["sdxl"][3] == (-0.3112, -0.2359, -0.2076)
     assert CHECKPOINT_PREFIXES == (

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 SHAPES_AIR = "wisp:shapes-sd15@1"
-BUILD_VERSION = "1"
-DEFAULT_CFG = 3.0
-"""Its default guidance scale (it oversaturates by 5: bench/RESULTS.md)."""
+BUILD_VERSION = "2"
+DEFAULT_CFG = 2.0
+"""Its default guidance scale (the one-hour weights are at their best at 1.5–2 and oversaturate by 3: bench/RESULTS.md)."""
 MODEL_FOLDER = Path(__file__).resolve().parent / "model"
 
 
