@@ -259,6 +259,9 @@ class WispClient:
             "seed": seed,
             "numberResults": 1,
             "outputType": "URL",
+            # The direct path writes a plain PNG; wisp would add the A1111 `parameters` chunk by default
+            # (WISP_PNG_PARAMETERS), which is more work and other bytes: asked without it, both do the same.
+            "embedParameters": False,
         }
         if case.controlnet:
             import base64
