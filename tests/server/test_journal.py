@@ -1,0 +1,84 @@
+"""The task journal's writer: statements are committed in bunches, without waking the writer per statement."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from engine.registry.db import Database
+from server.journal import TaskJournal
+
+UUIDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(20)]
+
+
+def rows(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as db:
+        return {task_uuid: status for task_uuid, status in db.execute("SELECT task_uuid, status FROM tasks")}
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+def test_sync_commits_everything_queued_before_it(tmp_path: Path):
+    journal = TaskJournal(Database(tmp_path / "wisp.db"), interval_s=60.0)  # the interval alone would not write them
+    try:
+        for task_uuid in UUIDS[:5]:
+            journal.claimed("t", task_uuid, "imageInference", {"positivePrompt": "a cat"})
+        journal.finished("t", UUIDS[0], "success", [{"imageUUID": "x"}], [])
+        assert journal.sync(timeout_s=10)
+        assert rows(tmp_path / "wisp.db") == {UUIDS[0]: "success", **{u: "processing" for u in UUIDS[1:5]}}
+    finally:
+        journal.close()
+
+
+def test_statements_reach_the_database_within_the_interval_and_close_writes_the_rest(tmp_path: Path):
+    journal = TaskJournal(Database(tmp_path / "wisp.db"), interval_s=0.02)
+    journal.claimed("t", UUIDS[0], "imageInference", {})
+    assert wait_for(lambda: rows(tmp_path / "wisp.db") == {UUIDS[0]: "processing"})
+    journal.finished("t", UUIDS[0], "error", [], [{"code": "x"}])
+    journal.claimed("t", UUIDS[1], "imageInference", {})
+    journal.released("t", UUIDS[1])
+    journal.claimed("t", UUIDS[2], "imageInference", {})
+    journal.close()
+    assert rows(tmp_path / "wisp.db") == {UUIDS[0]: "error", UUIDS[2]: "processing"}
+    assert not journal._thread.is_alive()
+
+
+def test_a_busy_writer_is_not_woken_per_statement_and_an_idle_one_sleeps_until_the_next(tmp_path: Path):
+    journal = TaskJournal(Database(tmp_path / "wisp.db"), interval_s=0.05)
+    try:
+        # idle: after an interval without work the writer waits for a wake-up, not for a timer
+        assert wait_for(lambda: journal._asleep)
+        journal.claimed("t", UUIDS[0], "imageInference", {})  # wakes it
+        assert wait_for(lambda: UUIDS[0] in rows(tmp_path / "wisp.db"))
+        # busy: statements keep coming within the interval, so none of them sets the wake-up event
+        stop = threading.Event()
+        wakes: list[bool] = []
+
+        def feed() -> None:
+            i = 0
+            while not stop.is_set():
+                if not journal._asleep:
+                    journal.claimed("t", UUIDS[1 + i % 19], "imageInference", {})
+                    wakes.append(journal._wake.is_set())
+                i += 1
+                time.sleep(0.01)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        time.sleep(0.5)
+        stop.set()
+        feeder.join()
+        assert len(wakes) > 20 and sum(wakes) <= 2, wakes  # at most a wake-up raced with the writer's own
+        assert journal.sync(timeout_s=10)
+        assert len(rows(tmp_path / "wisp.db")) == 20
+    finally:
+        journal.close()
