@@ -253,6 +253,9 @@ class Engine:
 
     def start(self) -> None:
         if not self._started:
+            from engine.heap import keep_freed_memory
+
+            keep_freed_memory()  # before the device thread allocates its first request (engine.heap)
             self._worker.start()
             self._started = True
 

@@ -1,4 +1,6 @@
-"""Keep Python's cyclic garbage collector off the libraries' own objects.
+"""The process heap: the garbage collector off the libraries' objects, glibc's malloc off the page-fault path.
+
+**Garbage collector.**
 
 Importing torch, diffusers and transformers leaves ~440k long-lived objects
 (functions, classes, their dicts) behind.  Every full (generation-2)
@@ -14,12 +16,30 @@ It runs once, before any model is loaded, and never again: a frozen object is
 never freed as part of a reference cycle, and the model cache may need a
 collection to free a dropped model (engine.cache).  Objects made later
 (models, tasks) are collected as before.
+
+**malloc.**  A request's activations are freed when it ends and allocated
+again by the next.  glibc gives freed memory back to the kernel once the
+free top of a heap exceeds its trim threshold, and serves blocks above its
+mmap threshold with a fresh ``mmap``; both thresholds start low (128 KB)
+and only rise as big mmapped blocks are freed, which on the device thread
+did not happen: every 64×64 imageInference on the built-in model took ~900
+minor page faults (~4 MB touched anew), ~1 ms of its CPU, and its diffusers
+call ran ~1 ms slower in the server than in a script whose main thread had
+raised them (bench/inference.py; RESULTS.md, 2026-12-05).
+:func:`keep_freed_memory` fixes them where glibc's own rule would end up:
+blocks up to 32 MB come from the heap, and up to 64 MB of free heap top is
+kept for the next request (bigger blocks are still mapped and returned on
+free).  An operator's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
+(or ``GLIBC_TUNABLES``) win: then nothing is changed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
+import os
+import sys
 import time
 
 log = logging.getLogger("wisp.engine.heap")
@@ -46,3 +66,45 @@ def freeze_library_objects() -> int:
     frozen = gc.get_freeze_count()
     log.debug("froze %d library objects out of the collector's way in %.2f s", frozen, time.perf_counter() - began)
     return frozen
+
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter numbers (malloc.h)."""
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+"""Blocks up to this size come from the heap (glibc's own ceiling for its moving threshold)."""
+TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
+"""Free memory kept at the top of a heap before it goes back to the kernel (glibc keeps it at twice the mmap threshold)."""
+_OPERATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+_malloc_tuned: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's mmap and trim thresholds for a process that frees and reallocates the same big blocks per request.
+
+    Returns whether they are set (False: not glibc, or the operator set malloc's
+    own environment variables, which then stand).  Once per process; later
+    calls return the first answer.
+    """
+    global _malloc_tuned
+    if _malloc_tuned is not None:
+        return _malloc_tuned
+    _malloc_tuned = False
+    if not sys.platform.startswith("linux"):
+        return False
+    if any(os.environ.get(name) for name in _OPERATOR_SETTINGS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        log.debug("malloc thresholds left as the environment sets them")
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only: musl's mallopt is a stub
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    _malloc_tuned = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    log.debug("malloc: blocks up to %d MB from the heap, %d MB of free heap kept: %s",
+              MMAP_THRESHOLD_BYTES >> 20, TRIM_THRESHOLD_BYTES >> 20, _malloc_tuned)
+    return _malloc_tuned
