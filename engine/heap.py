@@ -18,19 +18,24 @@ collection to free a dropped model (engine.cache).  Objects made later
 (models, tasks) are collected as before.
 
 **malloc.**  A request's activations are freed when it ends and allocated
-again by the next.  glibc gives freed memory back to the kernel once the
-free top of a heap exceeds its trim threshold, and serves blocks above its
-mmap threshold with a fresh ``mmap``; both thresholds start low (128 KB)
-and only rise as big mmapped blocks are freed, which on the device thread
-did not happen: every 64×64 imageInference on the built-in model took ~900
-minor page faults (~4 MB touched anew), ~1 ms of its CPU, and its diffusers
-call ran ~1 ms slower in the server than in a script whose main thread had
-raised them (bench/inference.py; RESULTS.md, 2026-12-05).
-:func:`keep_freed_memory` fixes them where glibc's own rule would end up:
-blocks up to 32 MB come from the heap, and up to 64 MB of free heap top is
-kept for the next request (bigger blocks are still mapped and returned on
-free).  An operator's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
-(or ``GLIBC_TUNABLES``) win: then nothing is changed.
+again by the next.  glibc gives freed memory back to the kernel in three
+ways: a block above its mmap threshold is a fresh ``mmap`` each time, a heap
+whose free top exceeds the trim threshold is shrunk, and a thread's extra
+64 MB heap is unmapped as soon as nothing in it is in use.  The thresholds
+start low (128 KB) and only rise as big mmapped blocks are freed, and the
+third has no threshold at all (only the top pad).  On the device thread
+every 64×64 imageInference on the built-in model took ~900–1,100 minor page
+faults (~4 MB touched anew, up to 29 heaps mapped and unmapped), ~1 ms of
+its CPU: its diffusers call ran ~1 ms slower in the server than in a script
+whose main thread had raised the thresholds (bench/inference.py;
+RESULTS.md, 2026-12-05).  :func:`keep_freed_memory` sets them where glibc's
+own rule would end up (blocks up to 32 MB come from a heap, 64 MB of free
+heap top is kept) and the top pad to a heap's size, so a thread's emptied
+heap is kept for the next request.  Blocks above 32 MB are still mapped and
+returned on free; what is kept is at most ~64 MB of free memory per malloc
+arena that served big blocks (the device thread's, a loader's).  An
+operator's ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_TOP_PAD_`` (or ``GLIBC_TUNABLES``) win: then nothing is changed.
 """
 
 from __future__ import annotations
@@ -69,12 +74,15 @@ def freeze_library_objects() -> int:
 
 
 M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 """glibc's ``mallopt`` parameter numbers (malloc.h)."""
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 """Blocks up to this size come from the heap (glibc's own ceiling for its moving threshold)."""
 TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
 """Free memory kept at the top of a heap before it goes back to the kernel (glibc keeps it at twice the mmap threshold)."""
+TOP_PAD_BYTES = 64 * 1024 * 1024
+"""A thread heap's size (glibc's HEAP_MAX_SIZE on 64-bit): with this pad an emptied heap is never unmapped."""
 _OPERATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 _malloc_tuned: bool | None = None
@@ -104,7 +112,8 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    _malloc_tuned = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
-    log.debug("malloc: blocks up to %d MB from the heap, %d MB of free heap kept: %s",
+    _malloc_tuned = all(mallopt(param, value) == 1 for param, value in (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES), (M_TOP_PAD, TOP_PAD_BYTES)))
+    log.debug("malloc: blocks up to %d MB from a heap, %d MB of free heap kept, emptied heaps kept: %s",
               MMAP_THRESHOLD_BYTES >> 20, TRIM_THRESHOLD_BYTES >> 20, _malloc_tuned)
     return _malloc_tuned
