@@ -161,7 +161,7 @@ class Engine:
         self.registry = ModelRegistry(self.db)
         self.model_view = ModelView(self.registry)
         self.model_store = ModelStore(Path(config.store_dir) if config.store_dir is not None else data_dir / "store")
-        self.images = ImageStore(data_dir / "images", data_dir / "tmp", self.db, default_ttl_s=config.image_ttl_s)
+        self.images = ImageStore(data_dir / "images", data_dir / "tmp", self.db, default_ttl_s=config.image_ttl_s, write_behind=True)
         self._stopping = threading.Event()
         self.cache = ModelCache(config.device, device_bytes=config.cache_device_bytes, host_bytes=config.cache_host_bytes)
         from engine.lora_cache import LoraCache
@@ -278,6 +278,7 @@ class Engine:
             )
         if self._started and self._worker.thread.is_alive() and self._worker.thread is not threading.current_thread():
             self._worker.thread.join(wait_s)
+        self.db.sync_writes()  # the images' owner rows (written behind)
         return len(left)
 
     @property

@@ -33,6 +33,7 @@ def account_details(db: Database, team: str, max_model_bytes: int) -> dict[str, 
 
 def full_details(db: Database, team: str, max_model_bytes: int) -> dict[str, Any]:
     """``accountManagement`` ``getDetails``: :func:`account_details`, the team's keys by prefix, and its storage."""
+    db.sync_writes()  # images this process has just stored are counted too (their owners are written behind)
     conn = db.connect()
     keys = [{"prefix": k.prefix, "createdAt": _iso(k.created_at), "revoked": k.revoked_at is not None}
             for k in KeyStore(db).list() if k.team == team]
@@ -47,6 +48,7 @@ def full_details(db: Database, team: str, max_model_bytes: int) -> dict[str, Any
 def usage_activity(db: Database, team: str, days: int, retention_s: float) -> dict[str, Any]:
     """``accountManagement`` ``getUsageActivity``: the team's tasks by type and outcome (from the task journal, which
     keeps ``retention_s``), and its stored bytes per day (the daily storage snapshots) over ``days``."""
+    db.sync_writes()  # the tasks this process has just claimed or finished are counted too (the journal writes behind)
     conn = db.connect()
     since = time.time() - days * 86400
     tasks: dict[str, dict[str, int]] = {}

@@ -459,14 +459,7 @@ class Gateway:
         if task.operation == "getDetails":
             details = await asyncio.to_thread(full_details, db, session.team, self.config.max_model_bytes)
         else:
-            journal = self.tasks.journal
-
-            def read() -> dict[str, Any]:
-                if journal is not None:
-                    journal.sync()  # the tasks this process has just claimed or finished are counted too
-                return usage_activity(db, session.team, task.days, self.config.task_retention_s)
-
-            details = await asyncio.to_thread(read)
+            details = await asyncio.to_thread(usage_activity, db, session.team, task.days, self.config.task_retention_s)
         return {"taskType": "accountManagement", "taskUUID": task.taskUUID, "operation": task.operation, **details}
 
     async def _delete_model(self, session: Session, task: ModelDelete) -> Any:

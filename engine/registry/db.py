@@ -10,6 +10,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.registry.writer import WriteBehind
 
 MIGRATIONS: list[str] = [
     """
@@ -121,7 +125,24 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._forbidden: int | None = None
+        self._writer: "WriteBehind | None" = None
+        self._writer_lock = threading.Lock()
         self._migrate()
+
+    @property
+    def writer(self) -> "WriteBehind":
+        """This database's write-behind queue (engine.registry.writer): one thread, made on first use."""
+        if self._writer is None:
+            from engine.registry.writer import WriteBehind
+
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = WriteBehind(self)
+        return self._writer
+
+    def sync_writes(self, timeout_s: float = 10.0) -> bool:
+        """Worker threads: wait until the write-behind statements queued so far are committed (no queue: at once)."""
+        return self._writer is None or self._writer.sync(timeout_s)
 
     def forbid_thread(self, ident: int | None) -> None:
         """Make :meth:`connect` fail on thread ``ident`` (an event loop's): a registry read there is a bug, found loudly.

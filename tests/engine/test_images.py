@@ -106,3 +106,29 @@ async def test_fetch_respects_size_cap_and_status():
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_owners_written_behind_are_enforced_at_once_and_committed_soon(tmp_path):
+    import sqlite3
+
+    from engine.registry.db import Database
+
+    db = Database(tmp_path / "wisp.db")
+    store = ImageStore(tmp_path / "images", tmp_path / "tmp", db, write_behind=True)
+    mine, _ = store.put(b"\x89PNG one", "png", team="team-a", ttl_s=3600)
+    # before the writer's commit: the owner is known from memory
+    assert store.find(mine, team="team-b") is None
+    assert store.find(mine, team="team-a") is not None
+    assert db.sync_writes()
+    with sqlite3.connect(tmp_path / "wisp.db") as conn:
+        assert conn.execute("SELECT team FROM image_owners WHERE image_uuid=?", (mine,)).fetchone() == ("team-a",)
+    assert store._unwritten == {}  # committed: read from SQLite from now on
+    assert store.find(mine, team="team-b") is None and store.find(mine, team="team-a") is not None
+    # deleted before its row was committed: the queued INSERT does not bring the row back
+    other, _ = store.put(b"\x89PNG two", "png", team="team-a")
+    assert store.delete(other, "team-b") is False
+    assert store.delete(other, "team-a") is True
+    assert db.sync_writes()
+    with sqlite3.connect(tmp_path / "wisp.db") as conn:
+        assert conn.execute("SELECT count(*) FROM image_owners WHERE image_uuid=?", (other,)).fetchone() == (0,)
+    assert store.find(other, team="team-a") is None

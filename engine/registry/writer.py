@@ -1,0 +1,165 @@
+"""Write-behind for SQLite: statements queued from any thread, committed by one thread in bunches.
+
+Some rows must be durable soon but not before the caller moves on: the task
+journal's claims and outcomes, the owner of each generated image.  Writing
+them where they happen cost an imageInference ~0.3 ms of its device thread
+(an autocommit INSERT: file locks and WAL writes) and the event loop a
+wake-up of the journal's thread per statement (bench/inference.py;
+RESULTS.md, 2026-12-05).  Here every statement is appended to a queue (no
+lock, no wake-up while the writer is busy) and one thread commits what is
+queued every ``interval_s`` (50 ms) in one transaction: a short task's
+claim, image owner and outcome share one commit.  A writer idle for a whole
+interval sleeps until the next statement wakes it, so an idle server does
+not poll.
+
+What is queued is lost by a kill -9 within ``interval_s``; callers say what
+that means for them (the journal: the task is unknown, never half-known).
+:meth:`WriteBehind.sync` waits for what was queued before it (readers that
+must see this process's own writes); :meth:`WriteBehind.close` writes the
+rest and stops the thread; a statement put after it runs at once on the
+caller's thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sqlite3
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+log = logging.getLogger("wisp.db")
+
+WRITE_INTERVAL_S = 0.05
+"""How long a statement may wait in the queue before it is committed (with whatever else came meanwhile)."""
+
+
+class Connects(Protocol):
+    """What the writer needs of :class:`engine.registry.db.Database` (which makes one writer of its own)."""
+
+    def connect(self) -> sqlite3.Connection: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    sql: str
+    params: tuple[Any, ...]
+    after_commit: Callable[[], None] | None
+    script: bool
+    """Run with ``executescript`` after the bunch's commit (``PRAGMA incremental_vacuum`` steps to its end that way)."""
+
+
+class WriteBehind:
+    def __init__(self, db: Connects, name: str = "wisp-db-writer", interval_s: float = WRITE_INTERVAL_S) -> None:
+        self.db = db
+        self.name = name
+        self.interval_s = interval_s
+        self._pending: deque[_Statement | threading.Event] = deque()
+        """Statements to write, in order; an Event is a :meth:`sync` waiting for what was queued before it."""
+        self._asleep = False
+        """The writer waits on ``_wake`` (it found nothing for a whole interval): the next statement must wake it."""
+        self._wake = threading.Event()
+        self._closing = False
+        self._closed = False
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def put(self, sql: str, params: tuple[Any, ...] = (), *, after_commit: Callable[[], None] | None = None,
+            script: bool = False) -> None:
+        """Queue one statement (any thread); ``after_commit`` runs on the writer's thread once it is committed (or failed)."""
+        statement = _Statement(sql, params, after_commit, script)
+        if self._closed:
+            self._write(self.db.connect(), [statement])  # after close: at once, here
+            return
+        if self._thread is None:
+            self._start()
+        self._pending.append(statement)  # deque.append is atomic: no lock, no wake-up while the writer is busy
+        if self._asleep:
+            self._wake.set()
+
+    def sync(self, timeout_s: float = 10.0) -> bool:
+        """Wait (never on the event loop) until everything queued before this call is committed; False: timed out."""
+        if self._thread is None or self._closed:
+            return True
+        done = threading.Event()
+        self._pending.append(done)
+        self._wake.set()
+        return done.wait(timeout_s)
+
+    def close(self) -> None:
+        """Write what is queued and stop the thread; later statements are written at once by their caller."""
+        with self._start_lock:
+            thread = self._thread
+            self._closing = True
+        if thread is not None:
+            self._wake.set()
+            thread.join(timeout=10)
+        self._closed = True
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._closing:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+                atexit.register(self.close)  # a CLI command that stored an image exits with its row written
+
+    def _run(self) -> None:
+        conn = self.db.connect()
+        while True:
+            if not self._closing:
+                self._wake.wait(self.interval_s)
+            self._wake.clear()
+            batch = self._take()
+            if batch:
+                self._write(conn, batch)
+            elif self._closing:
+                return
+            else:  # a whole interval without work: sleep until the next statement
+                self._asleep = True
+                if not self._pending:  # a statement queued before the flag was seen is not left waiting
+                    self._wake.wait()
+                self._asleep = False
+
+    def _take(self) -> list[_Statement | threading.Event]:
+        batch: list[_Statement | threading.Event] = []
+        while True:
+            try:
+                batch.append(self._pending.popleft())
+            except IndexError:
+                return batch
+
+    def _write(self, conn: Any, batch: list[_Statement | threading.Event]) -> None:
+        statements = [b for b in batch if isinstance(b, _Statement) and not b.script]
+        if len(statements) == 1:  # a server that is not flooded: one call, its own transaction
+            try:
+                conn.execute(statements[0].sql, statements[0].params)
+            except Exception:
+                log.exception("%s: a write failed", self.name)
+        elif statements:
+            try:
+                conn.execute("BEGIN")
+                for statement in statements:
+                    conn.execute(statement.sql, statement.params)
+                conn.execute("COMMIT")
+            except Exception:
+                log.exception("%s: a write failed", self.name)
+                try:
+                    conn.execute("ROLLBACK")
+                except Exception:
+                    pass
+        for item in batch:
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            if item.script:
+                try:
+                    conn.executescript(f"{item.sql};")
+                except Exception:
+                    log.exception("%s: %s failed", self.name, item.sql)
+            if item.after_commit is not None:
+                try:
+                    item.after_commit()
+                except Exception:
+                    log.exception("%s: an after-commit callback failed", self.name)
