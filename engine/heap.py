@@ -29,11 +29,13 @@ faults (~4 MB touched anew, up to 29 heaps mapped and unmapped), ~1 ms of
 its CPU: its diffusers call ran ~1 ms slower in the server than in a script
 whose main thread had raised the thresholds (bench/inference.py;
 RESULTS.md, 2026-12-05).  :func:`keep_freed_memory` sets them where glibc's
-own rule would end up (blocks up to 32 MB come from a heap, 64 MB of free
-heap top is kept) and the top pad to a heap's size, so a thread's emptied
-heap is kept for the next request.  Blocks above 32 MB are still mapped and
-returned on free; what is kept is at most ~64 MB of free memory per malloc
-arena that served big blocks (the device thread's, a loader's).  An
+own rule ends up once a 16 MB block has been freed (blocks up to 16 MB come
+from a heap, up to 32 MB of free heap top is kept) and the top pad to 16 MB,
+so a thread's emptied heap is kept for the next request.  Bigger blocks are
+still mapped and returned on free.  The price is memory: each malloc arena
+that served big blocks (the device thread's, the loop's for big frames)
+keeps up to 32 MB of free memory; with 64 MB a slow-consumer test's peak RSS
+went 100 MiB over its bound of 96 (tests/server/test_slow_consumer.py).  An
 operator's ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
 ``MALLOC_TOP_PAD_`` (or ``GLIBC_TUNABLES``) win: then nothing is changed.
 """
@@ -77,12 +79,13 @@ M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 """glibc's ``mallopt`` parameter numbers (malloc.h)."""
-MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
-"""Blocks up to this size come from the heap (glibc's own ceiling for its moving threshold)."""
+MMAP_THRESHOLD_BYTES = 16 * 1024 * 1024
+"""Blocks up to this size come from a heap (glibc's own moving threshold reaches it once such a block is freed)."""
 TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
 """Free memory kept at the top of a heap before it goes back to the kernel (glibc keeps it at twice the mmap threshold)."""
-TOP_PAD_BYTES = 64 * 1024 * 1024
-"""A thread heap's size (glibc's HEAP_MAX_SIZE on 64-bit): with this pad an emptied heap is never unmapped."""
+TOP_PAD_BYTES = 16 * 1024 * 1024
+"""Free memory a trim leaves at a heap's top; also, an emptied thread heap is kept while the heap before it has less
+free room than this at its end (glibc unmaps it otherwise), which a heap full of a model's weights has."""
 _OPERATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 _malloc_tuned: bool | None = None

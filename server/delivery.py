@@ -63,6 +63,14 @@ class _Outbox:
     def push(self, frames: list[bytes]) -> None:
         self._last = asyncio.ensure_future(self._send(self._last, frames))
 
+    async def send(self, frames: list[bytes]) -> None:
+        """``push`` then ``flush``; with nothing pending, sent from the caller's own task (no task made for it)."""
+        if self._last is None or self._last.done():
+            await self.session.emit(frames)
+        else:
+            self.push(frames)
+            await self.flush()
+
     async def _send(self, previous: "asyncio.Future[None] | None", frames: list[bytes]) -> None:
         if previous is not None:
             await previous
@@ -149,8 +157,7 @@ class Delivery:
         if items and (not self.is_async or isinstance(self.task, Training)):
             frames = encode_data(items)
             sent = sum(len(frame) for frame in frames)
-            self.outbox.push(frames)
-            await self.outbox.flush()
+            await self.outbox.send(frames)
         self._log("success", images=len(finished.images), sent=sent)
         if self.webhook:
             for result in items:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Sequence
+
+import msgspec
 
 from engine.registry.db import Database
 from engine.registry.writer import WriteBehind
@@ -28,6 +30,17 @@ log = logging.getLogger("wisp.journal")
 
 _VACUUM = "PRAGMA incremental_vacuum"
 INTERRUPTED_MESSAGE = "the server stopped while this task was running; send it again with a new taskUUID"
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def _json(value: Any) -> str:
+    """JSON text for a column, on the loop: msgspec's encoder (a wire struct as is, ~5× json.dumps' speed)."""
+    try:
+        return _ENCODER.encode(value).decode()
+    except (TypeError, ValueError, UnicodeError):  # what only the standard library writes (a lone surrogate: as an escape)
+        return json.dumps(msgspec.to_builtins(value))
 
 
 class TaskJournal:
@@ -41,13 +54,14 @@ class TaskJournal:
     def claimed(self, team: str, task_uuid: str, task_type: str, request: Any) -> None:
         self.writer.put(
             "INSERT OR REPLACE INTO tasks(team, task_uuid, task_type, status, request, created_at) VALUES (?,?,?,?,?,?)",
-            (team, task_uuid.lower(), task_type, "processing", json.dumps(request), time.time()),
+            (team, task_uuid.lower(), task_type, "processing", _json(request), time.time()),
         )
 
-    def finished(self, team: str, task_uuid: str, status: str, items: list[Any], errors: list[Any]) -> None:
+    def finished(self, team: str, task_uuid: str, status: str, items: Sequence[Any], errors: Sequence[Any]) -> None:
+        """``items`` and ``errors``: plain values or wire structs (encoded as the wire encodes them)."""
         self.writer.put(
             "UPDATE tasks SET status=?, items=?, errors=?, finished_at=? WHERE team=? AND task_uuid=?",
-            (status, json.dumps(items), json.dumps(errors), time.time(), team, task_uuid.lower()),
+            (status, _json(items), _json(errors), time.time(), team, task_uuid.lower()),
         )
 
     def released(self, team: str, task_uuid: str) -> None:

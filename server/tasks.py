@@ -35,6 +35,8 @@ def _journal_items(items: list[Any]) -> list[Any]:
     A 20-image base64 result is ~34 MB of text; the same images are already
     files in the image store, so the journal keeps their imageUUIDs only.
     """
+    if not any(_inlines(item) for item in items):
+        return items  # the usual case (URLs): the structs as they are, encoded once by the journal
     out = []
     for item in msgspec.to_builtins(items):
         if isinstance(item, dict) and item.get("imageUUID") and any(f in item for f in INLINE_IMAGE_FIELDS):
@@ -43,6 +45,13 @@ def _journal_items(items: list[Any]) -> list[Any]:
             item[_INLINED] = inlined
         out.append(item)
     return out
+
+
+def _inlines(item: Any) -> bool:
+    """Whether a result item (a wire struct, or a plain dict read back) carries an inline image."""
+    if isinstance(item, dict):
+        return any(f in item for f in INLINE_IMAGE_FIELDS)
+    return any(getattr(item, f, None) for f in INLINE_IMAGE_FIELDS)
 
 
 def _rebuilt_items(items: list[Any], load: InlineLoader | None) -> list[Any]:
@@ -212,7 +221,7 @@ class TaskStore:
         """Persist a task's outcome, or pack a query's record (call after ``succeed`` or ``fail``)."""
         if self.journal is not None and record.durable:
             self.journal.finished(
-                record.team, record.task_uuid, record.status, _journal_items(record.items), msgspec.to_builtins(record.errors)
+                record.team, record.task_uuid, record.status, _journal_items(record.items), record.errors
             )
         record.pack()
 
