@@ -70,6 +70,7 @@ from bench._common import (
     environment,
     fmt_ratio,
     log,
+    minor_faults,
     quiet_ratio,
     ratio,
     render_table,
@@ -154,11 +155,14 @@ class Side:
     block_mean_ms: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
     """CPU time the side's process used while serving its requests (all threads)."""
+    faults: int = 0
+    """Minor page faults of the side's process while serving its requests."""
 
     def summary(self) -> dict[str, Any]:
         return {
             "ms": summarize_ns(self.samples_ns, unit=1e6),
             "cpu_ms_per_request": 1e3 * self.cpu_s / len(self.samples_ns),
+            "faults_per_request": self.faults / len(self.samples_ns),
             "block_mean_ms": self.block_mean_ms,
         }
 
@@ -333,12 +337,13 @@ async def measure(
         order = ("wisp", "direct") if index % 2 == 0 else ("direct", "wisp")  # ABBA
         for name in order:
             before = len(sides[name].samples_ns)
-            cpu0 = threads_cpu_s(cpu_pid[name])
+            cpu0, faults0 = threads_cpu_s(cpu_pid[name]), minor_faults(cpu_pid[name])
             if name == "wisp":
                 await wisp_block(seeds)
             else:
                 direct_block(seeds)
             sides[name].cpu_s += threads_cpu_s(cpu_pid[name]) - cpu0
+            sides[name].faults += minor_faults(cpu_pid[name]) - faults0
             new = sides[name].samples_ns[before:]
             sides[name].block_mean_ms.append(sum(new) / len(new) / 1e6)
         block_load.append(load.cores())
@@ -379,14 +384,15 @@ def case_verdicts(case: Case, requests: int, sides: dict[str, Side], block_load:
 def report(s: Settings, cases: list[dict[str, Any]]) -> str:
     """The text report: one row per case, then the verdict of each guided case."""
     headers = ["case", "n", "wisp mean (ms)", "direct mean (ms)", "wisp/direct", "p50 ratio", "quiet blocks",
-               "wisp CPU (ms)", "direct CPU (ms)", "CPU Δ (ms)", "same PNG", "others (cores)"]
+               "wisp CPU (ms)", "direct CPU (ms)", "CPU Δ (ms)", "page faults w/d", "same PNG", "others (cores)"]
     rows: list[list[Any]] = []
     for v in cases:
         c, w, d = v["case"], v["results"]["wisp"], v["results"]["direct"]
         rows.append([
             Case(c["steps"], c["cfg"], c.get("controlnet", False)).name, c["requests"], w["ms"]["mean"], d["ms"]["mean"], fmt_ratio(v["ratio_mean"]),
             fmt_ratio(v["ratio_p50"]), f"{fmt_ratio(v['quiet_block_ratio'])} ({v['quiet_blocks']}/{v['blocks']})",
-            w["cpu_ms_per_request"], d["cpu_ms_per_request"], f"{v['cpu_overhead_ms']:+.2f}", v["identical_png"],
+            w["cpu_ms_per_request"], d["cpu_ms_per_request"], f"{v['cpu_overhead_ms']:+.2f}",
+            f"{w['faults_per_request']:.0f} / {d['faults_per_request']:.0f}", v["identical_png"],
             f"{v['foreign_load_cores']['mean']:.2f} (max {v['foreign_load_cores']['max']:.2f})",
         ])
     lines = [
@@ -396,6 +402,7 @@ def report(s: Settings, cases: list[dict[str, Any]]) -> str:
         f"n requests per side and case after {s.warmup} warm-up, in alternating blocks of {s.block}.",
         "wisp: subprocess, timed at the client (websockets asyncio client, JSON, send → result frame), CPU = the server "
         "process's (all threads); direct: diffusers StableDiffusionPipeline call in this process (its main thread). "
+        "'page faults': minor faults per request of each side's process (memory given back and touched anew). "
         "'quiet blocks': the ratio over blocks where other processes used ≤ "
         f"{CONTENDED_CORES} cores; 'others': their mean load.",
     ]
