@@ -21,6 +21,9 @@ How, so that the comparison is fair:
 * one model folder: the bench builds the built-in ``wisp:tiny-sd15@1`` once in
   a temporary data dir, wisp serves from that dir, the direct path loads the
   same folder with the arguments wisp uses;
+* the same malloc settings: the bench process sets wisp's thresholds
+  (``engine.heap.keep_freed_memory``) before loading the direct pipeline, so
+  neither side pays page faults for memory given back between requests;
 * the same torch thread count on both sides (``--threads``, default 1 — wisp's
   own default on a 2-core box; passed to wisp as ``WISP_TORCH_THREADS``);
 * the same work: same prompt, seeds, steps, guidance (sent as ``CFGScale``),
@@ -402,7 +405,8 @@ def report(s: Settings, cases: list[dict[str, Any]]) -> str:
         f"n requests per side and case after {s.warmup} warm-up, in alternating blocks of {s.block}.",
         "wisp: subprocess, timed at the client (websockets asyncio client, JSON, send → result frame), CPU = the server "
         "process's (all threads); direct: diffusers StableDiffusionPipeline call in this process (its main thread). "
-        "'page faults': minor faults per request of each side's process (memory given back and touched anew). "
+        "'page faults': minor faults per request of each side's process (memory given back and touched anew; "
+        "both processes use wisp's malloc thresholds, engine.heap). "
         "'quiet blocks': the ratio over blocks where other processes used ≤ "
         f"{CONTENDED_CORES} cores; 'others': their mean load.",
     ]
@@ -467,6 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wisp.start()
             log(f"wisp on {wisp.url}; loading the direct pipeline")
+            from engine.heap import keep_freed_memory
+
+            # The direct side gets wisp's malloc thresholds too: with glibc's defaults it sometimes gives each
+            # request's buffers back to the kernel and faults them in again (0 to ~400 faults, up to ~2 ms per
+            # request from one run to the next), which flattered wisp; this way the ratio is wisp's own overhead.
+            keep_freed_memory()
             direct = Direct(folder, Path(tmp) / "direct" / "images", Path(tmp) / "direct" / "tmp", s.threads, controlnet_folder)
             waited = wisp.wait_idle()
             log(f"wisp idle after {waited:.1f} s (model warmed); measuring")

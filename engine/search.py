@@ -34,11 +34,12 @@ def search_in_view(view: ModelView, task: ModelSearch, team: str) -> ModelSearch
     asked again, a search costs a dict lookup and one result struct.  The remembered ``results`` list is
     shared by the answers that reuse it; nothing downstream changes a result after it is made.
     """
-    key = (team, task.search, task.category, task.type, task.architecture, task.conditioning, task.visibility,
-           tuple(task.tags) if task.tags else None, task.offset, task.limit)  # fmt: skip
+    filters = _filters(task)
+    # Keyed by every filter the view and the built-ins' match read (one list of them: _filters), and the page.
+    key = (team, task.offset, task.limit, *(tuple(v) if isinstance(v, list) else v for v in filters.values()))
 
     def compute(v: ModelView) -> tuple[int, list[ModelInfo]] | None:
-        rows = v.search(team, **_filters(task))
+        rows = v.search(team, **filters)
         return None if rows is None else _matches(task, rows)
 
     found = view.memoised(key, compute)
@@ -49,7 +50,9 @@ def search_in_view(view: ModelView, task: ModelSearch, team: str) -> ModelSearch
 
 
 def _filters(task: ModelSearch) -> dict[str, Any]:
-    """A modelSearch's filters, as both the SQL search and the view take them."""
+    """A modelSearch's filters, as both the SQL search and the view take them (and the memo key is made of).
+
+    :func:`_builtin_matches` reads the same fields: a filter added here is part of the key at once."""
     return {
         "text": task.search, "category": task.category, "type_": task.type,
         "architectures": (task.architecture,) if task.architecture else None,
