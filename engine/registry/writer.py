@@ -16,8 +16,8 @@ What is queued is lost by a kill -9 within ``interval_s``; callers say what
 that means for them (the journal: the task is unknown, never half-known).
 :meth:`WriteBehind.sync` waits for what was queued before it (readers that
 must see this process's own writes); :meth:`WriteBehind.close` writes the
-rest and stops the thread; a statement put after it runs at once on the
-caller's thread.
+rest and stops the thread; a statement put after it is written at once on
+the caller's thread.
 """
 
 from __future__ import annotations
@@ -69,15 +69,13 @@ class WriteBehind:
     def put(self, sql: str, params: tuple[Any, ...] = (), *, after_commit: Callable[[], None] | None = None,
             script: bool = False) -> None:
         """Queue one statement (any thread); ``after_commit`` runs on the writer's thread once it is committed (or failed)."""
-        statement = _Statement(sql, params, after_commit, script)
-        if self._closed:
-            self._write(self.db.connect(), [statement])  # after close: at once, here
-            return
         if self._thread is None:
             self._start()
-        self._pending.append(statement)  # deque.append is atomic: no lock, no wake-up while the writer is busy
+        self._pending.append(_Statement(sql, params, after_commit, script))  # atomic: no lock, no wake-up while busy
         if self._asleep:
             self._wake.set()
+        if self._closed:  # the thread is gone: write it here (with anything queued before it, in order)
+            self._write_left()
 
     def sync(self, timeout_s: float = 10.0) -> bool:
         """Wait (never on the event loop) until everything queued before this call is committed; False: timed out."""
@@ -96,7 +94,15 @@ class WriteBehind:
         if thread is not None:
             self._wake.set()
             thread.join(timeout=10)
-        self._closed = True
+        self._closed = True  # before the last drain: a statement queued after it sees the flag and writes itself
+        self._write_left()
+
+    def _write_left(self) -> None:
+        """After close, on the caller's thread: write what is still queued (one writer at a time, in order)."""
+        with self._start_lock:
+            left = self._take()
+            if left:
+                self._write(self.db.connect(), left)
 
     def _start(self) -> None:
         with self._start_lock:
