@@ -35,7 +35,7 @@ so a thread's emptied heap is kept for the next request.  Bigger blocks are
 still mapped and returned on free.  The price is memory: each malloc arena
 that served big blocks (the device thread's, the loop's for big frames)
 keeps up to 32 MB of free memory; with 64 MB a slow-consumer test's peak RSS
-went 100 MiB over its bound of 96 (tests/server/test_slow_consumer.py).  An
+rose 100 MiB, over its bound of 96 (tests/server/test_slow_consumer.py).  An
 operator's ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
 ``MALLOC_TOP_PAD_`` (or ``GLIBC_TUNABLES``) win: then nothing is changed.
 """

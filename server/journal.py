@@ -72,10 +72,6 @@ class TaskJournal:
         self.writer.put("DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (time.time() - retention_s,))
         self.writer.put(_VACUUM, script=True)
 
-    def sync(self, timeout_s: float = 10.0) -> bool:
-        """Worker threads: wait until everything queued before this call is committed (False: timed out)."""
-        return self.writer.sync(timeout_s)
-
     def close(self) -> None:
         """Write what is queued and stop the writer (the server's last step)."""
         self.writer.close()

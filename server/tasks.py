@@ -39,7 +39,7 @@ def _journal_items(items: list[Any]) -> list[Any]:
         return items  # the usual case (URLs): the structs as they are, encoded once by the journal
     out = []
     for item in msgspec.to_builtins(items):
-        if isinstance(item, dict) and item.get("imageUUID") and any(f in item for f in INLINE_IMAGE_FIELDS):
+        if isinstance(item, dict) and item.get("imageUUID") and _inlines(item):
             inlined = [f for f in INLINE_IMAGE_FIELDS if f in item]
             item = {k: v for k, v in item.items() if k not in INLINE_IMAGE_FIELDS}
             item[_INLINED] = inlined

@@ -38,7 +38,7 @@ def test_sync_commits_everything_queued_before_it(tmp_path: Path):
         for task_uuid in UUIDS[:5]:
             journal.claimed("t", task_uuid, "imageInference", {"positivePrompt": "a cat"})
         journal.finished("t", UUIDS[0], "success", [{"imageUUID": "x"}], [])
-        assert journal.sync(timeout_s=10)
+        assert journal.writer.sync(timeout_s=10)
         assert rows(tmp_path / "wisp.db") == {UUIDS[0]: "success", **{u: "processing" for u in UUIDS[1:5]}}
     finally:
         journal.close()
@@ -78,7 +78,7 @@ def test_a_busy_writer_is_not_woken_per_statement_and_an_idle_one_sleeps_until_t
             fed += 1
             time.sleep(0.01)
         assert len(wakes) >= 30 and sum(wakes) <= 2, wakes  # at most a wake-up raced with the writer's own
-        assert journal.sync(timeout_s=10)
+        assert journal.writer.sync(timeout_s=10)
         assert len(rows(tmp_path / "wisp.db")) == 20
     finally:
         journal.close()
