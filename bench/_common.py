@@ -204,6 +204,17 @@ def minor_faults(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU time of each thread of ``pid`` (thread id → seconds, nanosecond resolution; see :func:`threads_cpu_s`)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended while we looked
+    return out
+
+
 def threads_cpu_s(pid: int) -> float:
     """CPU time of every thread of ``pid`` in seconds, at nanosecond resolution (schedstat).
 
