@@ -8,9 +8,12 @@ wake-up of the journal's thread per statement (bench/inference.py;
 RESULTS.md, 2026-12-05).  Here every statement is appended to a queue (no
 lock, no wake-up while the writer is busy) and one thread commits what is
 queued every ``interval_s`` (50 ms) in one transaction: a short task's
-claim, image owner and outcome share one commit.  A writer idle for a whole
-interval sleeps until the next statement wakes it, so an idle server does
-not poll.
+claim, image owner and outcome share one commit.  A writer that finds the
+queue empty after a commit sleeps until the next statement wakes it, then
+gathers for an interval again: an idle server does not poll, and a long
+task's claim and outcome cost two wake-ups each rather than one per
+interval (on the 2-core VM a timed wake-up of an idle thread cost ~0.15 ms
+of CPU; RESULTS.md, 2026-12-05).
 
 What is queued is lost by a kill -9 within ``interval_s``; callers say what
 that means for them (the journal: the task is unknown, never half-known).
@@ -59,8 +62,10 @@ class WriteBehind:
         self._pending: deque[_Statement | threading.Event] = deque()
         """Statements to write, in order; an Event is a :meth:`sync` waiting for what was queued before it."""
         self._asleep = False
-        """The writer waits on ``_wake`` (it found nothing for a whole interval): the next statement must wake it."""
+        """The writer waits on ``_wake`` (the queue was empty after its last commit): the next statement must wake it."""
         self._wake = threading.Event()
+        self._syncing = False
+        """A :meth:`sync` waits: write without gathering for an interval first."""
         self._closing = False
         self._closed = False
         self._start_lock = threading.Lock()
@@ -83,6 +88,7 @@ class WriteBehind:
             return True
         done = threading.Event()
         self._pending.append(done)
+        self._syncing = True
         self._wake.set()
         return done.wait(timeout_s)
 
@@ -114,19 +120,23 @@ class WriteBehind:
     def _run(self) -> None:
         conn = self.db.connect()
         while True:
-            if not self._closing:
-                self._wake.wait(self.interval_s)
+            if not self._closing and not self._syncing:
+                self._wake.wait(self.interval_s)  # gather what comes within the interval (a sync or close cuts it short)
             self._wake.clear()
+            self._syncing = False  # before the take: the sync's marker was queued before its flag was set
             batch = self._take()
             if batch:
                 self._write(conn, batch)
-            elif self._closing:
-                return
-            else:  # a whole interval without work: sleep until the next statement
+            if self._closing:
+                if not self._pending:
+                    return
+            elif not self._pending:  # nothing more: sleep until the next statement (no timed wake-ups while idle)
                 self._asleep = True
                 if not self._pending:  # a statement queued before the flag was seen is not left waiting
                     self._wake.wait()
                 self._asleep = False
+                if not self._syncing and not self._closing:
+                    self._wake.clear()  # woken by a statement: gather for an interval from now
 
     def _take(self) -> list[_Statement | threading.Event]:
         batch: list[_Statement | threading.Event] = []
