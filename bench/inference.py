@@ -23,7 +23,7 @@ How, so that the comparison is fair:
   same folder with the arguments wisp uses;
 * two fresh processes per round: wisp's server and a direct worker (this
   script with ``--direct-worker``, told what to run over a pipe and timing
-  each call itself), started anew for every round (``--rounds``, default 3).
+  each call itself), started anew for every round (``--rounds``, default 5).
   The same direct script costs ~47 to ~50 ms per 4-step request from one
   process to the next on the 2-core VM (memory layout, which core, the
   host's caches): more than the 1 ms the goal allows.  One pair of processes
@@ -143,8 +143,11 @@ DEFAULT_CASES = (Case(1, 1.0), Case(4, 7.0), Case(20, 7.0))
 
 
 def default_requests(case: Case) -> int:
-    """Per side: 200 for short requests, fewer for long ones (about the same time per case)."""
-    return max(40, min(200, 800 // case.steps))
+    """Per side and round: 100 for short requests, fewer for long ones (about the same time per case).
+
+    Fewer requests in more rounds: a process's luck moves a side's mean by up to ~3 %, far more than
+    a hundred requests' own spread does, so rounds are what narrow the pooled figure."""
+    return max(20, min(100, 400 // case.steps))
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ class Settings:
     threads: int = 1
     seed: int = 1
     quiet_budget: float = 40.0
-    rounds: int = 3
+    rounds: int = 5
     """Fresh pairs of processes (wisp's server, the direct worker); the verdict pools their requests."""
 
 
@@ -543,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cases", default=",".join(f"{c.steps}:{c.cfg:g}" for c in DEFAULT_CASES),
         help="comma-separated STEPS:CFG request shapes, measured one after the other in one run",
     )
-    parser.add_argument("--requests", type=int, default=d.requests, help="measured requests per side and case (0: 200, fewer for many steps)")
+    parser.add_argument("--requests", type=int, default=d.requests, help="measured requests per side and case per round (0: 100, fewer for many steps)")
     parser.add_argument("--warmup", type=int, default=d.warmup, help="warm-up requests per side and case")
     parser.add_argument("--block", type=int, default=d.block, help="requests per alternating block")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch threads, in-process and WISP_TORCH_THREADS")
