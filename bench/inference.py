@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import statistics
 import sys
@@ -466,6 +467,23 @@ def case_verdicts(case: Case, requests: int, sides: dict[str, Side], block_load:
     }
 
 
+_T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+"""Student's t, two-sided 95 %, by degrees of freedom (beyond 10: 2.0 is close enough for a bench)."""
+
+
+def mean_interval(values: list[float]) -> tuple[float, float] | None:
+    """The 95 % interval of the mean of per-round figures (t distribution); None for fewer than two rounds.
+
+    Each round is a fresh pair of processes, so the rounds are the independent samples: the interval says how far
+    a verdict on the pooled figure could move with other processes' luck.
+    """
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    half = _T_975.get(len(values) - 1, 2.0) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
 def pooled(rounds: list[dict[str, Side]]) -> dict[str, Side]:
     """The sides of several rounds as one: every request, every block, all CPU and faults."""
     out = {name: Side(name) for name in ("wisp", "direct")}
@@ -529,9 +547,13 @@ def report(s: Settings, cases: list[dict[str, Any]]) -> str:
                              f"{v['ratio_mean']:.3f}× → {'MET' if v['goal_met'] else 'NOT MET'}.")
                 continue
             each = ", ".join(f"{r['ratio_mean']:.3f}× {r['cpu_overhead_ms']:+.2f} ms" for r in v["rounds"])
+            spread = ""
+            if v.get("rounds_cpu_interval_ms"):
+                low, high = v["rounds_cpu_interval_ms"]
+                spread = f"; CPU Δ over rounds, 95 % interval of the mean: {low:+.2f} to {high:+.2f} ms"
             lines.append(
                 f"goal ({Case(c['steps'], c['cfg']).name}): ≤ {GOAL_RATIO:.2f}× mean and CPU ≤ +{GOAL_CPU_MS:g} ms, all rounds pooled: "
-                f"{v['ratio_mean']:.3f}×, {v['cpu_overhead_ms']:+.2f} ms → {'MET' if v['goal_met'] else 'NOT MET'} (rounds: {each})."
+                f"{v['ratio_mean']:.3f}×, {v['cpu_overhead_ms']:+.2f} ms → {'MET' if v['goal_met'] else 'NOT MET'} (rounds: {each}{spread})."
             )
     return "\n".join(lines)
 
@@ -618,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             loads = [x for _, load, _ in per_round[case] for x in load]
             verdict = case_verdicts(case, requests * s.rounds, both, loads, sum(same for _, _, same in per_round[case]))
             verdict["rounds"] = rounds
+            verdict["rounds_cpu_interval_ms"] = mean_interval([r["cpu_overhead_ms"] for r in rounds])
             results.append(verdict)
 
     import diffusers
