@@ -76,6 +76,19 @@ def test_a_busy_writer_is_woken_once_per_interval_not_per_statement_and_an_idle_
         journal.claimed("t", UUIDS[0], "imageInference", {})  # starts the writer
         assert wait_for(lambda: UUIDS[0] in rows(tmp_path / "wisp.db"))
         assert wait_for(lambda: writer._asleep)
+        waits: list[float | None] = []
+        real_wait = writer._wake.wait
+
+        def recorded_wait(timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return real_wait(timeout)
+
+        writer._wake.wait = recorded_wait  # type: ignore[method-assign]
+        journal.finished("t", UUIDS[0], "success", [], [])  # wakes it: written within the interval, no sync
+        assert wait_for(lambda: rows(tmp_path / "wisp.db") == {UUIDS[0]: "success"})
+        assert wait_for(lambda: writer._asleep and 0.05 in waits and waits[-1] is None)
+        # one gather, then asleep at once: no empty interval timed out first (a leading None: the sleep it was entering)
+        assert [w for w in waits if w is not None] == [0.05], waits
         # busy: a statement every ~10 ms; the first after a commit wakes the writer, the rest of the
         # interval's statements find it awake and gathering
         sets = 0

@@ -48,6 +48,36 @@ def test_the_loop_only_queues_and_the_line_keeps_the_tasks_own_time(configured: 
     assert _count("imageInference", "testQueued") == before + 1
 
 
+def test_an_idle_writer_sleeps_and_the_next_finished_task_wakes_it(configured: io.StringIO, monkeypatch: pytest.MonkeyPatch):
+    writer = tasklog._writer
+    assert writer is not None
+    passes = 0
+    real_drain = tasklog.drain
+
+    def counted_drain() -> None:
+        nonlocal passes
+        passes += 1
+        real_drain()
+
+    monkeypatch.setattr(tasklog, "drain", counted_drain)
+    deadline = time.monotonic() + 5
+    while not writer._asleep and time.monotonic() < deadline:  # nothing queued: it sleeps instead of polling
+        time.sleep(0.01)
+    assert writer._asleep
+    passes = 0
+    time.sleep(0.5)
+    assert passes == 0  # no pass every 0.1 s while nothing is queued
+    tasklog.task_finished("imageInference", "w-1", "team-a", None, "testWoken", time.monotonic(), None)
+    deadline = time.monotonic() + 5
+    while "w-1" not in configured.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert json.loads(configured.getvalue().splitlines()[-1])["taskUUID"] == "w-1"
+    deadline = time.monotonic() + 5
+    while not writer._asleep and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer._asleep  # and asleep again once the line is written
+
+
 def test_drain_counts_every_ended_task_at_once(configured: io.StringIO):
     before = _count("modelSearch", "testDrained")
     for n in range(5):
