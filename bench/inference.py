@@ -294,11 +294,20 @@ class DirectProcess:
         self.pid = int(ready["ready"])
 
     def _read(self) -> dict[str, Any]:
+        """The worker's next reply; a line that is not one (a library printing to stdout) goes to the log."""
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the direct worker ended (exit code {self.proc.wait()})")
-        return json.loads(line)
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the direct worker ended (exit code {self.proc.wait()})")
+            if line.startswith("{"):
+                try:
+                    reply = json.loads(line)
+                except ValueError:
+                    reply = None
+                if isinstance(reply, dict):
+                    return reply
+            log(f"direct worker: {line.rstrip()}")
 
     def block(self, case: Case, seeds: range) -> tuple[list[int], dict[int, Path]]:
         """Run ``seeds`` there one after the other: each call's nanoseconds, and the file of each seed."""
