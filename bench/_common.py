@@ -162,11 +162,16 @@ def event_loop_runner() -> Any:
     return uvloop.run
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all threads), from ``/proc``."""
+def _stat_fields(pid: int) -> list[bytes]:
+    """``/proc/PID/stat`` after the command name (field 3 onwards: index 0 is the state), whatever the name holds."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (all threads), from ``/proc``."""
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
 
 
@@ -201,11 +206,15 @@ def minor_faults(pid: int) -> int:
     on the next: ~1,000 faults (~1 ms) per 64×64 request before wisp tuned
     malloc (engine.heap), and a plain script can have them too.
     """
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    return int(_stat_fields(pid)[7])  # minflt (field 10)
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
-    """CPU time of each thread of ``pid`` (thread id → seconds, nanosecond resolution; see :func:`threads_cpu_s`)."""
+    """CPU time of each thread of ``pid``: thread id → seconds, at nanosecond resolution (schedstat).
+
+    ``/proc/PID/stat`` counts in 10 ms ticks, too coarse for per-request or
+    per-ping costs; the scheduler's own per-thread accounting is exact.
+    """
     out: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -216,18 +225,17 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
 
 
 def threads_cpu_s(pid: int) -> float:
-    """CPU time of every thread of ``pid`` in seconds, at nanosecond resolution (schedstat).
+    """CPU time of every thread of ``pid`` in seconds, summed (:func:`thread_cpu_s`)."""
+    return sum(thread_cpu_s(pid).values())
 
-    ``/proc/PID/stat`` counts in 10 ms ticks, too coarse for per-request or
-    per-ping costs; the scheduler's own per-thread accounting is exact.
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
+    """(all threads, the busiest thread): CPU seconds spent between two :func:`thread_cpu_s` readings.
+
+    A thread that started in between counts from zero; one that ended in between is not seen in ``after``.
     """
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # the thread ended while we looked
-    return total / 1e9
+    spent = [cpu - before.get(tid, 0.0) for tid, cpu in after.items()]
+    return sum(spent), max(spent, default=0.0)
 
 
 def _system_busy_s() -> float:

@@ -47,7 +47,7 @@ if __package__ in (None, ""):
 for _name, _value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error")):
     os.environ.setdefault(_name, _value)
 
-from bench._common import log, render_table, thread_cpu_s
+from bench._common import cpu_spent, log, render_table, thread_cpu_s
 
 SIDES = ("engine.run: device thread", "engine.run: other threads", "render (main)", "direct (main)")
 
@@ -116,11 +116,9 @@ def one_process(data_dir: Path, case_text: str, requests: int, blocks: int) -> d
                             before = thread_cpu_s(os.getpid())
                             for seed in seeds:
                                 await run_engine(seed)
-                            after = thread_cpu_s(os.getpid())
-                            spent = {tid: cpu - before.get(tid, 0.0) for tid, cpu in after.items()}
-                            busiest = max(spent.values())
+                            spent, busiest = cpu_spent(before, thread_cpu_s(os.getpid()))
                             totals["engine.run: device thread"] += busiest
-                            totals["engine.run: other threads"] += sum(spent.values()) - busiest
+                            totals["engine.run: other threads"] += spent - busiest
                         else:
                             start = time.thread_time()
                             for seed in seeds:

@@ -62,7 +62,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):
     # Run as a script: sys.path[0] is bench/, where bench/protocol.py would
@@ -78,6 +78,7 @@ from bench._common import (
     CONTENDED_CORES,
     ForeignLoad,
     QuietGate,
+    cpu_spent,
     create_wisp_key,
     dump_json,
     environment,
@@ -434,10 +435,9 @@ async def measure(
                 await wisp_block(seeds)
             else:
                 direct_block(seeds)
-            cpu1 = thread_cpu_s(cpu_pid[name])
-            spent = {tid: cpu - cpu0.get(tid, 0.0) for tid, cpu in cpu1.items()}
-            sides[name].cpu_s += sum(spent.values())
-            sides[name].busiest_cpu_s += max(spent.values())
+            spent, busiest = cpu_spent(cpu0, thread_cpu_s(cpu_pid[name]))
+            sides[name].cpu_s += spent
+            sides[name].busiest_cpu_s += busiest
             sides[name].faults += minor_faults(cpu_pid[name]) - faults0
             new = sides[name].samples_ns[before:]
             sides[name].block_mean_ms.append(sum(new) / len(new) / 1e6)
