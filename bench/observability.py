@@ -46,8 +46,9 @@ def _frame(task_type: str) -> bytes:
     return json.dumps([task]).encode()
 
 
-def _set_mode(mode: str, out: Any, real_task_done: Any) -> None:
-    """Configure logging exactly as ``wisp serve`` does for ``mode`` (server.tasklog.configure), writing to ``out``."""
+def _set_mode(mode: str, out: Any, real_task_done: Any, server: Any) -> None:
+    """Configure logging exactly as ``wisp serve`` does for ``mode`` (server.tasklog.configure, task lines riding on
+    the database's write-behind thread), writing to ``out``."""
     import os
 
     from server import tasklog
@@ -55,13 +56,14 @@ def _set_mode(mode: str, out: Any, real_task_done: Any) -> None:
     os.environ["WISP_LOG_LEVEL"] = "INFO" if mode in ("metrics+log", "metrics+json") else "WARNING"
     os.environ["WISP_LOG_FORMAT"] = "json" if mode == "metrics+json" else "text"
     tasklog.configure(out)
+    tasklog.ride_on(server.db.writer)
     tasklog.metrics.task_done = real_task_done if mode != "bare" else (lambda *a, **k: None)  # type: ignore[attr-defined]
 
 
 async def _drive(server: Any, task_type: str, count: int) -> tuple[float, float]:
     """(loop-thread, whole-process) CPU seconds per task over ``count`` tasks run one after another.
 
-    The whole-process figure includes the device thread and the task-log writer thread: what the task lines
+    The whole-process figure includes the device thread and the write-behind thread: what the task lines
     cost in all, wherever they run (noisy for imageInference, whose torch time is in it).
     """
     from server.connection import request_context
@@ -104,7 +106,7 @@ async def measure(tasks: int, rounds: int) -> dict[str, dict[str, list[tuple[flo
             await _drive(server, "modelSearch", 50)
             for round_ in range(rounds):
                 for mode in MODES:
-                    _set_mode(mode, out, real)
+                    _set_mode(mode, out, real, server)
                     for task_type, count in (("imageInference", tasks), ("modelSearch", tasks * 20)):
                         per_task = await _drive(server, task_type, count)
                         results[task_type][mode].append(per_task)

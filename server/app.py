@@ -33,7 +33,7 @@ from server.connection import SocketConn, request_context
 from server.dialects import DialectRouter
 from server.gateway import Gateway
 from server.files import FileDrop
-from server import metrics
+from server import metrics, tasklog
 from server.http import HTTPProtocol
 from server.routes import BlobOrigin, HTTPRoutes
 from server.limits import ConnectionLimits, default_max_connections, raise_fd_limit
@@ -325,6 +325,7 @@ async def run_forever(config: ServerConfig, announce: bool = True) -> None:
     server = WispServer(config)
     first_key = server.ensure_first_key()
     await server.start()
+    tasklog.ride_on(server.db.writer)  # task lines are written after the journal's commits, on the same thread
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,10 +7,23 @@ fields as keys) are read by :func:`configure`.
 
 A task line is logged on the event loop, once per task, so what it costs the
 loop is budgeted (issue 16: at most 0.1 ms; ``bench/observability.py``).
-The loop only queues the finished task; a writer thread observes its metrics
-and writes its line a bunch at a time (see :class:`_Writer`), and the record
-skips what wisp's formats never show (the caller's frame, thread and process
-names), as the logging HOWTO's "Optimization" section suggests.
+The loop only queues the finished task; in a server, the thread that commits
+the database's write-behind queue (the journal's outcome of the same task)
+observes its metrics and writes its line after that commit (see
+:func:`ride_on`), and the record skips what wisp's formats never show (the
+caller's frame, thread and process names), as the logging HOWTO's
+"Optimization" section suggests.
+
+Why that thread: per task the loop only appends a tuple to a deque (no
+wake-up while the thread is awake, and the journal's outcome has just woken
+it).  Doing the work on the loop, or waking a thread per task, cost the loop
+~0.1 ms per task in a busy server (bench/observability.py).  A thread of the
+task log's own, gathering for 0.1 s, was a second thread woken per task:
+~0.1–0.2 ms of CPU per imageInference that ran in the middle of the next
+request's denoising, on either core (bench/inference.py; RESULTS.md,
+2026-12-05).  A line is at most the write-behind interval (50 ms) late; its
+time is the task's own end.  ``/metrics`` drains first, so a scrape sees
+every task that has ended.
 """
 
 from __future__ import annotations
@@ -22,9 +35,12 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server import metrics
+
+if TYPE_CHECKING:
+    from engine.registry.writer import WriteBehind
 
 log = logging.getLogger("wisp.tasks")
 
@@ -43,57 +59,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body)
 
 
-class _Writer:
-    """The thread that turns finished tasks into metrics and log lines, a bunch at a time.
-
-    Per task the loop only appends a tuple to a deque (thread-safe, no
-    wake-up while the thread is awake); ``interval_s`` after it woke, this
-    thread takes what is there, observes the metrics and writes the lines.
-    Waking a thread per task, or doing the work on the loop, cost the loop
-    ~0.1 ms per task in a busy server (bench/observability.py).  A line is at
-    most ``interval_s`` late; its time is the task's own end.  ``/metrics``
-    drains first, so a scrape sees every task that has ended.
-
-    When a pass leaves nothing behind, the thread sleeps until the next task
-    ends (one wake-up, from :meth:`nudge`) instead of waking every
-    ``interval_s``: on the 2-core VM each timed wake-up of an idle thread
-    cost ~0.15 ms of CPU, 1.6 ms per second of a server doing nothing, and
-    part of every long imageInference (bench/inference.py; RESULTS.md,
-    2026-12-05).
-    """
-
-    def __init__(self, interval_s: float = 0.1) -> None:
-        self.interval_s = interval_s
-        self.stop_event = threading.Event()
-        self._wake = threading.Event()
-        self._asleep = False
-        self.thread = threading.Thread(target=self._run, name="wisp-tasklog", daemon=True)
-        self.thread.start()
-
-    def nudge(self) -> None:
-        """Something was queued: wake the thread if it sleeps (any thread; free while it is awake)."""
-        if self._asleep:
-            self._wake.set()
-
-    def _run(self) -> None:
-        while not self.stop_event.wait(self.interval_s):  # gather what ends within the interval
-            drain()
-            if not _pending:  # (queries answered from memory need no pass: a scrape drains them)
-                self._asleep = True
-                if not _pending:  # a task queued before the flag was seen is not left waiting
-                    self._wake.wait()
-                self._wake.clear()
-                self._asleep = False
-        drain()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self._wake.set()
-        self.thread.join(timeout=5)
-
-
 _pending: deque[tuple[Any, ...]] = deque()
-_writer: _Writer | None = None
+_writer: "WriteBehind | None" = None
+"""The thread task lines ride on (:func:`ride_on`); None: each task is counted and logged where it ends."""
 _answered: dict[str, int] = {}
 """Queries answered from memory, by taskType, while no line is wanted for them (written on the event loop only)."""
 _counted: dict[str, int] = {}
@@ -102,11 +70,7 @@ _count_lock = threading.Lock()
 
 
 def configure(stream: Any = None) -> None:
-    """The server's logging, from ``WISP_LOG_LEVEL`` and ``WISP_LOG_FORMAT`` (``text`` or ``json``), to stderr (or ``stream``).
-
-    Also starts the writer thread that task lines and task metrics go through.
-    """
-    global _writer
+    """The server's logging, from ``WISP_LOG_LEVEL`` and ``WISP_LOG_FORMAT`` (``text`` or ``json``), to stderr (or ``stream``)."""
     flush()  # configured again (a benchmark switching formats): what is pending is written the old way first
     handler = logging.StreamHandler(stream)
     if os.environ.get("WISP_LOG_FORMAT", "text").lower() == "json":
@@ -121,21 +85,38 @@ def configure(stream: Any = None) -> None:
     logging.basicConfig(level=os.environ.get("WISP_LOG_LEVEL", "INFO").upper(), handlers=[handler], force=True)
     logging.getLogger("websockets").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    _writer = _Writer()
     atexit.register(flush)
 
 
+def ride_on(writer: "WriteBehind") -> None:
+    """From now on, task lines and task metrics are written by ``writer``'s thread after its commits.
+
+    ``wisp serve`` gives the database's write-behind queue, which the
+    journal's outcome of every task has just woken.  Without this (in-process
+    use), each task is counted and logged where it ends.
+    """
+    global _writer
+    if _writer is not None and _writer is not writer:
+        _writer.unshare(drain)
+    _writer = writer
+    writer.share(drain, _waiting)
+
+
+def _waiting() -> bool:
+    return bool(_pending)
+
+
 def flush() -> None:
-    """Write every pending task line and stop the writer (before the process exits, ``os._exit`` included)."""
+    """Write every pending task line here and stop handing them to a thread (before the process exits, ``os._exit`` included)."""
     global _writer
     if _writer is not None:
         writer, _writer = _writer, None
-        writer.stop()
+        writer.unshare(drain)
     drain()
 
 
 def drain() -> None:
-    """Observe and log every finished task not yet handled (the writer thread; ``/metrics`` before a scrape)."""
+    """Observe and log every finished task not yet handled (the write-behind thread; ``/metrics`` before a scrape)."""
     _count_answered()
     while True:
         try:

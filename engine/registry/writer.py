@@ -15,6 +15,12 @@ task's claim and outcome cost two wake-ups each rather than one per
 interval (on the 2-core VM a timed wake-up of an idle thread cost ~0.15 ms
 of CPU; RESULTS.md, 2026-12-05).
 
+Other bunch-at-a-time work may ride on the same thread (:meth:`WriteBehind.share`):
+the server's task lines and task metrics are written after each commit
+instead of by a thread of their own, so a finished task wakes one thread,
+not two (a second thread's wake-ups ran in the middle of the next request's
+denoising and moved between the cores; RESULTS.md, 2026-12-05).
+
 What is queued is lost by a kill -9 within ``interval_s``; callers say what
 that means for them (the journal: the task is unknown, never half-known).
 :meth:`WriteBehind.sync` waits for what was queued before it (readers that
@@ -70,6 +76,8 @@ class WriteBehind:
         self._closed = False
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._shared: list[tuple[Callable[[], None], Callable[[], bool]]] = []
+        """Work riding on this thread (:meth:`share`): (drain, has work queued)."""
 
     def put(self, sql: str, params: tuple[Any, ...] = (), *, after_commit: Callable[[], None] | None = None,
             script: bool = False) -> None:
@@ -77,10 +85,42 @@ class WriteBehind:
         if self._thread is None:
             self._start()
         self._pending.append(_Statement(sql, params, after_commit, script))  # atomic: no lock, no wake-up while busy
-        if self._asleep:
-            self._wake.set()
+        self._rouse()
         if self._closed:  # the thread is gone: write it here (with anything queued before it, in order)
             self._write_left()
+
+    def share(self, drain: Callable[[], None], waiting: Callable[[], bool]) -> None:
+        """Let other work queued a bunch at a time ride on this thread.
+
+        ``drain()`` runs on the writer's thread after each pass's commit and
+        once more at :meth:`close`; ``waiting()`` says whether it has work
+        queued (the thread does not go to sleep while it has).  Its
+        producers call :meth:`nudge` after queueing.  Sharing the same
+        ``drain`` again does nothing.
+        """
+        if all(drain is not shared for shared, _ in self._shared):
+            self._shared = [*self._shared, (drain, waiting)]  # a new list: the thread may be iterating the old one
+
+    def unshare(self, drain: Callable[[], None]) -> None:
+        """Stop running ``drain`` (what it has queued is its owner's to handle)."""
+        self._shared = [(d, w) for d, w in self._shared if d is not drain]
+
+    def nudge(self) -> None:
+        """Work for a shared drain was queued (any thread): wake the thread if it sleeps; free while it is awake.
+
+        After :meth:`close` the drains run here, on the caller's thread.
+        """
+        if self._thread is None:
+            self._start()
+        self._rouse()
+        if self._closed:
+            self._drain_shared()
+
+    def _rouse(self) -> None:
+        """After queueing: wake the writer if it sleeps and nobody has woken it yet (both flags are read without a lock:
+        the work was queued first, and the writer re-checks the queue after raising ``_asleep``)."""
+        if self._asleep and not self._wake.is_set():
+            self._wake.set()
 
     def sync(self, timeout_s: float = 10.0) -> bool:
         """Wait (never on the event loop) until everything queued before this call is committed; False: timed out."""
@@ -102,6 +142,7 @@ class WriteBehind:
             thread.join(timeout=10)
         self._closed = True  # before the last drain: a statement queued after it sees the flag and writes itself
         self._write_left()
+        self._drain_shared()
 
     def _write_left(self) -> None:
         """After close, on the caller's thread: write what is still queued (one writer at a time, in order)."""
@@ -127,16 +168,28 @@ class WriteBehind:
             batch = self._take()
             if batch:
                 self._write(conn, batch)
+            self._drain_shared()
             if self._closing:
                 if not self._pending:
                     return
-            elif not self._pending:  # nothing more: sleep until the next statement (no timed wake-ups while idle)
+            elif not self._queued():  # nothing more: sleep until the next statement (no timed wake-ups while idle)
                 self._asleep = True
-                if not self._pending:  # a statement queued before the flag was seen is not left waiting
+                if not self._queued():  # work queued before the flag was seen is not left waiting
                     self._wake.wait()
                 self._asleep = False
                 if not self._syncing and not self._closing:
                     self._wake.clear()  # woken by a statement: gather for an interval from now
+
+    def _queued(self) -> bool:
+        """Statements, or a shared drain's work, waiting."""
+        return bool(self._pending) or any(waiting() for _, waiting in self._shared)
+
+    def _drain_shared(self) -> None:
+        for drain, _ in self._shared:
+            try:
+                drain()
+            except Exception:
+                log.exception("%s: shared work failed", self.name)
 
     def _take(self) -> list[_Statement | threading.Event]:
         batch: list[_Statement | threading.Event] = []

@@ -1,25 +1,38 @@
-"""Task lines and task metrics leave the event loop: the loop queues, a writer thread observes and writes (issue 16)."""
+"""Task lines and task metrics leave the event loop: the loop queues, the write-behind thread observes and writes (issue 16)."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from engine.registry.db import Database
+from engine.registry.writer import WriteBehind
 from server import metrics, tasklog
 
 
 @pytest.fixture
-def configured(monkeypatch: pytest.MonkeyPatch):
+def writer(tmp_path: Path):
+    """The database's write-behind queue, as ``wisp serve`` gives it to the task log (a short interval for the tests)."""
+    behind = WriteBehind(Database(tmp_path / "wisp.db"), interval_s=0.05)
+    yield behind
+    behind.close()
+
+
+@pytest.fixture
+def configured(monkeypatch: pytest.MonkeyPatch, writer: WriteBehind):
     root = logging.getLogger()
     saved = (list(root.handlers), root.level, logging._srcfile, logging.logThreads, logging.logProcesses)  # type: ignore[attr-defined]
     monkeypatch.setenv("WISP_LOG_FORMAT", "json")
     monkeypatch.setenv("WISP_LOG_LEVEL", "INFO")
     out = io.StringIO()
     tasklog.configure(out)
+    tasklog.ride_on(writer)
     try:
         yield out
     finally:
@@ -40,7 +53,7 @@ def test_the_loop_only_queues_and_the_line_keeps_the_tasks_own_time(configured: 
     tasklog.task_finished("imageInference", "u-1", "team-a", "wisp:tiny-sd15@1", "testQueued", time.monotonic() - 0.5,
                           time.monotonic() - 0.2, images=1, sent_bytes=10)
     assert configured.getvalue() == ""  # nothing written on the caller's thread
-    time.sleep(0.35)  # the writer runs every 0.1 s
+    time.sleep(0.35)  # the writer gathers for 0.05 s
     line = json.loads(configured.getvalue().splitlines()[0])
     assert line["taskUUID"] == "u-1" and line["outcome"] == "testQueued" and line["images"] == 1
     assert abs(line["time"] - ended) < 0.05  # stamped when the task ended, not when it was written
@@ -48,34 +61,65 @@ def test_the_loop_only_queues_and_the_line_keeps_the_tasks_own_time(configured: 
     assert _count("imageInference", "testQueued") == before + 1
 
 
-def test_an_idle_writer_sleeps_and_the_next_finished_task_wakes_it(configured: io.StringIO, monkeypatch: pytest.MonkeyPatch):
-    writer = tasklog._writer
-    assert writer is not None
-    passes = 0
+def test_an_idle_writer_sleeps_and_the_next_finished_task_wakes_it(
+    configured: io.StringIO, writer: WriteBehind, monkeypatch: pytest.MonkeyPatch,
+):
+    passes: list[str] = []
     real_drain = tasklog.drain
 
     def counted_drain() -> None:
-        nonlocal passes
-        passes += 1
+        passes.append(threading.current_thread().name)
         real_drain()
 
-    monkeypatch.setattr(tasklog, "drain", counted_drain)
-    deadline = time.monotonic() + 5
-    while not writer._asleep and time.monotonic() < deadline:  # nothing queued: it sleeps instead of polling
-        time.sleep(0.01)
-    assert writer._asleep
-    passes = 0
-    time.sleep(0.5)
-    assert passes == 0  # no pass every 0.1 s while nothing is queued
+    tasklog.ride_on(writer)  # (the fixture shared the real drain: swap in the counting one)
+    writer.unshare(real_drain)
+    writer.share(counted_drain, tasklog._waiting)
+    tasklog.task_finished("imageInference", "w-0", "team-a", None, "testWoken", time.monotonic(), None)
+    assert _wait_for(lambda: "w-0" in configured.getvalue())
+    assert _wait_for(lambda: writer._asleep)  # nothing queued: it sleeps instead of polling
+    passes.clear()
+    time.sleep(0.3)
+    assert passes == []  # no pass every interval while nothing is queued
     tasklog.task_finished("imageInference", "w-1", "team-a", None, "testWoken", time.monotonic(), None)
-    deadline = time.monotonic() + 5
-    while "w-1" not in configured.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert _wait_for(lambda: "w-1" in configured.getvalue())
     assert json.loads(configured.getvalue().splitlines()[-1])["taskUUID"] == "w-1"
-    deadline = time.monotonic() + 5
-    while not writer._asleep and time.monotonic() < deadline:
+    assert set(passes) == {writer.name}  # written by the write-behind thread, not the caller's or a thread of its own
+    assert not any(t.name == "wisp-tasklog" for t in threading.enumerate())
+    assert _wait_for(lambda: writer._asleep)  # and asleep again once the line is written
+
+
+def test_a_task_line_and_the_journal_statement_beside_it_share_one_wake_up(configured: io.StringIO, writer: WriteBehind):
+    """The loop queues the task's outcome statement, then its line: one thread is woken, once, and does both."""
+    writer.put("CREATE TABLE IF NOT EXISTS t (a TEXT)")
+    assert _wait_for(lambda: writer._asleep)
+    sets = 0
+    real_set = writer._wake.set
+
+    def counted_set() -> None:
+        nonlocal sets
+        sets += 1
+        real_set()
+
+    writer._wake.set = counted_set  # type: ignore[method-assign]
+    writer.put("INSERT INTO t VALUES (?)", ("outcome",))
+    tasklog.task_finished("imageInference", "s-1", "team-a", None, "testShared", time.monotonic(), None)
+    assert _wait_for(lambda: "s-1" in configured.getvalue())
+    assert sets == 1  # the statement woke it; the line found it awake and gathering
+    assert writer.sync()
+    assert [tuple(row) for row in writer.db.connect().execute("SELECT a FROM t")] == [("outcome",)]
+
+
+def test_after_the_writer_closes_lines_are_written_by_their_caller(configured: io.StringIO, writer: WriteBehind):
+    writer.close()
+    tasklog.task_finished("imageInference", "c-1", "team-a", None, "testClosed", time.monotonic(), None)
+    assert "c-1" in configured.getvalue()  # at once, on this thread: nothing is left queued behind a stopped thread
+
+
+def _wait_for(condition, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert writer._asleep  # and asleep again once the line is written
+    return bool(condition())
 
 
 def test_drain_counts_every_ended_task_at_once(configured: io.StringIO):
