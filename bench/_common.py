@@ -224,6 +224,17 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
     return out
 
 
+def thread_names(pid: int) -> dict[int, str]:
+    """The name of each thread of ``pid`` (``/proc/PID/task/TID/comm``: what ``threading.Thread(name=…)`` set, cut to 15 bytes)."""
+    out: dict[int, str] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = (task / "comm").read_text().strip()
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
+
+
 def threads_cpu_s(pid: int) -> float:
     """CPU time of every thread of ``pid`` in seconds, summed (:func:`thread_cpu_s`)."""
     return sum(thread_cpu_s(pid).values())

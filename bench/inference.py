@@ -90,6 +90,7 @@ from bench._common import (
     render_table,
     summarize_ns,
     thread_cpu_s,
+    thread_names,
     wisp_server,
 )
 
@@ -178,6 +179,8 @@ class Side:
     """Of it, the busiest thread's in each block: wisp's device thread, the direct worker's main thread."""
     faults: int = 0
     """Minor page faults of the side's process while serving its requests."""
+    others_by_name: dict[str, float] = field(default_factory=dict)
+    """The CPU of the threads other than the busiest, by thread name (wisp: the event loop is ``python``/``MainThread``)."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -186,6 +189,9 @@ class Side:
             "busiest_thread_cpu_ms_per_request": 1e3 * self.busiest_cpu_s / len(self.samples_ns),
             "other_threads_cpu_ms_per_request": 1e3 * (self.cpu_s - self.busiest_cpu_s) / len(self.samples_ns),
             "faults_per_request": self.faults / len(self.samples_ns),
+            "other_threads_by_name_cpu_ms_per_request": {
+                name: 1e3 * cpu / len(self.samples_ns) for name, cpu in sorted(self.others_by_name.items(), key=lambda kv: -kv[1])
+            },
             "block_mean_ms": self.block_mean_ms,
         }
 
@@ -435,9 +441,15 @@ async def measure(
                 await wisp_block(seeds)
             else:
                 direct_block(seeds)
-            spent, busiest = cpu_spent(cpu0, thread_cpu_s(cpu_pid[name]))
+            cpu1 = thread_cpu_s(cpu_pid[name])
+            spent, busiest = cpu_spent(cpu0, cpu1)
             sides[name].cpu_s += spent
             sides[name].busiest_cpu_s += busiest
+            names = thread_names(cpu_pid[name])
+            by_thread = sorted(((cpu - cpu0.get(tid, 0.0), tid) for tid, cpu in cpu1.items()), reverse=True)
+            for cpu, tid in by_thread[1:]:  # all but the busiest
+                label = names.get(tid, "?")
+                sides[name].others_by_name[label] = sides[name].others_by_name.get(label, 0.0) + cpu
             sides[name].faults += minor_faults(cpu_pid[name]) - faults0
             new = sides[name].samples_ns[before:]
             sides[name].block_mean_ms.append(sum(new) / len(new) / 1e6)
@@ -503,6 +515,8 @@ def pooled(rounds: list[dict[str, Side]]) -> dict[str, Side]:
             out[name].cpu_s += side.cpu_s
             out[name].busiest_cpu_s += side.busiest_cpu_s
             out[name].faults += side.faults
+            for label, cpu in side.others_by_name.items():
+                out[name].others_by_name[label] = out[name].others_by_name.get(label, 0.0) + cpu
     return out
 
 
@@ -540,12 +554,18 @@ def report(s: Settings, cases: list[dict[str, Any]]) -> str:
         "CPU = that process's (all threads). "
         "'busiest thread Δ': wisp's device thread minus the direct worker's main thread (the diffusers call, PNG "
         "and file on both; what differs is wisp's wrappers and each process's luck); 'other threads': the rest of each "
-        "side's CPU per request (wisp: event loop, write-behind, task log; exact, not a difference). "
+        "side's CPU per request (wisp: the event loop, named after the process, and the write-behind thread, which also "
+        "writes the task log; exact, not a difference). "
         "'page faults': minor faults per request of each side's process (memory given back and touched anew; "
         "both processes use wisp's malloc thresholds, engine.heap). "
         "'quiet blocks': the ratio over blocks where other processes used ≤ "
         f"{CONTENDED_CORES} cores; 'others': their mean load.",
     ]
+    for v in cases:
+        c = v["case"]
+        threads = v["results"]["wisp"]["other_threads_by_name_cpu_ms_per_request"]
+        shown = ", ".join(f"{label} {ms:.2f}" for label, ms in threads.items() if ms >= 0.005)
+        lines.append(f"wisp's other threads, ms per request ({Case(c['steps'], c['cfg'], c.get('controlnet', False)).name}, all rounds): {shown}.")
     if any(v["foreign_load_cores"]["max"] > CONTENDED_CORES for v in cases):
         lines.append("other processes loaded the machine during some blocks: numbers are noisy.")
     for v in cases:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 from engine.errors import EngineStopped, JobCancelled, QueueFull
+from engine.threads import name_os_thread
 
 log = logging.getLogger("wisp.engine")
 
@@ -191,6 +192,7 @@ class Worker:
         self.thread.start()
 
     def _run(self) -> None:
+        name_os_thread()  # top -H and per-thread CPU figures show the device thread by name
         if self._on_start is not None:
             self._on_start()
         while True:

@@ -39,6 +39,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from engine.threads import name_os_thread
+
 log = logging.getLogger("wisp.db")
 
 WRITE_INTERVAL_S = 0.05
@@ -159,6 +161,7 @@ class WriteBehind:
                 atexit.register(self.close)  # a CLI command that stored an image exits with its row written
 
     def _run(self) -> None:
+        name_os_thread()
         conn = self.db.connect()
         while True:
             if not self._closing and not self._syncing:
