@@ -9,6 +9,7 @@ from pathlib import Path
 from engine.registry.db import Database
 from engine.registry.writer import WriteBehind
 from server.journal import TaskJournal
+from tests.fixtures.writer_wakes import WakeCounter
 
 UUIDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(20)]
 
@@ -62,15 +63,7 @@ def test_statements_reach_the_database_within_the_interval_and_close_writes_the_
 def test_a_busy_writer_is_woken_once_per_interval_not_per_statement_and_an_idle_one_sleeps(tmp_path: Path):
     journal = journal_on(tmp_path / "wisp.db", interval_s=0.05)
     writer = journal.writer
-    sets = 0
-    real_set = writer._wake.set
-
-    def counted_set() -> None:
-        nonlocal sets
-        sets += 1
-        real_set()
-
-    writer._wake.set = counted_set  # type: ignore[method-assign]
+    wakes = WakeCounter(writer)
     try:
         # idle: once the queue is empty after a commit, the writer waits for a wake-up, not for a timer
         journal.claimed("t", UUIDS[0], "imageInference", {})  # starts the writer
@@ -91,11 +84,11 @@ def test_a_busy_writer_is_woken_once_per_interval_not_per_statement_and_an_idle_
         assert [w for w in waits if w is not None] == [0.05], waits
         # busy: a statement every ~10 ms; the first after a commit wakes the writer, the rest of the
         # interval's statements find it awake and gathering
-        sets = 0
+        wakes.reset()
         for fed in range(40):
             journal.claimed("t", UUIDS[1 + fed % 19], "imageInference", {})
             time.sleep(0.01)
-        assert 1 <= sets <= 20, sets  # ~8 intervals in 0.4 s (and a slow box's extra ones); per statement would be 40
+        assert 1 <= wakes.count <= 20, wakes.count  # ~8 intervals in 0.4 s (and a slow box's extra ones); per statement would be 40
         assert journal.writer.sync(timeout_s=10)
         assert len(rows(tmp_path / "wisp.db")) == 20
         assert wait_for(lambda: writer._asleep)  # and asleep again once the queue is written

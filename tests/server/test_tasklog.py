@@ -14,6 +14,7 @@ import pytest
 from engine.registry.db import Database
 from engine.registry.writer import WriteBehind
 from server import metrics, tasklog
+from tests.fixtures.writer_wakes import WakeCounter
 
 
 @pytest.fixture
@@ -92,19 +93,11 @@ def test_a_task_line_and_the_journal_statement_beside_it_share_one_wake_up(confi
     """The loop queues the task's outcome statement, then its line: one thread is woken, once, and does both."""
     writer.put("CREATE TABLE IF NOT EXISTS t (a TEXT)")
     assert _wait_for(lambda: writer._asleep)
-    sets = 0
-    real_set = writer._wake.set
-
-    def counted_set() -> None:
-        nonlocal sets
-        sets += 1
-        real_set()
-
-    writer._wake.set = counted_set  # type: ignore[method-assign]
+    wakes = WakeCounter(writer)
     writer.put("INSERT INTO t VALUES (?)", ("outcome",))
     tasklog.task_finished("imageInference", "s-1", "team-a", None, "testShared", time.monotonic(), None)
     assert _wait_for(lambda: "s-1" in configured.getvalue())
-    assert sets == 1  # the statement woke it; the line found it awake and gathering
+    assert wakes.count == 1  # the statement woke it; the line found it awake and gathering
     assert writer.sync()
     assert [tuple(row) for row in writer.db.connect().execute("SELECT a FROM t")] == [("outcome",)]
 
