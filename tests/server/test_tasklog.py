@@ -89,17 +89,23 @@ def test_an_idle_writer_sleeps_and_the_next_finished_task_wakes_it(
     assert _wait_for(lambda: writer._asleep)  # and asleep again once the line is written
 
 
-def test_a_task_line_and_the_journal_statement_beside_it_share_one_wake_up(configured: io.StringIO, writer: WriteBehind):
+def test_a_task_line_and_the_journal_statement_beside_it_share_one_wake_up(configured: io.StringIO, tmp_path: Path):
     """The loop queues the task's outcome statement, then its line: one thread is woken, once, and does both."""
-    writer.put("CREATE TABLE IF NOT EXISTS t (a TEXT)")
-    assert _wait_for(lambda: writer._asleep)
-    wakes = WakeCounter(writer)
-    writer.put("INSERT INTO t VALUES (?)", ("outcome",))
-    tasklog.task_finished("imageInference", "s-1", "team-a", None, "testShared", time.monotonic(), None)
-    assert _wait_for(lambda: "s-1" in configured.getvalue())
-    assert wakes.count == 1  # the statement woke it; the line found it awake and gathering
-    assert writer.sync()
-    assert [tuple(row) for row in writer.db.connect().execute("SELECT a FROM t")] == [("outcome",)]
+    # A long gather: a second wake-up would need the writer to commit and fall asleep between the two calls below.
+    writer = WriteBehind(Database(tmp_path / "gather.db"), interval_s=1.0)
+    try:
+        tasklog.ride_on(writer)
+        writer.put("CREATE TABLE IF NOT EXISTS t (a TEXT)")
+        assert _wait_for(lambda: writer._asleep)
+        wakes = WakeCounter(writer)
+        writer.put("INSERT INTO t VALUES (?)", ("outcome",))
+        tasklog.task_finished("imageInference", "s-1", "team-a", None, "testShared", time.monotonic(), None)
+        assert _wait_for(lambda: "s-1" in configured.getvalue())
+        assert wakes.count == 1  # the statement woke it; the line found it awake and gathering
+        assert writer.sync()
+        assert [tuple(row) for row in writer.db.connect().execute("SELECT a FROM t")] == [("outcome",)]
+    finally:
+        writer.close()
 
 
 def test_after_the_writer_closes_lines_are_written_by_their_caller(configured: io.StringIO, writer: WriteBehind):
