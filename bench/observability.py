@@ -16,7 +16,7 @@ Each mode's cost is its median per-task loop CPU minus ``bare``'s, for an
 imageInference (64×64, 1 step, built-in model) and a modelSearch answered
 from memory (logged at DEBUG, so only metrics apply).
 
-    python -m bench.observability [--tasks 150] [--rounds 3] [--json]
+    python -m bench.observability [--tasks 150] [--rounds 3] [--json]   (or: python bench/observability.py …)
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script: sys.path[0] is bench/, where bench/protocol.py would shadow wisp's ``protocol`` package.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from bench._common import environment, log as progress, render_table
 
