@@ -240,12 +240,17 @@ def threads_cpu_s(pid: int) -> float:
     return sum(thread_cpu_s(pid).values())
 
 
-def cpu_spent(before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
-    """(all threads, the busiest thread): CPU seconds spent between two :func:`thread_cpu_s` readings.
+def cpu_by_thread(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
+    """Thread id → CPU seconds spent between two :func:`thread_cpu_s` readings.
 
     A thread that started in between counts from zero; one that ended in between is not seen in ``after``.
     """
-    spent = [cpu - before.get(tid, 0.0) for tid, cpu in after.items()]
+    return {tid: cpu - before.get(tid, 0.0) for tid, cpu in after.items()}
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
+    """(all threads, the busiest thread): CPU seconds spent between two :func:`thread_cpu_s` readings."""
+    spent = cpu_by_thread(before, after).values()
     return sum(spent), max(spent, default=0.0)
 
 

@@ -36,7 +36,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/protocol.py would shadow wisp's protocol package
 
 from bench._common import PYTHON, QuietGate, ServerProcess, create_wisp_key, log, render_table, wisp_server
-from bench.inference import Case, DirectProcess, Settings, WispClient, case_verdicts, mean_interval, measure, pooled
+from bench.inference import Case, DirectProcess, Settings, measure_cases, others_text, pooled_verdict
 
 SERVERS = ("floor", "floor + journal", "floor device-loaded", "wisp")
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 "floor": lambda: floor_server(folder, root / "floor", s.threads, journal=False),
                 "floor + journal": lambda: floor_server(folder, root / "floor-journal", s.threads, journal=True),
                 "floor device-loaded": lambda: floor_server(folder, root / "floor-device-load", s.threads,
-                                                                           journal=False, load_on_device=True),
+                                                            journal=False, load_on_device=True),
                 "wisp": lambda: wisp_server(data_dir, env={"WISP_TORCH_THREADS": str(s.threads)}),
             }
             servers = {name: every[name]() for name in chosen}
@@ -98,17 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name, server in servers.items():
                     own_pids = [os.getpid(), server.pid, direct.pid]
                     gate = QuietGate(own_pids, budget_s=s.quiet_budget)
-
-                    async def run(url: str, own_pids: list[int], gate: QuietGate) -> list[tuple[Case, dict[str, Any]]]:
-                        assert direct is not None
-                        client = await WispClient.open(url, key)
-                        try:
-                            return [(case, await measure(s, case, s.requests, direct, client, gate, own_pids)) for case in cases]
-                        finally:
-                            await client.close()
-
-                    for case, out in uvloop.run(run(server.url, own_pids, gate)):
-                        per[(name, case)].append((out["sides"], out["block_load"]))
+                    for case, out in uvloop.run(measure_cases(s, cases, direct, server.url, key, gate, own_pids)):
+                        per[(name, case)].append((out["sides"], out["block_load"], 0))  # PNG identity: inference.py's
             finally:
                 for server in servers.values():
                     server.stop()
@@ -118,13 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for case in cases:
         for name in chosen:
-            runs = per[(name, case)]
-            rounds = [case_verdicts(case, s.requests, sides, load, 0) for sides, load in runs]
-            both = pooled([sides for sides, _ in runs])
-            v = case_verdicts(case, s.requests * s.rounds, both, [x for _, load in runs for x in load], 0)
+            v = pooled_verdict(case, s.requests, per[(name, case)])
             w, d = v["results"]["wisp"], v["results"]["direct"]
-            interval = mean_interval([r["cpu_overhead_ms"] for r in rounds])
-            threads = ", ".join(f"{label} {ms:.2f}" for label, ms in w["other_threads_by_name_cpu_ms_per_request"].items() if ms >= 0.005)
+            interval = v["rounds_cpu_interval_ms"]
+            threads = others_text(w["other_threads_by_name_cpu_ms_per_request"])
             rows.append([
                 case.name, name, f"{v['ratio_mean']:.3f}×", f"{v['cpu_overhead_ms']:+.2f}",
                 f"{interval[0]:+.2f} to {interval[1]:+.2f}" if interval else "—",

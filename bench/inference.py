@@ -78,7 +78,7 @@ from bench._common import (
     CONTENDED_CORES,
     ForeignLoad,
     QuietGate,
-    cpu_spent,
+    cpu_by_thread,
     create_wisp_key,
     dump_json,
     environment,
@@ -180,7 +180,7 @@ class Side:
     faults: int = 0
     """Minor page faults of the side's process while serving its requests."""
     others_by_name: dict[str, float] = field(default_factory=dict)
-    """The CPU of the threads other than the busiest, by thread name (wisp: the event loop is ``python``/``MainThread``)."""
+    """The CPU of the threads other than the busiest, by OS thread name (wisp's event loop carries the process's name)."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -441,15 +441,15 @@ async def measure(
                 await wisp_block(seeds)
             else:
                 direct_block(seeds)
-            cpu1 = thread_cpu_s(cpu_pid[name])
-            spent, busiest = cpu_spent(cpu0, cpu1)
-            sides[name].cpu_s += spent
-            sides[name].busiest_cpu_s += busiest
+            spent = cpu_by_thread(cpu0, thread_cpu_s(cpu_pid[name]))
+            busiest = max(spent, key=spent.__getitem__)
+            sides[name].cpu_s += sum(spent.values())
+            sides[name].busiest_cpu_s += spent[busiest]
             names = thread_names(cpu_pid[name])
-            by_thread = sorted(((cpu - cpu0.get(tid, 0.0), tid) for tid, cpu in cpu1.items()), reverse=True)
-            for cpu, tid in by_thread[1:]:  # all but the busiest
-                label = names.get(tid, "?")
-                sides[name].others_by_name[label] = sides[name].others_by_name.get(label, 0.0) + cpu
+            for tid, cpu in spent.items():
+                if tid != busiest:
+                    label = names.get(tid, "?")
+                    sides[name].others_by_name[label] = sides[name].others_by_name.get(label, 0.0) + cpu
             sides[name].faults += minor_faults(cpu_pid[name]) - faults0
             new = sides[name].samples_ns[before:]
             sides[name].block_mean_ms.append(sum(new) / len(new) / 1e6)
@@ -503,6 +503,35 @@ def mean_interval(values: list[float]) -> tuple[float, float] | None:
     mean = statistics.fmean(values)
     half = _T_975.get(len(values) - 1, 2.0) * statistics.stdev(values) / math.sqrt(len(values))
     return mean - half, mean + half
+
+
+async def measure_cases(
+    s: Settings, cases: list[Case], direct: DirectProcess, url: str, api_key: str, gate: QuietGate, own_pids: list[int],
+) -> list[tuple[Case, dict[str, Any]]]:
+    """One server (at ``url``, speaking wisp's protocol) against ``direct``: :func:`measure` for each case in turn."""
+    client = await WispClient.open(url, api_key)
+    try:
+        return [(case, await measure(s, case, s.requests or default_requests(case), direct, client, gate, own_pids))
+                for case in cases]
+    finally:
+        await client.close()
+
+
+def pooled_verdict(case: Case, requests: int, runs: list[tuple[dict[str, Side], list[float], int]]) -> dict[str, Any]:
+    """A case's verdict over its rounds (each ``(sides, block loads, identical PNGs)``): every request pooled, each
+    round's own verdict under ``rounds``, and the 95 % interval of the mean CPU Δ over them."""
+    rounds = [case_verdicts(case, requests, sides, load, same) for sides, load, same in runs]
+    loads = [x for _, load, _ in runs for x in load]
+    verdict = case_verdicts(case, requests * len(runs), pooled([sides for sides, _, _ in runs]), loads,
+                            sum(same for _, _, same in runs))
+    verdict["rounds"] = rounds
+    verdict["rounds_cpu_interval_ms"] = mean_interval([r["cpu_overhead_ms"] for r in rounds])
+    return verdict
+
+
+def others_text(threads_ms: dict[str, float]) -> str:
+    """``name ms, …`` of a side's other threads (``other_threads_by_name_cpu_ms_per_request``), the idle ones left out."""
+    return ", ".join(f"{label} {ms:.2f}" for label, ms in threads_ms.items() if ms >= 0.005)
 
 
 def pooled(rounds: list[dict[str, Side]]) -> dict[str, Side]:
@@ -563,8 +592,7 @@ def report(s: Settings, cases: list[dict[str, Any]]) -> str:
     ]
     for v in cases:
         c = v["case"]
-        threads = v["results"]["wisp"]["other_threads_by_name_cpu_ms_per_request"]
-        shown = ", ".join(f"{label} {ms:.2f}" for label, ms in threads.items() if ms >= 0.005)
+        shown = others_text(v["results"]["wisp"]["other_threads_by_name_cpu_ms_per_request"])
         lines.append(f"wisp's other threads, ms per request ({Case(c['steps'], c['cfg'], c.get('controlnet', False)).name}, all rounds): {shown}.")
     if any(v["foreign_load_cores"]["max"] > CONTENDED_CORES for v in cases):
         lines.append("other processes loaded the machine during some blocks: numbers are noisy.")
@@ -644,15 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                 own_pids = [os.getpid(), wisp.pid, direct.pid]
                 gate = QuietGate(own_pids, budget_s=s.quiet_budget)
 
-                async def run(direct: DirectProcess, url: str, own_pids: list[int], gate: QuietGate) -> list[tuple[Case, dict[str, Any]]]:
-                    client = await WispClient.open(url, key)
-                    try:
-                        return [(case, await measure(s, case, s.requests or default_requests(case), direct, client, gate, own_pids))
-                                for case in cases]
-                    finally:
-                        await client.close()
-
-                for case, out in uvloop.run(run(direct, wisp.url, own_pids, gate)):
+                for case, out in uvloop.run(measure_cases(s, cases, direct, wisp.url, key, gate, own_pids)):
                     identical = sum(
                         (data_dir / "images" / out["wisp_files"][seed]).read_bytes() == path.read_bytes()
                         for seed, path in out["direct_files"].items()
@@ -662,15 +682,7 @@ def main(argv: list[str] | None = None) -> int:
                 wisp.stop()
                 if direct is not None:
                     direct.stop()
-        for case in cases:
-            requests = s.requests or default_requests(case)
-            rounds = [case_verdicts(case, requests, sides, load, same) for sides, load, same in per_round[case]]
-            both = pooled([sides for sides, _, _ in per_round[case]])
-            loads = [x for _, load, _ in per_round[case] for x in load]
-            verdict = case_verdicts(case, requests * s.rounds, both, loads, sum(same for _, _, same in per_round[case]))
-            verdict["rounds"] = rounds
-            verdict["rounds_cpu_interval_ms"] = mean_interval([r["cpu_overhead_ms"] for r in rounds])
-            results.append(verdict)
+        results += [pooled_verdict(case, s.requests or default_requests(case), per_round[case]) for case in cases]
 
     import diffusers
     import torch

@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.registry.db import Database
 from engine.registry.writer import WriteBehind
 from server.journal import TaskJournal
-from tests.fixtures.writer_wakes import WakeCounter
+from tests.fixtures.writer_wakes import WakeCounter, wait_for
 
 UUIDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(20)]
 
@@ -22,15 +22,6 @@ def rows(path: Path) -> dict[str, str]:
 def journal_on(path: Path, interval_s: float) -> TaskJournal:
     db = Database(path)
     return TaskJournal(db, WriteBehind(db, interval_s=interval_s))
-
-
-def wait_for(condition, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def test_sync_commits_everything_queued_before_it(tmp_path: Path):

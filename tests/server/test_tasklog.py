@@ -14,7 +14,7 @@ import pytest
 from engine.registry.db import Database
 from engine.registry.writer import WriteBehind
 from server import metrics, tasklog
-from tests.fixtures.writer_wakes import WakeCounter
+from tests.fixtures.writer_wakes import WakeCounter, wait_for
 
 
 @pytest.fixture
@@ -76,17 +76,17 @@ def test_an_idle_writer_sleeps_and_the_next_finished_task_wakes_it(
     writer.unshare(real_drain)
     writer.share(counted_drain, tasklog._waiting)
     tasklog.task_finished("imageInference", "w-0", "team-a", None, "testWoken", time.monotonic(), None)
-    assert _wait_for(lambda: "w-0" in configured.getvalue())
-    assert _wait_for(lambda: writer._asleep)  # nothing queued: it sleeps instead of polling
+    assert wait_for(lambda: "w-0" in configured.getvalue())
+    assert wait_for(lambda: writer._asleep)  # nothing queued: it sleeps instead of polling
     passes.clear()
     time.sleep(0.3)
     assert passes == []  # no pass every interval while nothing is queued
     tasklog.task_finished("imageInference", "w-1", "team-a", None, "testWoken", time.monotonic(), None)
-    assert _wait_for(lambda: "w-1" in configured.getvalue())
+    assert wait_for(lambda: "w-1" in configured.getvalue())
     assert json.loads(configured.getvalue().splitlines()[-1])["taskUUID"] == "w-1"
     assert set(passes) == {writer.name}  # written by the write-behind thread, not the caller's or a thread of its own
     assert not any(t.name == "wisp-tasklog" for t in threading.enumerate())
-    assert _wait_for(lambda: writer._asleep)  # and asleep again once the line is written
+    assert wait_for(lambda: writer._asleep)  # and asleep again once the line is written
 
 
 def test_a_task_line_and_the_journal_statement_beside_it_share_one_wake_up(configured: io.StringIO, tmp_path: Path):
@@ -96,11 +96,11 @@ def test_a_task_line_and_the_journal_statement_beside_it_share_one_wake_up(confi
     try:
         tasklog.ride_on(writer)
         writer.put("CREATE TABLE IF NOT EXISTS t (a TEXT)")
-        assert _wait_for(lambda: writer._asleep)
+        assert wait_for(lambda: writer._asleep)
         wakes = WakeCounter(writer)
         writer.put("INSERT INTO t VALUES (?)", ("outcome",))
         tasklog.task_finished("imageInference", "s-1", "team-a", None, "testShared", time.monotonic(), None)
-        assert _wait_for(lambda: "s-1" in configured.getvalue())
+        assert wait_for(lambda: "s-1" in configured.getvalue())
         assert wakes.count == 1  # the statement woke it; the line found it awake and gathering
         assert writer.sync()
         assert [tuple(row) for row in writer.db.connect().execute("SELECT a FROM t")] == [("outcome",)]
@@ -112,13 +112,6 @@ def test_after_the_writer_closes_lines_are_written_by_their_caller(configured: i
     writer.close()
     tasklog.task_finished("imageInference", "c-1", "team-a", None, "testClosed", time.monotonic(), None)
     assert "c-1" in configured.getvalue()  # at once, on this thread: nothing is left queued behind a stopped thread
-
-
-def _wait_for(condition, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return bool(condition())
 
 
 def test_drain_counts_every_ended_task_at_once(configured: io.StringIO):
