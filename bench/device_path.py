@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,7 @@ def one_process(data_dir: Path, case_text: str, requests: int, blocks: int) -> d
     import httpx  # noqa: F401
     import urllib.request  # noqa: F401
 
-    from bench.inference import PROMPT, Case, Direct
+    from bench.inference import Case, Direct, inference_task
     from engine.core import Engine, EngineConfig
     from engine.heap import keep_freed_memory
     from protocol.inference import ImageInference
@@ -76,13 +75,8 @@ def one_process(data_dir: Path, case_text: str, requests: int, blocks: int) -> d
         engine.start()
         inference = engine.inference
 
-        def body(seed: int) -> dict[str, Any]:
-            return {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": "wisp:tiny-sd15@1",
-                    "positivePrompt": PROMPT, "width": 64, "height": 64, "steps": case.steps, "CFGScale": case.cfg,
-                    "seed": seed, "outputType": "URL", "embedParameters": False}
-
         async def prepared(seed: int) -> Any:
-            return await engine.prepare_job(msgspec.convert(body(seed), ImageInference), "bench", "bench")
+            return await engine.prepare_job(msgspec.convert(inference_task(seed, case), ImageInference), "bench", "bench")
 
         async def run_engine(seed: int) -> None:
             await engine.run(await prepared(seed), lambda event: None)

@@ -338,6 +338,31 @@ class DirectProcess:
 # ---- the wisp path -----------------------------------------------------------------
 
 
+def inference_task(seed: int, case: Case) -> dict[str, Any]:
+    """The bench's imageInference as sent over the wire (a fresh taskUUID): what wisp is asked, in every bench."""
+    task: dict[str, Any] = {
+        "taskType": "imageInference",
+        "taskUUID": str(uuid.uuid4()),
+        "model": MODEL,
+        "positivePrompt": PROMPT,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "steps": case.steps,
+        "CFGScale": case.cfg,
+        "seed": seed,
+        "numberResults": 1,
+        "outputType": "URL",
+        # The direct path writes a plain PNG; wisp would add the A1111 `parameters` chunk by default
+        # (WISP_PNG_PARAMETERS), which is more work and other bytes: asked without it, both do the same.
+        "embedParameters": False,
+    }
+    if case.controlnet:
+        import base64
+
+        task["controlNet"] = [{"model": CONTROLNET, "guideImage": "data:image/png;base64," + base64.b64encode(guide_png()).decode()}]
+    return task
+
+
 class WispClient:
     """One authenticated WebSocket to wisp, sending one imageInference at a time."""
 
@@ -357,27 +382,8 @@ class WispClient:
 
     async def generate(self, seed: int, case: Case) -> dict[str, Any]:
         """One request, answered with its result item (raises on an error frame)."""
-        task_uuid = str(uuid.uuid4())
-        task = {
-            "taskType": "imageInference",
-            "taskUUID": task_uuid,
-            "model": MODEL,
-            "positivePrompt": PROMPT,
-            "width": WIDTH,
-            "height": HEIGHT,
-            "steps": case.steps,
-            "CFGScale": case.cfg,
-            "seed": seed,
-            "numberResults": 1,
-            "outputType": "URL",
-            # The direct path writes a plain PNG; wisp would add the A1111 `parameters` chunk by default
-            # (WISP_PNG_PARAMETERS), which is more work and other bytes: asked without it, both do the same.
-            "embedParameters": False,
-        }
-        if case.controlnet:
-            import base64
-
-            task["controlNet"] = [{"model": CONTROLNET, "guideImage": "data:image/png;base64," + base64.b64encode(guide_png()).decode()}]
+        task = inference_task(seed, case)
+        task_uuid = task["taskUUID"]
         await self.ws.send(json.dumps([task]))
         while True:
             reply = json.loads(await self.ws.recv())
