@@ -13,7 +13,9 @@ that floor instead of estimating it: in every round it starts
   running the direct call, nothing else,
 * ``bench/floor_server.py --journal``: the same plus wisp's task journal and
   image-owner rows through wisp's write-behind thread,
-* ``wisp serve``,
+* ``wisp serve``, and (``wisp (journal 0.2 s)``) the same with
+  ``WISP_JOURNAL_INTERVAL=0.2``: its write-behind thread commits once per
+  ~4 of these requests instead of once per request,
 
 and measures each server against the direct worker with
 ``bench/inference.py``'s own method (alternating ABBA blocks, client-timed
@@ -38,7 +40,7 @@ if __package__ in (None, ""):
 from bench._common import PYTHON, QuietGate, ServerProcess, create_wisp_key, log, render_table, wisp_server
 from bench.inference import Case, DirectProcess, Settings, measure_cases, others_text, pooled_verdict
 
-SERVERS = ("floor", "floor + journal", "floor device-loaded", "wisp")
+SERVERS = ("floor", "floor + journal", "floor device-loaded", "wisp", "wisp (journal 0.2 s)")
 
 
 def floor_server(folder: Path, root: Path, threads: int, journal: bool, load_on_device: bool = False) -> ServerProcess:
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
         folder = ensure_tiny_sd15(data_dir)
         key = create_wisp_key(data_dir)
+        second_dir = Path(tmp) / "data-2"  # a second wisp needs a data dir of its own (each holds its dir's lock)
+        second_key = create_wisp_key(second_dir) if "wisp (journal 0.2 s)" in chosen else ""
+        keys = {"wisp (journal 0.2 s)": second_key}
         for round_index in range(s.rounds):
             root = Path(tmp) / f"round-{round_index}"
             every = {
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 "floor device-loaded": lambda: floor_server(folder, root / "floor-device-load", s.threads,
                                                             journal=False, load_on_device=True),
                 "wisp": lambda: wisp_server(data_dir, env={"WISP_TORCH_THREADS": str(s.threads)}),
+                "wisp (journal 0.2 s)": lambda: wisp_server(second_dir, env={"WISP_TORCH_THREADS": str(s.threads),
+                                                                            "WISP_JOURNAL_INTERVAL": "0.2"}),
             }
             servers = {name: every[name]() for name in chosen}
             direct: DirectProcess | None = None
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, server in servers.items():
                     own_pids = [os.getpid(), server.pid, direct.pid]
                     gate = QuietGate(own_pids, budget_s=s.quiet_budget)
-                    for case, out in uvloop.run(measure_cases(s, cases, direct, server.url, key, gate, own_pids)):
+                    for case, out in uvloop.run(measure_cases(s, cases, direct, server.url, keys.get(name, key), gate, own_pids)):
                         per[(name, case)].append((out["sides"], out["block_load"], 0))  # PNG identity: inference.py's
             finally:
                 for server in servers.values():

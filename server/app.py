@@ -102,7 +102,7 @@ class WispServer:
         self.config = config
         self._lock = lock_data_dir(config.data_dir)  # before anything in it is cleared
         prepare_data_dir(config.data_dir)
-        self.db = Database(config.data_dir / "wisp.db")
+        self.db = Database(config.data_dir / "wisp.db", write_interval_s=config.journal_interval_s)
         self.keys = KeyStore(self.db)
         given = TeamSettings(self.db).ensure_default_sources()
         if given:

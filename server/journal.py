@@ -8,7 +8,7 @@ task were ~0.1 ms of the loop's CPU and ~0.2 ms of the writer's per
 imageInference).  At start-up, tasks still marked ``processing`` were
 interrupted by a crash or kill; they are marked failed (``taskInterrupted``)
 so ``getResponse`` answers them instead of leaving them processing forever.
-A task claimed in the last 50 ms before a kill -9 may not have reached the
+A task claimed in the last 50 ms (``WISP_JOURNAL_INTERVAL``) before a kill -9 may not have reached the
 journal; it is then unknown (``taskNotFound``), never half-known.  A
 graceful stop (:meth:`TaskJournal.close`) writes everything queued.
 """

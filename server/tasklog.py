@@ -21,7 +21,7 @@ it).  Doing the work on the loop, or waking a thread per task, cost the loop
 task log's own, gathering for 0.1 s, was a second thread woken per task:
 ~0.1–0.2 ms of CPU per imageInference that ran in the middle of the next
 request's denoising, on either core (bench/inference.py; RESULTS.md,
-2026-12-05).  A line is at most the write-behind interval (50 ms) late; its
+2026-12-05).  A line is at most the write-behind interval (``WISP_JOURNAL_INTERVAL``, 50 ms) late; its
 time is the task's own end.  ``/metrics`` drains first, so a scrape sees
 every task that has ended.
 """

@@ -120,8 +120,10 @@ class RegistryOnEventLoop(RuntimeError):
 class Database:
     """Per-thread connections to ``wisp.db``, migrated on first open."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, write_interval_s: float | None = None) -> None:
+        """``write_interval_s``: its write-behind queue's interval (default ``engine.registry.writer.WRITE_INTERVAL_S``)."""
         self.path = Path(path)
+        self.write_interval_s = write_interval_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._forbidden: int | None = None
@@ -137,7 +139,8 @@ class Database:
 
             with self._writer_lock:
                 if self._writer is None:
-                    self._writer = WriteBehind(self)
+                    self._writer = (WriteBehind(self) if self.write_interval_s is None
+                                    else WriteBehind(self, interval_s=self.write_interval_s))
         return self._writer
 
     def sync_writes(self, timeout_s: float = 10.0) -> bool:

@@ -44,7 +44,11 @@ from engine.threads import name_os_thread
 log = logging.getLogger("wisp.db")
 
 WRITE_INTERVAL_S = 0.05
-"""How long a statement may wait in the queue before it is committed (with whatever else came meanwhile)."""
+"""How long a statement may wait in the queue before it is committed (with whatever else came meanwhile); the server's
+``WISP_JOURNAL_INTERVAL``."""
+
+MAX_WRITE_INTERVAL_S = 10.0
+"""The longest interval a server accepts: beyond it a kill -9 would lose more than a client's retry covers."""
 
 
 class Connects(Protocol):

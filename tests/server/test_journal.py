@@ -85,3 +85,18 @@ def test_a_busy_writer_is_woken_once_per_interval_not_per_statement_and_an_idle_
         assert wait_for(lambda: writer._asleep)  # and asleep again once the queue is written
     finally:
         journal.close()
+
+
+def test_the_journal_interval_setting_reaches_the_write_behind_queue(tmp_path: Path, monkeypatch):
+    from server.config import ServerConfig
+
+    monkeypatch.setenv("WISP_JOURNAL_INTERVAL", "0.2")
+    assert ServerConfig.from_env().journal_interval_s == 0.2
+    monkeypatch.setenv("WISP_JOURNAL_INTERVAL", "3600")
+    assert ServerConfig.from_env().journal_interval_s == 10.0  # at most MAX_WRITE_INTERVAL_S
+    monkeypatch.setenv("WISP_JOURNAL_INTERVAL", "-1")
+    assert ServerConfig.from_env().journal_interval_s == 0.0
+    monkeypatch.delenv("WISP_JOURNAL_INTERVAL")
+    assert ServerConfig.from_env().journal_interval_s == 0.05
+    assert Database(tmp_path / "a.db", write_interval_s=0.2).writer.interval_s == 0.2
+    assert Database(tmp_path / "b.db").writer.interval_s == 0.05
