@@ -71,12 +71,12 @@ def main() -> int:
     journal = writer = None
     owner_sql = ""
     if args.journal:
-        from engine.images.store import _OWNER_SQL
+        from engine.images.store import OWNER_SQL
         from engine.registry.db import Database
         from server.journal import TaskJournal
 
         db = Database(Path(args.journal))
-        journal, writer, owner_sql = TaskJournal(db), db.writer, _OWNER_SQL
+        journal, writer, owner_sql = TaskJournal(db), db.writer, OWNER_SQL
 
     jobs: queue.SimpleQueue[tuple[int, Case, asyncio.AbstractEventLoop, asyncio.Future[str]]] = queue.SimpleQueue()
 

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 _NAME_RE = re.compile(r"^(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.(?P<ext>png|jpg|webp)$")
 
 
-_OWNER_SQL = "INSERT OR REPLACE INTO image_owners(image_uuid, team, created_at, expires_at) VALUES (?, ?, ?, ?)"
+OWNER_SQL = "INSERT OR REPLACE INTO image_owners(image_uuid, team, created_at, expires_at) VALUES (?, ?, ?, ?)"
+"""The row that makes a stored image its team's (image_uuid, team, created_at, expires_at): written by :class:`ImageStore`,
+and by bench/floor.py's least server to pay what wisp pays per image."""
 
 DEFAULT_TTL_S = 30 * 86400.0
 """How long an image is kept when its request names no ``ttl``."""
@@ -79,9 +81,9 @@ class ImageStore:
             if self.write_behind:
                 token = object()
                 self._unwritten[image_uuid] = (team, token)
-                self.db.writer.put(_OWNER_SQL, row, after_commit=lambda: self._written(image_uuid, token))
+                self.db.writer.put(OWNER_SQL, row, after_commit=lambda: self._written(image_uuid, token))
             else:
-                self.db.connect().execute(_OWNER_SQL, row)
+                self.db.connect().execute(OWNER_SQL, row)
         name = f"{image_uuid}.{ext}"
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="img-")
         try:
