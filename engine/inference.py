@@ -232,7 +232,7 @@ class Inference:
             vae=None if job.vae is None else VaeUse(key=f"vae|{job.vae.sha256}|{job.vae.family}", air=job.vae.air,
                                                     path=path_for(job.vae.sha256), family=job.vae.family, parameter=job.vae.parameter),
             controlnets=tuple(self.library.control_use(c, job.width, job.height) for c in job.controlnets),
-            on_step=on_step,
+            on_step=on_step, step_latents=job.progress and job.previews,
         )
 
     @staticmethod

@@ -69,8 +69,11 @@ def test_bfloat16_weights_run_every_feature(engine_data_dir: Path, tmp_path: Pat
     assert png(model.run(spec())) == base  # the override is gone again
 
     seen: list[tuple[int, list[str]]] = []
-    model.run(spec(on_step=lambda step, steps, latents: seen.append((step, preview_data_uris(latents, "sd1x")))))
+    model.run(spec(on_step=lambda step, steps, latents: seen.append((step, preview_data_uris(latents, "sd1x"))), step_latents=True))
     assert [step for step, _ in seen] == [1, 2] and all(len(p) == 1 and p[0].startswith("data:image/png") for _, p in seen)
+    counted: list[tuple[int, int, object]] = []
+    model.run(spec(on_step=lambda step, steps, latents: counted.append((step, steps, latents))))
+    assert counted == [(1, 2, None), (2, 2, None)]  # every step reported; without previews no latents are asked of diffusers
 
     specs = [spec(prompt=f"a red fox {i}", seeds=(30 + i,)) for i in range(3)]
     assert [png([image]) for image in model.run_batch(specs)] == [png(model.run(s)) for s in specs]

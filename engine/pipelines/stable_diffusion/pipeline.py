@@ -51,15 +51,17 @@ class GenerationSpec:
     embeddings: tuple[Any, ...] = ()
     vae: Any = None
     controlnets: tuple[Any, ...] = ()
+    """ControlNets for this request (engine.controlnets.ControlUse, loaded), in request order."""
     hires: tuple[int, int, float, int] | None = None
     """hiresFix: (width, height, strength, steps) of a second img2img pass over each image upscaled (engine.inference)."""
     prompt_weighting: str | None = None
     """``compel`` or ``sdEmbeds`` (engine.prompt_weighting); None: the prompt is encoded as diffusers does."""
     refiner_start: float | None = None
     """With a refiner: the share of the schedule this model runs before the refiner takes over its latents."""
-    """ControlNets for this request (engine.controlnets.ControlUse, loaded), in request order."""
     on_step: Callable[[int, int, Any], None] | None = field(default=None, compare=False)
     """Called on the worker thread after each denoising step with (step, steps, latents): progress items."""
+    step_latents: bool = field(default=False, compare=False)
+    """Whether ``on_step`` needs the latents (live previews); without, it is given None."""
 
     @property
     def mode(self) -> str:
@@ -328,7 +330,7 @@ class StableDiffusionModel:
     def _call(pipe: Any, spec: GenerationSpec, kwargs: dict[str, Any], should_stop: Callable[[], bool] | None) -> list[Image.Image]:
         callback = _step_callback([spec], should_stop)
         if callback is not None:
-            kwargs["callback_on_step_end"] = callback
+            kwargs.update(callback_on_step_end=callback, callback_on_step_end_tensor_inputs=_step_inputs([spec]))
         output = pipe(**kwargs)
         return list(output.images)
 
@@ -373,7 +375,7 @@ class StableDiffusionModel:
                 )
                 callback = _step_callback(specs, should_stop)
                 if callback is not None:
-                    kwargs["callback_on_step_end"] = callback
+                    kwargs.update(callback_on_step_end=callback, callback_on_step_end_tensor_inputs=_step_inputs(specs))
                 with per_request_kernels(pipe.unet, len(specs)), decode_image_by_image(pipe.vae):
                     return list(pipe(**kwargs).images)
 
@@ -401,19 +403,34 @@ def _step_callback(
     if should_stop is None and not reporters:
         return None
     per_spec = len(specs[0].seeds)
+    total: list[int] = []
+    """The run's step count, read from the pipeline at the first step (img2img runs fewer than ``steps``)."""
 
     def check(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         # Between denoising steps: the only safe point to abandon a run (server shutdown).
         if should_stop is not None and should_stop():
             raise GenerationStopped("generation stopped: the server is shutting down")
+        if not reporters:
+            return tensors
         latents = tensors.get("latents")
-        steps = int(getattr(pipe, "num_timesteps", 0) or specs[0].steps)
+        if not total:
+            total.append(int(getattr(pipe, "num_timesteps", 0) or specs[0].steps))
+        steps = total[0]
         for i, on_step in reporters:
             rows = latents[i * per_spec : (i + 1) * per_spec] if latents is not None and len(specs) > 1 else latents
             on_step(step + 1, steps, rows)  # type: ignore[misc]
         return tensors
 
     return check
+
+
+def _step_inputs(specs: list[GenerationSpec]) -> list[str]:
+    """diffusers' ``callback_on_step_end_tensor_inputs``: the latents only when a spec's ``on_step`` makes previews.
+
+    diffusers gathers each named tensor with ``locals()[name]``, a copy of its
+    whole call frame on every step; the latents are only needed for previews.
+    """
+    return ["latents"] if any(spec.on_step is not None and spec.step_latents for spec in specs) else []
 
 
 def _set_scheduler(pipe: Any, scheduler: Any) -> None:
