@@ -40,16 +40,19 @@ if __package__ in (None, ""):
 from bench._common import PYTHON, QuietGate, ServerProcess, create_wisp_key, log, render_table, wisp_server
 from bench.inference import Case, DirectProcess, Settings, measure_cases, others_text, pooled_verdict
 
-SERVERS = ("floor", "floor + journal", "floor device-loaded", "wisp", "wisp (journal 0.2 s)")
+SERVERS = ("floor", "floor + journal", "floor device-loaded", "floor wisp-model", "wisp", "wisp (journal 0.2 s)")
 
 
-def floor_server(folder: Path, root: Path, threads: int, journal: bool, load_on_device: bool = False) -> ServerProcess:
+def floor_server(folder: Path, root: Path, threads: int, journal: bool, load_on_device: bool = False,
+                 wisp_model: bool = False) -> ServerProcess:
     argv = [PYTHON, str(Path(__file__).with_name("floor_server.py")), str(folder), str(root / "images"), str(root / "tmp"),
             "--threads", str(threads)]
     if journal:
         argv += ["--journal", str(root / "wisp.db")]
     if load_on_device:
         argv.append("--load-on-device")
+    if wisp_model:
+        argv.append("--wisp-model")
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "tmp").mkdir(parents=True, exist_ok=True)
     return ServerProcess(name="floor", argv=argv)
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 "floor + journal": lambda: floor_server(folder, root / "floor-journal", s.threads, journal=True),
                 "floor device-loaded": lambda: floor_server(folder, root / "floor-device-load", s.threads,
                                                             journal=False, load_on_device=True),
+                "floor wisp-model": lambda: floor_server(folder, root / "floor-wisp-model", s.threads, journal=False,
+                                                         load_on_device=True, wisp_model=True),
                 "wisp": lambda: wisp_server(data_dir, env={"WISP_TORCH_THREADS": str(s.threads)}),
                 "wisp (journal 0.2 s)": lambda: wisp_server(second_dir, env={"WISP_TORCH_THREADS": str(s.threads),
                                                                             "WISP_JOURNAL_INTERVAL": "0.2"}),

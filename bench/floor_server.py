@@ -51,6 +51,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--load-on-device", action="store_true",
                         help="load the pipeline on the device thread (as wisp's engine does) instead of the main thread")
+    parser.add_argument("--wisp-model", action="store_true",
+                        help="call the pipeline as wisp's engine loads it (engine.pipelines: load_folder) instead of from_pretrained")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
@@ -63,7 +65,12 @@ def main() -> int:
     keep_freed_memory()
 
     def load() -> Direct:
-        loaded = Direct(Path(args.folder), Path(args.out_dir), Path(args.tmp_dir), args.threads)
+        pipe = None
+        if args.wisp_model:
+            from engine.pipelines.stable_diffusion.loading import load_folder
+
+            pipe = load_folder(Path(args.folder)).base
+        loaded = Direct(Path(args.folder), Path(args.out_dir), Path(args.tmp_dir), args.threads, pipe=pipe)
         for seed in range(3):
             loaded.generate(seed, Case(4, 7.0))  # warm, as wisp warms its built-in model
         return loaded

@@ -202,7 +202,9 @@ class Side:
 class Direct:
     """The in-process baseline: the diffusers pipeline as wisp loads and calls it."""
 
-    def __init__(self, folder: Path, out_dir: Path, tmp_dir: Path, threads: int, controlnet_folder: Path | None = None) -> None:
+    def __init__(self, folder: Path, out_dir: Path, tmp_dir: Path, threads: int, controlnet_folder: Path | None = None,
+                 pipe: Any = None) -> None:
+        """``pipe``: call this loaded pipeline instead of loading ``folder`` (bench/floor_server.py's ``--wisp-model``)."""
         import diffusers
         import torch
 
@@ -210,7 +212,7 @@ class Direct:
         diffusers.utils.logging.disable_progress_bar()
         torch.set_num_threads(threads)
         self.torch = torch
-        self.pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        self.pipe = pipe if pipe is not None else diffusers.StableDiffusionPipeline.from_pretrained(
             str(folder), local_files_only=True, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
         )
         self.pipe.set_progress_bar_config(disable=True)
