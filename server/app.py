@@ -384,7 +384,8 @@ async def _bounded(connect: Any, settings: Any, timeout_s: float) -> Any:
         try:
             result = connect(settings)
         except BaseException as exc:  # handed to the loop, said plainly there
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(exc))
+            error = exc  # ``exc`` itself is unbound once this block ends, before the loop runs the callback
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(error))
         else:
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
 

@@ -17,3 +17,21 @@ def test_an_unreachable_cluster_ends_start_up_with_a_plain_error(tmp_path):
     assert done.returncode == 1
     assert f"wisp: the Ray cluster at 127.0.0.1:{port} did not answer within 5 s" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+async def test_a_fleet_that_fails_to_start_is_said_with_its_cause_not_as_a_timeout():
+    """The connect thread's exception reaches the loop (it was lost, and start-up waited out the whole timeout)."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from engine.errors import FleetUnavailable
+    from server.app import _bounded
+
+    def connect(settings: object) -> None:
+        raise RuntimeError("the local cluster's head node exited\nits log says more")
+
+    with pytest.raises(FleetUnavailable) as raised:
+        await _bounded(connect, SimpleNamespace(address=None, mode="ray-local"), 5)
+    assert str(raised.value) == ("could not start the engine fleet on a local cluster: RuntimeError: "
+                                 "the local cluster's head node exited")

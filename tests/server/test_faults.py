@@ -165,14 +165,18 @@ async def test_the_journal_interval_bounds_what_a_kill_9_loses_and_a_graceful_st
             server.proc.kill()
 
     restarted = start_server(data, env=env)
-    ws = await authed(RunningServer(restarted.proc, restarted.port, data, server.key, restarted.log_path))
-    frame = await ask(ws, {"taskType": "getResponse", "taskUUID": lost})
-    assert frame["errors"][0]["code"] == "taskNotFound", frame
-    kept = str(uuid.uuid4())
-    image_url = (await ask(ws, {**request, "taskUUID": kept}))["data"][0]["imageURL"]
-    await ws.close()
-    restarted.proc.send_signal(signal.SIGTERM)
-    assert restarted.proc.wait(60) == 0
+    try:
+        ws = await authed(RunningServer(restarted.proc, restarted.port, data, server.key, restarted.log_path))
+        frame = await ask(ws, {"taskType": "getResponse", "taskUUID": lost})
+        assert frame["errors"][0]["code"] == "taskNotFound", frame
+        kept = str(uuid.uuid4())
+        image_url = (await ask(ws, {**request, "taskUUID": kept}))["data"][0]["imageURL"]
+        await ws.close()
+        restarted.proc.send_signal(signal.SIGTERM)
+        assert restarted.proc.wait(60) == 0
+    finally:
+        if restarted.proc.poll() is None:
+            restarted.proc.kill()
 
     again = start_server(data)
     try:
