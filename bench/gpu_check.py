@@ -173,21 +173,22 @@ def fleet_rows(device: str, rows: list[list[Any]], quick: bool) -> None:
     from bench._common import create_wisp_key
     from bench.fleet import fleet_server, saturate, wait_replicas
 
-    tmp = Path(tempfile.mkdtemp(prefix="wisp-gpu-check-"))
-    (tmp / "home").mkdir()
-    env = {"WISP_TORCH_THREADS": "1", "WISP_REPLICA_THREADS": "1", "WISP_PNG_PARAMETERS": "0", "HOME": str(tmp / "home"),
-           "WISP_MAX_BATCH": "1"}
     rates = {}
-    for replicas in (1, 2):
-        data = tmp / f"fleet{replicas}"
-        data.mkdir()
-        key = create_wisp_key(data)
-        started = time.monotonic()
-        with fleet_server(data, replicas, env) as server:
-            wait_replicas(server, replicas)
-            ready = time.monotonic() - started
-            rates[replicas] = aio.run(saturate(server.url, key, 16 if quick else 64, 8, 128, 8))
-        rows.append([f"fleet, {replicas} replica(s) on one {device}", f"ready in {ready:.1f} s", f"{rates[replicas]:.2f} req/s", ""])
+    with tempfile.TemporaryDirectory(prefix="wisp-gpu-check-", ignore_cleanup_errors=True) as root:
+        tmp = Path(root)
+        (tmp / "home").mkdir()
+        env = {"WISP_TORCH_THREADS": "1", "WISP_REPLICA_THREADS": "1", "WISP_PNG_PARAMETERS": "0", "HOME": str(tmp / "home"),
+               "WISP_MAX_BATCH": "1"}
+        for replicas in (1, 2):
+            data = tmp / f"fleet{replicas}"
+            data.mkdir()
+            key = create_wisp_key(data)
+            started = time.monotonic()
+            with fleet_server(data, replicas, env) as server:
+                wait_replicas(server, replicas)
+                ready = time.monotonic() - started
+                rates[replicas] = aio.run(saturate(server.url, key, 16 if quick else 64, 8, 128, 8))
+            rows.append([f"fleet, {replicas} replica(s) on one {device}", f"ready in {ready:.1f} s", f"{rates[replicas]:.2f} req/s", ""])
     rows.append(["fleet, 2 replicas vs 1", f"{rates[2] / rates[1]:.2f}×", "", ""])
 
 

@@ -91,8 +91,23 @@ def ray_env(temp_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_local_cluster(cpus: int) -> tuple[str, Path]:
-    """``ray start --head`` on loopback in a short temp dir (socket paths are length-limited); (address, dir)."""
+def start_local_cluster(cpus: int, attempts: int = 2) -> tuple[str, Path]:
+    """``ray start --head`` on loopback in a short temp dir (socket paths are length-limited); (address, dir).
+
+    The ports are picked free just before Ray binds them, so another process may take one in between (parallel
+    test workers starting clusters at once): a failed start is tried again with fresh ports, ``attempts`` in all.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_local_cluster(cpus)
+        except RuntimeError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("a local Ray cluster did not start (%s); trying again with other ports", str(exc)[-200:])
+    raise AssertionError("unreachable")
+
+
+def _start_local_cluster(cpus: int) -> tuple[str, Path]:
     temp_dir = Path(tempfile.mkdtemp(prefix="wisp-ray-", dir="/tmp" if os.path.isdir("/tmp") else None))
     # Every port picked free (Ray's defaults are fixed numbers: two clusters on one machine — parallel test
     # workers, two wisps — would collide on them).

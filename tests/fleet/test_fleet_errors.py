@@ -35,3 +35,25 @@ async def test_a_fleet_that_fails_to_start_is_said_with_its_cause_not_as_a_timeo
         await _bounded(connect, SimpleNamespace(address=None, mode="ray-local"), 5)
     assert str(raised.value) == ("could not start the engine fleet on a local cluster: RuntimeError: "
                                  "the local cluster's head node exited")
+
+
+def test_a_local_cluster_that_fails_to_start_is_tried_once_more_with_other_ports(monkeypatch, tmp_path):
+    """Ports are picked free before Ray binds them (another process may take one meanwhile): a failed
+    ``ray start`` is tried again; a second failure is the error.  (The real start is in tests/fleet/test_fleet.py.)"""
+    import pytest
+
+    from engine.fleet import cluster
+
+    outcomes = [RuntimeError("ray start failed: port 41234 in use"), ("127.0.0.1:6379", tmp_path)]
+
+    def start(cpus: int) -> tuple[str, object]:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(cluster, "_start_local_cluster", start)
+    assert cluster.start_local_cluster(2) == ("127.0.0.1:6379", tmp_path) and not outcomes
+    outcomes[:] = [RuntimeError("ray start failed: first"), RuntimeError("ray start failed: second")]
+    with pytest.raises(RuntimeError, match="second"):
+        cluster.start_local_cluster(2)
