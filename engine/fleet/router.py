@@ -22,10 +22,16 @@ from typing import Any, List, Optional
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica  # noqa: F401
 
 from engine.fleet import routing
-from engine.fleet.routing import SPILL_QUEUE, Hint, Recent, ReplicaState, rank
+from engine.fleet.routing import QUEUE_PROBE_DEADLINE_S, SPILL_QUEUE, Hint, Recent, ReplicaState, rank
 
 
 class WispRouter(RequestRouter):
+    queue_len_response_deadline_s = QUEUE_PROBE_DEADLINE_S
+    """How long Serve waits for a replica's queue length before it tries the next rank (Serve's default: 0.1 s,
+    doubled on each retry up to 1 s).  A new front end knows no queue lengths and probes each replica first; with
+    0.1 s, a replica that answered late on a busy machine lost the request to the next rank, which then loaded a
+    model the first one held warm (seconds).  A replica that never answers costs a routing this long once."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._recent = Recent()

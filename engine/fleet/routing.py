@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 
 COUNTERS: dict[str, int] = {"routed": 0, "spills": 0}
 """This process's routing decisions (the router runs in the front end): requests ranked, deliberate spills."""
+QUEUE_PROBE_DEADLINE_S = 0.5
+"""The router's first wait for a replica's queue length (:class:`engine.fleet.router.WispRouter`; Serve's is 0.1 s)."""
 SPILL_QUEUE = 8
 """A replica holding the model with this many jobs queued lets a lightly loaded replica take the next one."""
 BATCH_CREDIT = 4

@@ -105,3 +105,14 @@ def test_the_front_end_names_batchable_jobs_only():
     assert routing_hint(msgspec.structs.replace(base, loras=lora)).batch not in ("", hint.batch)
     for alone in ({"seeds": (1, 2)}, {"seed_image": "uuid"}, {"hires": (128, 128, 0.5, 4)}, {"prompt_weighting": "compel"}):
         assert routing_hint(msgspec.structs.replace(base, **alone)).batch == ""
+
+
+def test_a_replica_slow_to_give_its_queue_length_keeps_its_rank_for_half_a_second():
+    """Serve skips to the next rank when a replica's queue length comes later than the router's deadline: with
+    Serve's 0.1 s a warm replica on a busy machine lost requests to one that had to load the model."""
+    from ray.serve._private.request_router.request_router import RequestRouter
+
+    from engine.fleet.router import WispRouter
+
+    assert RequestRouter.queue_len_response_deadline_s == 0.1  # Serve's own, which the router raises
+    assert WispRouter.queue_len_response_deadline_s == 0.5 <= WispRouter.max_queue_len_response_deadline_s
