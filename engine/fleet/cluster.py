@@ -97,14 +97,12 @@ def start_local_cluster(cpus: int, attempts: int = 2) -> tuple[str, Path]:
     The ports are picked free just before Ray binds them, so another process may take one in between (parallel
     test workers starting clusters at once): a failed start is tried again with fresh ports, ``attempts`` in all.
     """
-    for attempt in range(1, attempts + 1):
+    for _ in range(attempts - 1):
         try:
             return _start_local_cluster(cpus)
         except RuntimeError as exc:
-            if attempt == attempts:
-                raise
             log.warning("a local Ray cluster did not start (%s); trying again with other ports", str(exc)[-200:])
-    raise AssertionError("unreachable")
+    return _start_local_cluster(cpus)
 
 
 def _start_local_cluster(cpus: int) -> tuple[str, Path]:

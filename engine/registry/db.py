@@ -10,10 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from engine.registry.writer import WriteBehind
+from engine.registry.writer import WRITE_INTERVAL_S, WriteBehind
 
 MIGRATIONS: list[str] = [
     """
@@ -120,27 +117,24 @@ class RegistryOnEventLoop(RuntimeError):
 class Database:
     """Per-thread connections to ``wisp.db``, migrated on first open."""
 
-    def __init__(self, path: Path, write_interval_s: float | None = None) -> None:
-        """``write_interval_s``: its write-behind queue's interval (default ``engine.registry.writer.WRITE_INTERVAL_S``)."""
+    def __init__(self, path: Path, write_interval_s: float = WRITE_INTERVAL_S) -> None:
+        """``write_interval_s``: its write-behind queue's interval (the server's ``WISP_JOURNAL_INTERVAL``)."""
         self.path = Path(path)
         self.write_interval_s = write_interval_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._forbidden: int | None = None
-        self._writer: "WriteBehind | None" = None
+        self._writer: WriteBehind | None = None
         self._writer_lock = threading.Lock()
         self._migrate()
 
     @property
-    def writer(self) -> "WriteBehind":
+    def writer(self) -> WriteBehind:
         """This database's write-behind queue (engine.registry.writer): one thread, made on first use."""
         if self._writer is None:
-            from engine.registry.writer import WriteBehind
-
             with self._writer_lock:
                 if self._writer is None:
-                    self._writer = (WriteBehind(self) if self.write_interval_s is None
-                                    else WriteBehind(self, interval_s=self.write_interval_s))
+                    self._writer = WriteBehind(self, interval_s=self.write_interval_s)
         return self._writer
 
     def sync_writes(self, timeout_s: float = 10.0) -> bool:
