@@ -62,8 +62,6 @@ SIDES = ("engine.run: device thread", "engine.run: other threads", "render (main
 
 def one_process(data_dir: Path, case_text: str, requests: int, blocks: int) -> dict[str, float]:
     """In this process: ms of CPU per request for each side (alternating blocks, ABBA)."""
-    import copy
-
     import msgspec
     import uvloop
 
@@ -100,9 +98,9 @@ def one_process(data_dir: Path, case_text: str, requests: int, blocks: int) -> d
             entry = inference.entry(template.model)
             with tempfile.TemporaryDirectory(prefix="wisp-bench-direct-") as tmp:
                 direct = Direct(data_dir / "builtin" / "tiny-sd15-v1", Path(tmp) / "images", Path(tmp) / "tmp", 1)
-                same = copy.copy(direct)  # the direct call, PNG and write, on the engine's own pipeline object
-                with inference.library.use(entry) as model:
-                    same.pipe = model.base
+                with inference.library.use(entry) as model:  # the direct call, PNG and write, on the engine's own pipeline
+                    same = Direct(data_dir / "builtin" / "tiny-sd15-v1", Path(tmp) / "images", Path(tmp) / "tmp", 1,
+                                  pipe=model.base)
 
                 async def run_same(seed: int) -> None:
                     await submit(inference.queue, "bench", lambda: same.generate(seed, case))

@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = ensure_tiny_sd15(data_dir)
         key = create_wisp_key(data_dir)
         second_dir = Path(tmp) / "data-2"  # a second wisp needs a data dir of its own (each holds its dir's lock)
-        second_key = create_wisp_key(second_dir) if "wisp (journal 0.2 s)" in chosen else ""
-        keys = {"wisp (journal 0.2 s)": second_key}
+        keys = {"wisp (journal 0.2 s)": create_wisp_key(second_dir)} if "wisp (journal 0.2 s)" in chosen else {}
         for round_index in range(s.rounds):
             root = Path(tmp) / f"round-{round_index}"
             every = {
